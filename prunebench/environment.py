@@ -1,0 +1,56 @@
+"""What a run records about where it ran: package versions, device, git commit."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """`requested` if given ('cpu', 'cuda', 'cuda:1'), else CUDA when present, else CPU."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} requested but CUDA is not available here")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}{'-dirty' if dirty else ''}" if commit else None
+
+
+def environment(device: torch.device) -> dict[str, str | None]:
+    import numpy
+    import torchvision
+
+    import prunebench
+
+    return {
+        "prunebench": prunebench.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.version.cuda,
+        "device": device_name(device),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+    }

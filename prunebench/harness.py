@@ -1,0 +1,239 @@
+"""The one training loop every method runs through; it, not the method, measures the deployed network."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunebench.data import TensorDataset
+from prunebench.environment import environment, pick_device
+from prunebench.metrics import evaluate_accuracy, measure_compression
+from prunebench.protocol import Protocol
+from prunebench.pruner import Hyperparameters, Pruner, get_method, make_hparams
+from prunebench.store import ResultStore, run_identity
+from prunebench.tasks import Task, get_task
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Raised inside the training loop on SIGTERM (Ctrl-C raises KeyboardInterrupt itself)."""
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int) -> None:
+        super().__init__(f"loss became NaN or infinite at step {step}")
+        self.step = step
+
+
+@dataclass
+class RunSpec:
+    """Everything that identifies a run, resolved: task, method, hyperparameters, protocol, seed."""
+
+    task: Task
+    method: str
+    hparams: Hyperparameters
+    protocol: Protocol
+    seed: int = 0
+    budget: str = "equal"
+
+    @property
+    def identity(self) -> tuple[str, dict[str, Any]]:
+        return run_identity(self.task.name, self.protocol, self.method, self.hparams.non_default(),
+                            self.seed, self.budget)
+
+    @property
+    def run_id(self) -> str:
+        return self.identity[0]
+
+
+def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | None = None,
+              iterations: int | None = None, eval_every: int | None = None, budget: str = "equal") -> RunSpec:
+    """Resolve names and overrides into a validated `RunSpec` (raises KeyError/ValueError on bad input)."""
+    task_obj = get_task(task)
+    cls = get_method(method)
+    protocol = task_obj.protocol.with_overrides(iterations=iterations, eval_every=eval_every)
+    protocol.validate()
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return RunSpec(task_obj, method, make_hparams(cls, task_obj, hparams), protocol, seed, budget)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    spec: RunSpec
+    final: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    failed_step: int | None = None
+    skipped: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        f = self.final
+        return {
+            "run_id": self.run_id, "status": self.status, "method": self.spec.method,
+            "task": self.spec.task.name, "seed": self.spec.seed, "budget": self.spec.budget,
+            "accuracy": f.get("accuracy"), "compression": f.get("compression"),
+            "nonzero": f.get("weights_nonzero"), "weights_total": f.get("weights_total"),
+            "compression_all": f.get("compression_all"), "train_seconds": f.get("train_seconds"),
+            "eval_seconds": f.get("eval_seconds"), "iterations": f.get("iterations"),
+            "per_layer": f.get("per_layer"), "hparams": self.spec.hparams.as_dict(),
+            "error": self.error, "failed_step": self.failed_step, "skipped": self.skipped,
+        }
+
+
+class Observer:
+    """Receives progress from the harness (the CLI's rich progress bar implements it)."""
+
+    def start(self, spec: RunSpec, total_steps: int) -> None: ...
+    def step(self, step: int) -> None: ...
+    def evaluation(self, point: dict[str, Any]) -> None: ...
+    def end(self) -> None: ...
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+    """Endless index batches, reshuffled each epoch (the last partial batch of an epoch is dropped)."""
+    while True:
+        perm = torch.randperm(n, generator=generator, device=device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield perm[start:start + batch_size]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _SigtermToInterrupt:
+    """Within the block, SIGTERM raises RunInterrupted in the main thread (so the run is stored)."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def handler(signum, frame):  # noqa: ARG001
+                raise RunInterrupted("SIGTERM")
+            self.previous = signal.signal(signal.SIGTERM, handler)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch.device | None = None,
+          observer: Observer | None = None, force: bool = False,
+          dataset: TensorDataset | None = None,
+          evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None) -> RunResult:
+    """Train one run and store it. A run whose identity already finished is skipped unless `force`."""
+    observer = observer or Observer()
+    run_id, identity = spec.identity
+    if not force and store.status(run_id) == "finished":
+        return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
+
+    device = pick_device(str(device) if device is not None else None)
+    task, protocol = spec.task, spec.protocol
+    data = (dataset or task.load(Path(data_dir))).to(device)
+    pruner = get_method(spec.method)(spec.hparams, task)
+    model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
+    phases = pruner.phases(protocol)
+    total_steps = sum(p.iterations for p in phases)
+
+    store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
+                    identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
+                    environment=environment(device))
+    generator = torch.Generator(device=device).manual_seed(spec.seed)
+    batches = _batches(data.x_train.shape[0], protocol.batch_size, generator, device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    train_seconds = eval_seconds = 0.0
+    step, last_point = 0, None
+
+    def evaluate(phase_name: str, steps_since: int) -> dict[str, Any]:
+        nonlocal eval_seconds
+        t0 = time.perf_counter()
+        bad = int(first_bad.item())
+        if bad >= 0:
+            raise NonFiniteLoss(bad)
+        net = pruner.deployed(model)
+        counts = measure_compression(net)
+        point = {
+            "step": step, "phase": phase_name, "train_seconds": train_seconds,
+            "loss": float(loss_sum.item()) / max(steps_since, 1),
+            "accuracy": evaluate_accuracy(net, data.x_test, data.y_test, task.correct),
+            "trained_accuracy": evaluate_accuracy(model, data.x_test, data.y_test, task.correct),
+            "compression": counts.compression, "weights_nonzero": counts.weights_nonzero,
+            "weights_total": counts.weights_total, "compression_all": counts.compression_all,
+            "per_layer": counts.per_layer,
+        }
+        if evaluate_extra is not None:
+            point["extra"] = evaluate_extra(pruner, model, data)
+        _sync(device)
+        eval_seconds += time.perf_counter() - t0
+        point["eval_seconds"] = eval_seconds
+        store.add_point(run_id, point)
+        observer.evaluation(point)
+        return {**point, "params_nonzero": counts.params_nonzero, "params_total": counts.params_total}
+
+    observer.start(spec, total_steps)
+    try:
+        with _SigtermToInterrupt():
+            model.train()
+            for phase in phases:
+                optimizer = protocol.make_optimizer(model.parameters(), lr=phase.lr)
+                pruner.on_phase_start(phase, model, optimizer)
+                steps_since = 0
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(phase.iterations):
+                    step += 1
+                    idx = next(batches)
+                    loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
+                    penalty = pruner.penalty()
+                    total = loss if penalty is None else loss + penalty
+                    optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+                    optimizer.step()
+                    pruner.after_step(step)
+                    detached = total.detach()
+                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached),
+                                            torch.tensor(step, device=device), first_bad)
+                    loss_sum += loss.detach()
+                    steps_since += 1
+                    observer.step(step)
+                    if step % protocol.eval_every == 0 or step == total_steps:
+                        _sync(device)
+                        train_seconds += time.perf_counter() - t0
+                        last_point = evaluate(phase.name, steps_since)
+                        loss_sum.zero_()
+                        steps_since = 0
+                        t0 = time.perf_counter()
+                _sync(device)
+                train_seconds += time.perf_counter() - t0
+    except NonFiniteLoss as exc:
+        store.mark(run_id, "failed", str(exc), exc.step)
+        observer.end()
+        return RunResult(run_id, "failed", spec, error=str(exc), failed_step=exc.step)
+    except KeyboardInterrupt as exc:
+        store.mark(run_id, "interrupted", f"interrupted at step {step} ({type(exc).__name__})", step)
+        observer.end()
+        raise
+    except Exception as exc:
+        store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
+        observer.end()
+        raise
+    observer.end()
+    assert last_point is not None
+    final = {
+        "iterations": step, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+        **{k: last_point[k] for k in ("accuracy", "compression", "weights_nonzero", "weights_total",
+                                       "compression_all", "params_nonzero", "params_total", "per_layer")},
+    }
+    if "extra" in last_point:
+        final["extra"] = last_point["extra"]
+    store.finish(run_id, final)
+    return RunResult(run_id, "finished", spec, final)

@@ -1,0 +1,84 @@
+"""Shared measurement of deployed networks: accuracy, compression (paper convention), per-layer non-zeros."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunebench.pruner import prunable_layers
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Non-zero counts of a deployed network.
+
+    Paper convention: conv + fc weights only (`weights_total / weights_nonzero`). The count over all
+    parameters (biases included) is kept beside it."""
+
+    weights_total: int
+    weights_nonzero: int
+    params_total: int
+    params_nonzero: int
+    per_layer: dict[str, tuple[int, int]]  # name -> (nonzero, total) of the layer's weight
+
+    @property
+    def compression(self) -> float:
+        return self.weights_total / max(self.weights_nonzero, 1)
+
+    @property
+    def compression_all(self) -> float:
+        return self.params_total / max(self.params_nonzero, 1)
+
+
+def measure_compression(net: nn.Module) -> Compression:
+    per_layer = {}
+    for name, module in prunable_layers(net):
+        w = module.weight
+        per_layer[name] = (int(torch.count_nonzero(w)), w.numel())
+    params_total = sum(p.numel() for p in net.parameters())
+    params_nonzero = sum(int(torch.count_nonzero(p)) for p in net.parameters())
+    return Compression(
+        weights_total=sum(t for _, t in per_layer.values()),
+        weights_nonzero=sum(n for n, _ in per_layer.values()),
+        params_total=params_total,
+        params_nonzero=params_nonzero,
+        per_layer=per_layer,
+    )
+
+
+@torch.no_grad()
+def evaluate_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, correct_fn, batch_size: int = 2000) -> float:
+    """Fraction of correct predictions of `net` (in eval mode) on (x, y); one host sync at the end."""
+    was_training = net.training
+    net.eval()
+    correct = torch.zeros((), device=x.device)
+    for start in range(0, x.shape[0], batch_size):
+        correct += correct_fn(net(x[start:start + batch_size]), y[start:start + batch_size])
+    net.train(was_training)
+    return float(correct.item()) / x.shape[0]
+
+
+def keep_top_scores(net: nn.Module, scores: dict[str, torch.Tensor], compression: float) -> nn.Module:
+    """Zero all but the globally top-scoring weights of `net` so that total/nonzero == `compression`
+    (rounded to whole weights). `net` is modified in place and returned."""
+    layers = dict(prunable_layers(net))
+    total = sum(m.weight.numel() for m in layers.values())
+    keep = max(1, round(total / compression))
+    flat = torch.cat([scores[name].flatten() for name in layers])
+    if keep < flat.numel():
+        cutoff = torch.topk(flat, keep, sorted=True).values[-1]
+        # Ties at the cut-off are broken by order so that exactly `keep` weights survive.
+        keep_mask = flat > cutoff
+        ties = (flat == cutoff).nonzero().flatten()
+        keep_mask[ties[: keep - int(keep_mask.sum())]] = True
+    else:
+        keep_mask = torch.ones_like(flat, dtype=torch.bool)
+    offset = 0
+    with torch.no_grad():
+        for module in layers.values():
+            n = module.weight.numel()
+            module.weight.mul_(keep_mask[offset:offset + n].view_as(module.weight))
+            offset += n
+    return net

@@ -1,0 +1,184 @@
+"""The `Pruner` interface every method implements, its hyperparameter dataclasses, and the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from prunebench.protocol import Phase, Protocol
+
+if TYPE_CHECKING:
+    from prunebench.tasks import Task
+
+PRUNABLE_TYPES = (nn.Linear, nn.Conv2d)
+
+
+@dataclasses.dataclass
+class Hyperparameters:
+    """Base of every method's hyperparameter dataclass.
+
+    Each field becomes a CLI flag; put its help text in `field(metadata={"help": ...})` and, for a
+    field with a closed set of values, `metadata={"choices": (...)}`. Fields equal to their dataclass
+    default are left out of a run's identity, so adding a field with a default keeps old identities."""
+
+    def validate(self) -> None:
+        """Raise ValueError for a value out of range. The base checks `choices` and non-finite floats."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be finite, got {value}")
+
+    def non_default(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != _field_default(f)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def require(condition: bool, message: str) -> None:
+    """Hyperparameter check helper: raise ValueError(message) unless condition holds."""
+    if not condition:
+        raise ValueError(message)
+
+
+class Pruner:
+    """A pruning method, as the harness sees it.
+
+    The harness builds the task's plain model, calls `attach` once, builds the optimizer over
+    `model.parameters()` for each phase in `phases(protocol)`, and per step adds `penalty()` to the
+    task loss and calls `after_step(step)` after `optimizer.step()`. At every evaluation it measures
+    the network returned by `deployed(model)`: a plain network of the task's architecture, with exact
+    zeros where the method pruned. Methods never report their own compression."""
+
+    name: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    hparams_class: ClassVar[type[Hyperparameters]] = Hyperparameters
+    #: "paper": faithful to the cited paper; "reconstruction": parts rebuilt where the text was unavailable.
+    provenance: ClassVar[str] = "paper"
+
+    def __init__(self, hparams: Hyperparameters, task: Task) -> None:
+        hparams.validate()
+        self.hp = hparams
+        self.task = task
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Re-parametrise or swap the prunable layers before training. Default: unchanged."""
+        return model
+
+    def penalty(self) -> torch.Tensor | None:
+        """The method's extra loss term for this step, or None."""
+        return None
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step with the global step number (1-based)."""
+
+    def phases(self, protocol: Protocol) -> list[Phase]:
+        """The training phases; default is one phase of the protocol's iterations at its lr."""
+        return [Phase("train", protocol.iterations, protocol.lr)]
+
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called when a phase starts, after its optimizer was built."""
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The network as it would ship: the task's plain architecture, pruned weights exactly zero."""
+        raise NotImplementedError
+
+    def scores(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Keep-scores per prunable layer (higher = keep), for evaluation at an exact compression."""
+        return None
+
+    # -- helpers for subclasses --------------------------------------------------------------------
+    def export(self, model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A fresh plain network of the task's architecture carrying `model`'s parameters.
+
+        For each prunable layer the weight is `weights[name]` when given, else the (possibly
+        parametrised) `model.<name>.weight`; biases and any other layers are copied as they are."""
+        return export_plain(self.task.architecture, model, weights)
+
+
+def export_plain(architecture: Callable[[], nn.Module], model: nn.Module,
+                 weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """See `Pruner.export`."""
+    plain = architecture()
+    device = next(model.parameters()).device
+    plain.to(device)
+    weights = weights or {}
+    with torch.no_grad():
+        for name, module in plain.named_modules():
+            if not isinstance(module, PRUNABLE_TYPES):
+                continue
+            src = model.get_submodule(name)
+            module.weight.copy_(weights[name] if name in weights else src.weight)
+            if module.bias is not None:
+                module.bias.copy_(src.bias)
+    plain.eval()
+    return plain
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The (name, module) pairs of the Linear and Conv2d layers, in definition order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+REGISTRY: dict[str, type[Pruner]] = {}
+
+
+def register(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
+    """Class decorator: `@register("dynthresh")` makes the method available under that name."""
+
+    def decorate(cls: type[Pruner]) -> type[Pruner]:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"method name {name!r} registered twice")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _load_methods() -> None:
+    import prunebench.methods  # noqa: F401  (importing registers every method)
+
+
+def method_names() -> list[str]:
+    _load_methods()
+    return sorted(REGISTRY)
+
+
+def get_method(name: str) -> type[Pruner]:
+    _load_methods()
+    if name not in REGISTRY:
+        raise KeyError(f"unknown method {name!r}; choose from: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def make_hparams(cls: type[Pruner], task: Task, overrides: dict[str, Any] | None = None) -> Hyperparameters:
+    """The method's hyperparameters for a task: dataclass defaults, then the task's calibrated
+    defaults for this method, then explicit overrides. Validated before any training."""
+    known = {f.name for f in dataclasses.fields(cls.hparams_class)}
+    values = dict(task.method_defaults.get(cls.name, {}))
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ValueError(f"{cls.name} has no hyperparameter {key!r}; it has: {', '.join(sorted(known))}")
+        values[key] = value
+    hp = cls.hparams_class(**values)
+    hp.validate()
+    return hp

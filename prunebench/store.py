@@ -1,0 +1,181 @@
+"""The SQLite result store: runs (identity, status, environment), trajectory rows, final rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from prunebench.protocol import Protocol
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    method TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    budget TEXT NOT NULL DEFAULT 'equal',
+    identity TEXT NOT NULL,          -- JSON of what the id hashes
+    hparams TEXT NOT NULL,           -- JSON, all values (defaults included)
+    protocol TEXT NOT NULL,          -- JSON, all values
+    status TEXT NOT NULL,            -- running | finished | failed | interrupted
+    started_at REAL,
+    finished_at REAL,
+    environment TEXT,                -- JSON: versions, device, git commit
+    error TEXT,
+    failed_step INTEGER
+);
+CREATE TABLE IF NOT EXISTS trajectory (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    step INTEGER NOT NULL,
+    phase TEXT,
+    train_seconds REAL,
+    eval_seconds REAL,
+    loss REAL,
+    accuracy REAL,                   -- deployed network, test set
+    trained_accuracy REAL,           -- the network as trained (its own parametrisation), test set
+    compression REAL,
+    weights_nonzero INTEGER,
+    weights_total INTEGER,
+    compression_all REAL,
+    per_layer TEXT,                  -- JSON {layer: [nonzero, total]}
+    extra TEXT,                      -- JSON, e.g. accuracy at target compressions
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS final (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+    iterations INTEGER,
+    train_seconds REAL,
+    eval_seconds REAL,
+    accuracy REAL,
+    compression REAL,
+    weights_nonzero INTEGER,
+    weights_total INTEGER,
+    compression_all REAL,
+    params_nonzero INTEGER,
+    params_total INTEGER,
+    per_layer TEXT,
+    extra TEXT
+);
+"""
+
+
+def default_db_path() -> Path:
+    """`$PRUNEBENCH_DB`, else `prunebench.sqlite` in the working directory."""
+    return Path(os.environ.get("PRUNEBENCH_DB", "prunebench.sqlite"))
+
+
+def _canonical(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _canonical(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 1e4 and 10000 hash alike
+    return value
+
+
+def protocol_non_default(protocol: Protocol) -> dict[str, Any]:
+    base = Protocol()
+    return {f.name: getattr(protocol, f.name) for f in dataclasses.fields(Protocol)
+            if getattr(protocol, f.name) != getattr(base, f.name) and f.name != "eval_every"}
+
+
+def run_identity(task: str, protocol: Protocol, method: str, hparams_non_default: dict[str, Any],
+                 seed: int, budget: str = "equal") -> tuple[str, dict[str, Any]]:
+    """(run_id, identity dict). Values equal to their dataclass default are left out, so adding a new
+    field with a default keeps old identities; `eval_every` only changes how often we look, not the run."""
+    identity: dict[str, Any] = {"task": task, "method": method, "seed": seed}
+    proto = protocol_non_default(protocol)
+    if proto:
+        identity["protocol"] = proto
+    if hparams_non_default:
+        identity["hparams"] = hparams_non_default
+    if budget != "equal":
+        identity["budget"] = budget
+    blob = json.dumps(_canonical(identity), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16], identity
+
+
+class ResultStore:
+    """A thin wrapper over one SQLite file. Every write commits, so a crash loses at most one row."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=60)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self.conn:
+            yield self.conn
+
+    def status(self, run_id: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row["status"] if row else None
+
+    def start_run(self, run_id: str, *, task: str, method: str, seed: int, budget: str,
+                  identity: dict, hparams: dict, protocol: dict, environment: dict) -> None:
+        """Insert (or reset) the run row; any earlier trajectory of this identity is dropped."""
+        with self._tx() as c:
+            c.execute("DELETE FROM trajectory WHERE run_id = ?", (run_id,))
+            c.execute("DELETE FROM final WHERE run_id = ?", (run_id,))
+            c.execute(
+                "INSERT OR REPLACE INTO runs (run_id, task, method, seed, budget, identity, hparams, protocol,"
+                " status, started_at, environment) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, task, method, seed, budget, json.dumps(identity), json.dumps(hparams),
+                 json.dumps(protocol), "running", time.time(), json.dumps(environment)),
+            )
+
+    def add_point(self, run_id: str, row: dict[str, Any]) -> None:
+        row = dict(row)
+        for key in ("per_layer", "extra"):
+            if key in row and not isinstance(row[key], str):
+                row[key] = json.dumps(row[key])
+        cols = ", ".join(row)
+        with self._tx() as c:
+            c.execute(f"INSERT OR REPLACE INTO trajectory (run_id, {cols}) VALUES (?, {', '.join('?' * len(row))})",
+                      (run_id, *row.values()))
+
+    def finish(self, run_id: str, final: dict[str, Any]) -> None:
+        final = dict(final)
+        for key in ("per_layer", "extra"):
+            if key in final and not isinstance(final[key], str):
+                final[key] = json.dumps(final[key])
+        cols = ", ".join(final)
+        with self._tx() as c:
+            c.execute(f"INSERT OR REPLACE INTO final (run_id, {cols}) VALUES (?, {', '.join('?' * len(final))})",
+                      (run_id, *final.values()))
+            c.execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def mark(self, run_id: str, status: str, error: str | None = None, failed_step: int | None = None) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, failed_step = ? WHERE run_id = ?",
+                      (status, time.time(), error, failed_step, run_id))
+
+    def run_row(self, run_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def final_row(self, run_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM final WHERE run_id = ?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def trajectory(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM trajectory WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
+        return [dict(r) for r in rows]
