@@ -131,13 +131,17 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, batches and noise.")
 @click.option("--iterations", type=int, default=None, help="Override the task's iterations (>= 1).")
 @click.option("--eval-every", type=int, default=None, help="Evaluate the deployed network every N steps.")
+@click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
+              help="equal: every method gets the task's iterations, all phases included; paper: the "
+              "method's published schedule converted to iterations.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option("--force", is_flag=True, help="Run again even if this identity already finished.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
 @data_dir_option
 @db_option
 @hparam_options
-def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, device: str | None,
+def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, budget: str,
+        device: str | None,
         force: bool, as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
     """Train one method on one task and store the run.
 
@@ -146,7 +150,7 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     console = Console(stderr=as_json)
     given = {k: v for k, v in hparams.items() if v is not None}
     try:
-        spec = make_spec(task, method, seed, given, iterations, eval_every)
+        spec = make_spec(task, method, seed, given, iterations, eval_every, budget)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
     store = ResultStore(db or default_db_path())

@@ -16,7 +16,7 @@ from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
 from prunebench.metrics import evaluate_accuracy, measure_compression
 from prunebench.protocol import Protocol
-from prunebench.pruner import Hyperparameters, Pruner, get_method, make_hparams
+from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
 from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
 
@@ -61,6 +61,8 @@ def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | N
     protocol.validate()
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
     return RunSpec(task_obj, method, make_hparams(cls, task_obj, hparams), protocol, seed, budget)
 
 
@@ -138,10 +140,13 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     device = pick_device(str(device) if device is not None else None)
     task, protocol = spec.task, spec.protocol
     data = (dataset or task.load(Path(data_dir))).to(device)
-    pruner = get_method(spec.method)(spec.hparams, task)
+    pruner = get_method(spec.method)(spec.hparams, task, spec.budget)
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
     phases = pruner.phases(protocol)
     total_steps = sum(p.iterations for p in phases)
+    if spec.budget == "equal" and total_steps != protocol.iterations:
+        raise ValueError(f"{spec.method} declares {total_steps} iterations under budget 'equal'; "
+                         f"the protocol has {protocol.iterations}")
 
     store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
                     identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from prunebench.tasks import Task
 
 PRUNABLE_TYPES = (nn.Linear, nn.Conv2d)
+BUDGETS = ("equal", "paper")
 
 
 @dataclasses.dataclass
@@ -73,10 +74,15 @@ class Pruner:
     #: "paper": faithful to the cited paper; "reconstruction": parts rebuilt where the text was unavailable.
     provenance: ClassVar[str] = "paper"
 
-    def __init__(self, hparams: Hyperparameters, task: Task) -> None:
+    def __init__(self, hparams: Hyperparameters, task: Task, budget: str = "equal") -> None:
         hparams.validate()
+        if budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
         self.hp = hparams
         self.task = task
+        #: "equal": all phases together take the protocol's iterations; "paper": the method's published
+        #: schedule converted to iterations. Methods with one phase ignore it.
+        self.budget = budget
 
     # -- hooks ------------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
@@ -91,7 +97,8 @@ class Pruner:
         """Called after each optimizer step with the global step number (1-based)."""
 
     def phases(self, protocol: Protocol) -> list[Phase]:
-        """The training phases; default is one phase of the protocol's iterations at its lr."""
+        """The training phases under `self.budget`; default is one phase of the protocol's
+        iterations at its lr. Under budget "equal" the phases must sum to `protocol.iterations`."""
         return [Phase("train", protocol.iterations, protocol.lr)]
 
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
