@@ -21,6 +21,9 @@ from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
 
 
+SMALL_MODEL_PARAMS = 10_000
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Raised inside the training loop on SIGTERM (Ctrl-C raises KeyboardInterrupt itself)."""
 
@@ -170,11 +173,12 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
             "step": step, "phase": phase_name, "train_seconds": train_seconds,
             "loss": float(loss_sum.item()) / max(steps_since, 1),
             "accuracy": evaluate_accuracy(net, data.x_test, data.y_test, task.correct),
-            "trained_accuracy": evaluate_accuracy(model, data.x_test, data.y_test, task.correct),
             "compression": counts.compression, "weights_nonzero": counts.weights_nonzero,
             "weights_total": counts.weights_total, "compression_all": counts.compression_all,
             "per_layer": counts.per_layer,
         }
+        if pruner.trained_network_differs:
+            point["trained_accuracy"] = evaluate_accuracy(model, data.x_test, data.y_test, task.correct)
         if evaluate_extra is not None:
             point["extra"] = evaluate_extra(pruner, model, data)
         _sync(device)
@@ -185,6 +189,9 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         return {**point, "params_nonzero": counts.params_nonzero, "params_total": counts.params_total}
 
     observer.start(spec, total_steps)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)  # tiny tensors: thread start-up costs more than it saves
     try:
         with _SigtermToInterrupt():
             model.train()
@@ -231,6 +238,8 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
         observer.end()
         raise
+    finally:
+        torch.set_num_threads(threads)
     observer.end()
     assert last_point is not None
     final = {

@@ -73,6 +73,9 @@ class Pruner:
     hparams_class: ClassVar[type[Hyperparameters]] = Hyperparameters
     #: "paper": faithful to the cited paper; "reconstruction": parts rebuilt where the text was unavailable.
     provenance: ClassVar[str] = "paper"
+    #: True when the network as trained (e.g. with noise or soft masks, in eval mode) is not the deployed
+    #: one; the harness then also records its test accuracy ("trained_accuracy") at every evaluation.
+    trained_network_differs: ClassVar[bool] = False
 
     def __init__(self, hparams: Hyperparameters, task: Task, budget: str = "equal") -> None:
         hparams.validate()
