@@ -108,7 +108,7 @@ class ThresholdedWeight(nn.Module):
 
 @dataclass
 class DynThreshHparams(Hyperparameters):
-    lam: float = field(default=3e-4, metadata={"help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)"})
+    lam: float = field(default=5e-4, metadata={"help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)"})
     tau: float = field(default=0.03, metadata={"help": "temperature of the erf surrogate (> 0)"})
     scale: str = field(default="individual", metadata={
         "help": "threshold scale: one per weight, per layer, or one for the network",
