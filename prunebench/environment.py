@@ -26,7 +26,10 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+    """The commit of the source tree this package runs from (editable install), else of the working
+    directory (a non-editable install run from a checkout), with '-dirty' for uncommitted changes."""
+    package_root = Path(__file__).resolve().parent.parent
+    root = package_root if (package_root / ".git").exists() else Path.cwd()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=5).stdout.strip()
