@@ -1,0 +1,52 @@
+"""Small helpers shared by several methods (per-layer hyperparameters, optimizer state across phases).
+
+Not a method: nothing here registers. Both helpers are candidates for `prunebench/pruner.py`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def per_layer_values(value: object, cast: type) -> tuple:
+    """A per-layer hyperparameter as a tuple of `cast` (float or int).
+
+    Accepts a tuple or list, a single number, or a comma-separated string such as "1.5,1.2,0.8" (how
+    the CLI passes a tuple-valued flag). Raises ValueError for anything else."""
+    if isinstance(value, str):
+        items: list = [v for v in value.replace(" ", "").split(",") if v]
+    elif isinstance(value, (int, float)):
+        items = [value]
+    else:
+        items = list(value)  # type: ignore[call-overload]
+    out = []
+    for item in items:
+        number = float(item)
+        if cast is int:
+            if not number.is_integer():
+                raise ValueError(f"expected whole numbers, got {item!r}")
+            out.append(int(number))
+        else:
+            out.append(number)
+    return tuple(out)
+
+
+def expand_per_layer(values: tuple, n_layers: int, name: str) -> tuple:
+    """One value for every layer, or exactly one per prunable layer (in definition order)."""
+    if len(values) == 1:
+        return values * n_layers
+    if len(values) != n_layers:
+        raise ValueError(f"{name} needs 1 or {n_layers} values (one per prunable layer), got {len(values)}")
+    return values
+
+
+def carry_optimizer_state(previous: torch.optim.Optimizer | None, current: torch.optim.Optimizer) -> None:
+    """Hand the per-parameter state (Adam moments and step, momentum) of `previous` to `current`.
+
+    The harness builds a fresh optimizer for each phase; a method whose phases are one continuing run
+    with a new learning rate (an LR schedule, a mask freeze) calls this from `on_phase_start`."""
+    if previous is None or previous is current:
+        return
+    for group in previous.param_groups:
+        for param in group["params"]:
+            if param in previous.state:
+                current.state[param] = previous.state[param]

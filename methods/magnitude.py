@@ -1,0 +1,178 @@
+"""Iterative magnitude pruning. S. Han, J. Pool, J. Tran and W. J. Dally, "Learning both Weights and
+Connections for Efficient Neural Networks", NeurIPS 2015 (arXiv 1506.02626).
+
+Train the dense network, then repeat K times: remove in each layer the connections whose magnitude is
+at most a per-layer threshold, and retrain the survivors with the mask fixed. The threshold of layer l
+is a "quality parameter" times the standard deviation of the layer's weights, theta_l = q_l * std(W_l);
+the most sensitive layer (the first) gets the smallest q. Surviving weights keep their trained values
+(no re-initialisation), and pruned weights stay exactly zero: the mask is re-applied after every
+optimizer step and the optimizer's state (Adam moments, momentum) is zeroed at masked entries.
+
+Method card (where each value comes from):
+- threshold = q_l * std(W_l), mask = 1[|W| > threshold], retrain with the mask fixed: paper sec. 3-4 [S].
+- std: population std of the layer's weights after dense training, measured once before the first
+  prune [I] (the paper does not say which std an iterated prune uses).
+- rounds K = 5, and round k of K uses the threshold (k/K) * q_l * std(W_l), so the last round prunes
+  at exactly q_l * std: the suite protocol of METHODS.md sec. 2 [I]. A linear ramp in q shrinks a
+  roughly Gaussian layer about geometrically (keep 73 -> 48 -> 29 -> 16 -> 8% for q = 1.75).
+- quality q_l: not published for the LeNets. The per-task defaults in prunebench/tasks.py are
+  Gaussian quantiles q = Phi^-1(1 - keep/2) of the published keep ratios (LeNet-300-100 8/9/26%,
+  LeNet-5 66/12/8/19%, Han Tables 1-2 [R] via the Sparse VD README [S]) [I]; not yet calibrated by a
+  full run. The dataclass default q = 1 is a placeholder [I].
+- retrain lr = lr / 10: the suite protocol of METHODS.md sec. 2 [I] (AlexNet used lr / 100 [S]).
+- budget "equal": the dense phase takes `pretrain_fraction` (1/2) of the iterations and the K rounds
+  share the rest equally [I].
+- budget "paper": dense phase 10,000 iterations, the stock Caffe LeNet solver that Han used [R];
+  `retrain_iterations` = 4,600 per round [I], so that 5 rounds retrain about 2.3x the dense budget,
+  the ratio of Han's AlexNet retraining (173 h) to its dense training (75 h) [S].
+- biases are not pruned (the suite's choice for every method). Han found L2 best for retraining [S];
+  the suite protocol has no weight decay, so none is added here.
+- each round starts with a fresh optimizer (a new solver run, as a Caffe retrain would) [I].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from prunebench.methods._common import expand_per_layer, per_layer_values
+from torch import nn
+
+from prunebench.protocol import Phase, Protocol
+from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+
+if TYPE_CHECKING:
+    from prunebench.tasks import Task
+
+RETRAIN_PREFIX = "retrain-"
+#: Optimizer state entries that could move a weight; zeroed at masked entries after each step.
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+def magnitude_threshold(weight: torch.Tensor, quality: float) -> torch.Tensor:
+    """Han's per-layer threshold: quality * (population) standard deviation of the layer's weights."""
+    return quality * weight.detach().std(correction=0)
+
+
+def magnitude_mask(weight: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """Keep mask 1[|w| > threshold] (a weight at exactly the threshold is pruned)."""
+    return (weight.detach().abs() > threshold).to(weight.dtype)
+
+
+@dataclass
+class MagnitudeHparams(Hyperparameters):
+    rounds: int = field(default=5, metadata={"help": "number of prune/retrain rounds K (>= 1)"})
+    quality: tuple[float, ...] = field(default=(1.0,), metadata={
+        "help": "quality parameter q of the threshold q*std(W): one value for every layer, or one per "
+        "prunable layer in order, e.g. '0.44,1.55,1.75,1.31' (>= 0)"})
+    retrain_lr_factor: float = field(default=0.1, metadata={"help": "retraining lr = protocol lr * this (> 0)"})
+    pretrain_fraction: float = field(default=0.5, metadata={
+        "help": "budget 'equal': share of the iterations for dense training; the rounds share the rest"})
+    pretrain_iterations: int = field(default=10_000, metadata={
+        "help": "budget 'paper': dense training iterations (Caffe LeNet solver: 10,000)"})
+    retrain_iterations: int = field(default=4_600, metadata={
+        "help": "budget 'paper': retraining iterations per round"})
+
+    def __post_init__(self) -> None:
+        self.quality = per_layer_values(self.quality, float)
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        require(len(self.quality) >= 1, "quality needs at least one value")
+        require(all(q >= 0 for q in self.quality), f"quality values must be >= 0, got {self.quality}")
+        require(self.retrain_lr_factor > 0, f"retrain_lr_factor must be > 0, got {self.retrain_lr_factor}")
+        require(0 < self.pretrain_fraction < 1, f"pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}")
+        require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
+        require(self.retrain_iterations >= 1, f"retrain_iterations must be >= 1, got {self.retrain_iterations}")
+
+
+@register("magnitude")
+class MagnitudePruning(Pruner):
+    citation = ("Han, Pool, Tran & Dally, Learning both Weights and Connections for Efficient Neural Networks, "
+                "NeurIPS 2015")
+    hparams_class = MagnitudeHparams
+    hp: MagnitudeHparams
+
+    def __init__(self, hparams: MagnitudeHparams, task: Task, budget: str = "equal") -> None:
+        super().__init__(hparams, task, budget)
+        n_layers = len(prunable_layers(task.architecture()))
+        self.quality = expand_per_layer(self.hp.quality, n_layers, "quality")
+        self.layers: list[tuple[str, nn.Module]] = []
+        #: name -> keep mask (same shape as the weight); empty until the first prune.
+        self.masks: dict[str, torch.Tensor] = {}
+        #: name -> std of the layer's weights after dense training (the threshold's unit).
+        self.reference_std: dict[str, torch.Tensor] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- schedule -----------------------------------------------------------------------------
+    def phases(self, protocol: Protocol) -> list[Phase]:
+        rounds = self.hp.rounds
+        retrain_lr = protocol.lr * self.hp.retrain_lr_factor
+        if self.budget == "paper":
+            dense, per_round = self.hp.pretrain_iterations, [self.hp.retrain_iterations] * rounds
+        else:
+            dense = round(protocol.iterations * self.hp.pretrain_fraction)
+            rest = protocol.iterations - dense
+            if dense < 1 or rest < rounds:
+                raise ValueError(f"magnitude needs at least 1 dense and {rounds} retraining iterations; "
+                                 f"{protocol.iterations} iterations are too few")
+            base, extra = divmod(rest, rounds)
+            per_round = [base + (1 if k < extra else 0) for k in range(rounds)]
+        return [Phase("dense", dense, protocol.lr)] + [
+            Phase(f"{RETRAIN_PREFIX}{k}", n, retrain_lr) for k, n in enumerate(per_round, start=1)]
+
+    # -- hooks --------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> nn.Module:
+        self.layers = prunable_layers(model)
+        return model
+
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        if phase.name.startswith(RETRAIN_PREFIX):
+            self.prune(int(phase.name[len(RETRAIN_PREFIX):]))
+
+    def prune(self, round_index: int) -> None:
+        """Round k of K: mask every layer at (k/K) * q_l * std(W_l), on top of the previous mask."""
+        if not self.reference_std:
+            self.reference_std = {name: m.weight.detach().std(correction=0) for name, m in self.layers}
+        fraction = round_index / self.hp.rounds
+        for (name, module), quality in zip(self.layers, self.quality, strict=True):
+            threshold = fraction * quality * self.reference_std[name]
+            mask = magnitude_mask(module.weight, threshold)
+            if name in self.masks:
+                mask = mask * self.masks[name]
+            self.masks[name] = mask
+        self.apply_masks()
+
+    def after_step(self, step: int) -> None:  # noqa: ARG002
+        if self.masks:
+            self.apply_masks()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero the pruned weights and every optimizer state entry that belongs to them."""
+        for name, module in self.layers:
+            mask = self.masks[name]
+            module.weight.mul_(mask)
+            if self.optimizer is not None:
+                state = self.optimizer.state.get(module.weight, {})
+                for key in STATE_KEYS:
+                    value = state.get(key)
+                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                        value.mul_(mask)
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        if not self.masks:
+            return self.export(model)
+        return self.export(model, weights={name: model.get_submodule(name).weight * mask
+                                           for name, mask in self.masks.items()})
+
+    def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """|w| of the kept weights, 0 for pruned ones."""
+        scores = {}
+        for name, module in prunable_layers(model):
+            weight = module.weight.detach()
+            scores[name] = (weight * self.masks[name] if self.masks else weight).abs()
+        return scores

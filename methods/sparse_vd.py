@@ -1,0 +1,271 @@
+"""Sparse Variational Dropout. D. Molchanov, A. Ashukha and D. Vetrov, "Variational Dropout Sparsifies
+Deep Neural Networks", ICML 2017 (arXiv 1701.05369). Authors' code:
+bayesgroup/variational-dropout-sparsifies-dnn (Theano/Lasagne).
+
+Every weight gets a Gaussian posterior N(theta, sigma^2) under the log-uniform prior, trained with the
+additive reparameterisation (theta and log sigma^2 are the parameters; log alpha = log sigma^2 -
+log theta^2, clipped to [-8, 8]). Training uses the local reparameterisation trick: a layer samples
+its pre-activations, mu + sqrt(var) * eps with mu = x theta and var = x^2 (alpha theta^2) (conv: the
+same with convolutions), eps drawn per example and per output unit. The loss adds beta * KL, with
+the KL approximated by -KL = k1 sigmoid(k2 + k3 log alpha) - 0.5 log(1 + 1/alpha) - k1. Weights
+with log alpha >= 3 are dropped; evaluation is deterministic with theta * 1[log alpha < 3].
+
+Method card (where each value comes from):
+- k1, k2, k3, the clip to [-8, 8], log sigma^2 init -10, the threshold 3, the 1e-8 inside the sqrt:
+  paper Eq. 14 and authors' code nets/layers.py [V].
+- log alpha = clip(log sigma^2 - log(theta^2 + 1e-8)): the 1e-8 is the code's conv layer [V] (its
+  dense layer has none); used everywhere here so theta = 0 gives no NaN gradient [I].
+- train_clip = True: both LeNet scripts pass it [V]: the mean term uses theta * 1[log alpha < 3]
+  during training. The variance term uses the unclipped theta (alpha theta^2 = the posterior's
+  variance), as the code's dense layer does (its conv layer clips there too) [I for conv].
+- KL warm-up beta: 0 for epochs 0-4, (epoch - 5)/15 for epochs 5-19, then 1, with the completed epoch
+  index epoch = floor(step * batch / N), as optpolicy.rw_linear receives it [V].
+- objective: the code minimises (N/M) sum CE + beta KL; the harness adds `penalty()` to the batch-mean
+  CE, so penalty = beta * KL / N with N = task.train_size (the same objective divided by N) [V, up to
+  that constant factor, which Adam does not see].
+- theta starts from the task protocol's init (MNIST: truncated normal, std 0.01; the code's fc layers
+  use N(0, 0.01^2), its conv layers Glorot-uniform [V]); biases are not variational.
+- budget "paper": 200 epochs, Adam at the protocol lr (1e-3 [V]); the code sets the lr once per epoch:
+  LeNet-300-100 holds it for 100 epochs then decays it linearly to 0 at epoch 200 (lr_linear), LeNet-5
+  decays linearly from epoch 0 (lr_linear_to0) [V] (per task: `lr_decay_start`). A phase has one lr,
+  so the decay is split into `lr_phases` (10) phases whose lr is the mean of the code's per-epoch lrs
+  inside the phase [I]; the optimizer state carries across these phases (one Adam run, as in the
+  code).
+- budget "equal": one phase of the protocol's iterations at its lr; the warm-up still counts epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from prunebench.methods._common import carry_optimizer_state
+from torch import nn
+from torch.nn import functional as F
+
+from prunebench.protocol import Phase, Protocol
+from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+
+if TYPE_CHECKING:
+    from prunebench.tasks import Task
+
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+LOG_ALPHA_CLIP = 8.0
+THETA_EPS = 1e-8  # inside log(theta^2 + eps)
+VAR_EPS = 1e-8  # inside sqrt(var + eps)
+
+
+def kl_approximation(log_alpha: torch.Tensor) -> torch.Tensor:
+    """KL(q || log-uniform prior) per weight, paper Eq. 14: the negative of
+    k1 sigmoid(k2 + k3 log alpha) - 0.5 log1p(exp(-log alpha)) - k1."""
+    neg_kl = K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * torch.log1p(torch.exp(-log_alpha)) - K1
+    return -neg_kl
+
+
+def kl_weight(epoch: int, start: int = 5, end: int = 20) -> float:
+    """Warm-up beta: 0 before `start`, linear 0 -> 1 from `start` to `end`, then 1 (code: rw_linear)."""
+    if epoch < start:
+        return 0.0
+    if epoch < end:
+        return (epoch - start) / (end - start)
+    return 1.0
+
+
+class _Variational:
+    """What the variational Linear and Conv2d layers share. `weight` is theta."""
+
+    weight: nn.Parameter
+    log_sigma2: nn.Parameter
+    threshold: float
+    train_clip: bool
+    training: bool
+
+    def _init_variational(self, source: nn.Module, log_sigma2_init: float, threshold: float, train_clip: bool) -> None:
+        with torch.no_grad():
+            self.weight.copy_(source.weight)
+            if source.bias is not None:
+                self.bias.copy_(source.bias)
+        self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, log_sigma2_init))
+        self.threshold = threshold
+        self.train_clip = train_clip
+
+    @property
+    def theta(self) -> nn.Parameter:
+        return self.weight
+
+    def log_alpha(self) -> torch.Tensor:
+        log_alpha = self.log_sigma2 - torch.log(self.weight * self.weight + THETA_EPS)
+        return torch.clamp(log_alpha, -LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+
+    def kept(self) -> torch.Tensor:
+        """The deployed mask 1[log alpha < threshold] (bool)."""
+        return self.log_alpha().detach() < self.threshold
+
+    def kl(self) -> torch.Tensor:
+        return kl_approximation(self.log_alpha()).sum()
+
+    def _affine(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the pre-activation under the posterior (local reparameterisation)."""
+        log_alpha = self.log_alpha()
+        mean_weight = self.weight * (log_alpha < self.threshold) if self.train_clip else self.weight
+        mu = self._affine(x, mean_weight, self.bias)
+        var = self._affine(x * x, torch.exp(log_alpha) * self.weight * self.weight, None)
+        return mu, var
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._affine(x, self.weight * self.kept(), self.bias)
+        mu, var = self.moments(x)
+        return mu + torch.sqrt(var + VAR_EPS) * torch.randn_like(mu)
+
+
+class VariationalLinear(_Variational, nn.Linear):
+    """nn.Linear with a Gaussian posterior per weight, sampled by local reparameterisation."""
+
+    def __init__(self, source: nn.Linear, log_sigma2_init: float = -10.0, threshold: float = 3.0,
+                 train_clip: bool = True) -> None:
+        nn.Linear.__init__(self, source.in_features, source.out_features, bias=source.bias is not None,
+                           device=source.weight.device, dtype=source.weight.dtype)
+        self._init_variational(source, log_sigma2_init, threshold, train_clip)
+
+    def _affine(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+
+class VariationalConv2d(_Variational, nn.Conv2d):
+    """nn.Conv2d with a Gaussian posterior per weight, sampled by local reparameterisation."""
+
+    def __init__(self, source: nn.Conv2d, log_sigma2_init: float = -10.0, threshold: float = 3.0,
+                 train_clip: bool = True) -> None:
+        nn.Conv2d.__init__(self, source.in_channels, source.out_channels, source.kernel_size, source.stride,
+                           source.padding, source.dilation, source.groups, bias=source.bias is not None,
+                           padding_mode=source.padding_mode, device=source.weight.device,
+                           dtype=source.weight.dtype)
+        self._init_variational(source, log_sigma2_init, threshold, train_clip)
+
+    def _affine(self, x, weight, bias):
+        return self._conv_forward(x, weight, bias)
+
+
+def make_variational(module: nn.Module, **kwargs) -> nn.Module:
+    if isinstance(module, nn.Conv2d):
+        return VariationalConv2d(module, **kwargs)
+    if isinstance(module, nn.Linear):
+        return VariationalLinear(module, **kwargs)
+    raise TypeError(f"no variational version of {type(module).__name__}")
+
+
+@dataclass
+class SparseVDHparams(Hyperparameters):
+    log_sigma2_init: float = field(default=-10.0, metadata={"help": "initial log sigma^2 of every weight"})
+    threshold: float = field(default=3.0, metadata={"help": "log alpha at or above which a weight is dropped"})
+    train_clip: bool = field(default=True, metadata={
+        "help": "zero weights with log alpha >= threshold in the training mean too (code: train_clip)"})
+    warmup_start: int = field(default=5, metadata={"help": "KL weight is 0 before this epoch (>= 0)"})
+    warmup_end: int = field(default=20, metadata={"help": "KL weight reaches 1 at this epoch (>= warmup_start)"})
+    epochs: int = field(default=200, metadata={"help": "budget 'paper': training epochs (>= 1)"})
+    lr_decay_start: int = field(default=0, metadata={
+        "help": "budget 'paper': epoch from which the lr decays linearly to 0 at the last epoch"})
+    lr_phases: int = field(default=10, metadata={
+        "help": "budget 'paper': constant-lr phases that approximate the linear decay (>= 1)"})
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.warmup_start >= 0, f"warmup_start must be >= 0, got {self.warmup_start}")
+        require(self.warmup_end >= self.warmup_start,
+                f"warmup_end must be >= warmup_start, got {self.warmup_end} < {self.warmup_start}")
+        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        require(0 <= self.lr_decay_start < self.epochs,
+                f"lr_decay_start must be in [0, epochs), got {self.lr_decay_start}")
+        require(self.lr_phases >= 1, f"lr_phases must be >= 1, got {self.lr_phases}")
+        require(self.lr_phases <= self.epochs - self.lr_decay_start,
+                f"lr_phases must be <= the decay epochs ({self.epochs - self.lr_decay_start}), got {self.lr_phases}")
+
+
+@register("sparse-vd")
+class SparseVariationalDropout(Pruner):
+    citation = "Molchanov, Ashukha & Vetrov, Variational Dropout Sparsifies Deep Neural Networks, ICML 2017"
+    hparams_class = SparseVDHparams
+    hp: SparseVDHparams
+
+    def __init__(self, hparams: SparseVDHparams, task: Task, budget: str = "equal") -> None:
+        super().__init__(hparams, task, budget)
+        if task.train_size <= 0:
+            raise ValueError(f"sparse-vd needs the task's train_size (N of the KL term); {task.name} has none")
+        self.layers: list[tuple[str, _Variational]] = []
+        self.batch_size = task.protocol.batch_size
+        self.step = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- schedule -----------------------------------------------------------------------------
+    def epoch(self) -> int:
+        """Completed epochs after `self.step` optimizer steps."""
+        return self.step * self.batch_size // self.task.train_size
+
+    def kl_weight(self) -> float:
+        return kl_weight(self.epoch(), self.hp.warmup_start, self.hp.warmup_end)
+
+    def paper_lr(self, epoch: int, base_lr: float) -> float:
+        """The code's per-epoch lr: constant until lr_decay_start, then linear to 0 at `epochs`."""
+        start, end = self.hp.lr_decay_start, self.hp.epochs
+        if epoch < start:
+            return base_lr
+        return base_lr * (end - epoch) / (end - start)
+
+    def phases(self, protocol: Protocol) -> list[Phase]:
+        self.batch_size = protocol.batch_size
+        if self.budget == "equal":
+            return [Phase("train", protocol.iterations, protocol.lr)]
+        per_epoch = self.task.train_size // protocol.batch_size
+        phases = []
+        if self.hp.lr_decay_start > 0:
+            start = self.hp.lr_decay_start
+            phases.append(Phase(f"epochs 0-{start - 1}", start * per_epoch, protocol.lr))
+        decay_epochs = self.hp.epochs - self.hp.lr_decay_start
+        bounds = [self.hp.lr_decay_start + round(i * decay_epochs / self.hp.lr_phases)
+                  for i in range(self.hp.lr_phases + 1)]
+        for first, stop in zip(bounds[:-1], bounds[1:], strict=True):
+            lrs = [self.paper_lr(e, protocol.lr) for e in range(first, stop)]
+            phases.append(Phase(f"epochs {first}-{stop - 1}", (stop - first) * per_epoch, sum(lrs) / len(lrs)))
+        return phases
+
+    # -- hooks --------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> nn.Module:
+        kwargs = dict(log_sigma2_init=self.hp.log_sigma2_init, threshold=self.hp.threshold,
+                      train_clip=self.hp.train_clip)
+        self.layers = []
+        for name, module in prunable_layers(model):
+            variational = make_variational(module, **kwargs)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, variational)
+            self.layers.append((name, variational))
+        return model
+
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        carry_optimizer_state(self.optimizer, optimizer)  # the phases are one Adam run with an lr schedule
+        self.optimizer = optimizer
+
+    def penalty(self) -> torch.Tensor | None:
+        beta = self.kl_weight()
+        if beta == 0:
+            return None
+        kl = sum(layer.kl() for _, layer in self.layers)
+        return beta * kl / self.task.train_size
+
+    def after_step(self, step: int) -> None:
+        self.step = step
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        weights = {}
+        for name, _ in self.layers:
+            layer = model.get_submodule(name)
+            weights[name] = layer.weight.detach() * layer.kept()
+        return self.export(model, weights=weights)
+
+    def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """-log alpha: the lower the dropout rate, the more a weight is kept."""
+        return {name: -model.get_submodule(name).log_alpha().detach() for name, _ in self.layers}
