@@ -20,7 +20,6 @@ from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make
 from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
 
-
 SMALL_MODEL_PARAMS = 10_000
 
 
