@@ -65,7 +65,21 @@ def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | N
         raise ValueError(f"seed must be >= 0, got {seed}")
     if budget not in BUDGETS:
         raise ValueError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
-    return RunSpec(task_obj, method, make_hparams(cls, task_obj, hparams), protocol, seed, budget)
+    hp = make_hparams(cls, task_obj, hparams)
+    # Dry attach on a throwaway model: configuration that depends on the architecture (per-layer
+    # values of the wrong length, phases that do not fit the budget) fails here, before any training.
+    dry = cls(hp, task_obj, budget)
+    dry.attach(task_obj.architecture())
+    _check_phases(dry, protocol, method, budget)
+    return RunSpec(task_obj, method, hp, protocol, seed, budget)
+
+
+def _check_phases(pruner: Pruner, protocol: Protocol, method: str, budget: str) -> int:
+    total = sum(p.iterations for p in pruner.phases(protocol))
+    if budget == "equal" and total != protocol.iterations:
+        raise ValueError(f"{method} declares {total} iterations under budget 'equal'; "
+                         f"the protocol has {protocol.iterations}")
+    return total
 
 
 @dataclass
@@ -145,10 +159,7 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     pruner = get_method(spec.method)(spec.hparams, task, spec.budget)
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
     phases = pruner.phases(protocol)
-    total_steps = sum(p.iterations for p in phases)
-    if spec.budget == "equal" and total_steps != protocol.iterations:
-        raise ValueError(f"{spec.method} declares {total_steps} iterations under budget 'equal'; "
-                         f"the protocol has {protocol.iterations}")
+    total_steps = _check_phases(pruner, protocol, spec.method, spec.budget)
 
     store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
                     identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,

@@ -72,3 +72,11 @@ def test_list_shows_methods_tasks_and_calibrated_defaults():
     assert result.exit_code == 0
     for word in ("dense", "dynthresh", "xor", "lenet300", "lenet5", "lam="):
         assert word in result.output
+
+
+def test_per_layer_value_of_wrong_length_is_a_usage_error(tmp_path):
+    # xor has 2 prunable layers; three per-layer values cannot fit and must fail before training.
+    result = CliRunner().invoke(main, ["run", "--method", "dns", "--task", "xor", "--c-rate", "1,2,3",
+                                       "--db", str(tmp_path / "x.sqlite")])
+    assert result.exit_code == 2, result.output
+    assert "c_rate needs 1 or 2 values" in result.output
