@@ -16,6 +16,9 @@ from rich.table import Table
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
 from prunebench.harness import Observer, RunResult, RunSpec, make_spec, train
 from prunebench.pruner import REGISTRY, method_names
+from prunebench.report.setting import parse_seeds
+from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
+from prunebench.report.sweep import summary_table as sweep_summary_table
 from prunebench.store import ResultStore, default_db_path
 from prunebench.tasks import TASKS, task_names
 
@@ -122,6 +125,9 @@ def main() -> None:
       prunebench list                                   methods, tasks and their defaults
       prunebench data fetch mnist                       fetch and verify MNIST
       prunebench run --method dynthresh --task lenet300 train, measure, store
+      prunebench sweep --methods dynthresh,magnitude --tasks lenet300 --seeds 0-2
+      prunebench leaderboard --task lenet300            ranked table (+ leaderboards/lenet300.md, .csv)
+      prunebench plot --task lenet300 --kind fig1       Fig. 1 (also: pareto, time)
     """
 
 
@@ -173,6 +179,135 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         click.echo(json.dumps(result.as_json()))
     if result.status != "finished":
         sys.exit(1)
+
+
+def _names(text: str, known: list[str], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise click.UsageError(f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; "
+                               f"choose from: {', '.join(known)}")
+    return names
+
+
+@main.command()
+@click.option("--methods", required=True, help="Comma-separated methods, e.g. dynthresh,magnitude,dns,sparse-vd.")
+@click.option("--tasks", required=True, help="Comma-separated tasks, e.g. lenet300,lenet5.")
+@click.option("--seeds", default="0", show_default=True, help="Seeds: '0-2', '0,1,5' or '0-2,7'.")
+@click.option("--grid", multiple=True, metavar="NAME=V1,V2",
+              help="Hyperparameter values to cross (repeatable), e.g. lambda=1e-4,3e-4 (lambda means lam). "
+              "Per-layer values are separated by ';' (c_rate=1,3,4,2.5;2,3,4,2.5). Methods without NAME "
+              "run once with their defaults.")
+@click.option("--iterations", type=int, default=None, help="Override every task's iterations (>= 1).")
+@click.option("--eval-every", type=int, default=None, help="Evaluate the deployed network every N steps.")
+@click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
+              help="Training budget mode, as for `prunebench run`.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs at once, each in its own worker process (1: in this process).")
+@click.option("--dense/--no-dense", "with_dense", default=True, show_default=True,
+              help="Add `dense` (the accuracy reference of every leaderboard row) for each task and seed.")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (identities, store status) and train nothing.")
+@data_dir_option
+@db_option
+def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iterations: int | None,
+          eval_every: int | None, budget: str, jobs: int, with_dense: bool, device: str | None, dry_run: bool,
+          data_dir: Path | None, db: Path | None) -> None:
+    """Run methods x tasks x seeds x grid into the store, skipping identities already finished.
+
+    Interrupted, failed and stale 'running' identities are run again. Ctrl-C stops the sweep; the
+    runs in flight are stored as 'interrupted' and the next sweep picks them up."""
+    console = Console()
+    method_list = _names(methods, method_names(), "method(s)")
+    task_list = _names(tasks, task_names(), "task(s)")
+    db_path = db or default_db_path()
+    store = ResultStore(db_path)
+    try:
+        plan = plan_sweep(method_list, task_list, parse_seeds(seeds), parse_grid(grid), store,
+                          iterations=iterations, eval_every=eval_every, budget=budget, with_dense=with_dense)
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
+    finally:
+        store.close()
+    for note in plan.notes:
+        console.print(f"[dim]note:[/] {note}")
+    console.print(f"{len(plan.runs)} identities: {len(plan.pending)} to run, "
+                  f"{len(plan.finished_before)} already finished in {db_path}")
+    if dry_run:
+        table = Table(title="sweep plan")
+        for col in ("task", "method", "setting", "seed", "run_id", "in store", "action"):
+            table.add_column(col)
+        for r in plan.runs:
+            table.add_row(r.spec.task.name, r.spec.method, r.setting, str(r.spec.seed), r.spec.run_id,
+                          r.status_before or "-", "run" if r.to_run else "skip")
+        console.print(table)
+        return
+    try:
+        report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console)
+    except DataUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    console.print(sweep_summary_table(report))
+    if report.interrupted:
+        console.print(f"[yellow]interrupted[/]: rerun the same command to continue ({db_path})")
+        sys.exit(130)
+    if report.count("failed"):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--task", "-t", required=True, type=click.Choice(task_names()), help="Task to rank.")
+@click.option("--format", "formats", multiple=True, type=click.Choice(["md", "csv", "html"]),
+              help="Files to write (repeatable). <task>.md and <task>.csv are always written; html when asked.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
+              help="Folder for <task>.md / .csv / .html.")
+@click.option("--max-loss", type=click.FloatRange(min=0), default=0.4, show_default=True,
+              help="Accuracy-loss limit in pp (vs dense of the same seed) for ranking and time-to-compression.")
+@db_option
+def leaderboard(task: str, formats: tuple[str, ...], out: Path, max_loss: float, db: Path | None) -> None:
+    """Rank methods and settings on one task, aggregated over seeds, beside the published figures."""
+    import shlex
+
+    from prunebench.report.leaderboard import build_leaderboard
+
+    db_path = db or default_db_path()
+    wanted = tuple(dict.fromkeys(("md", "csv", *formats)))
+    args = ["prunebench", "leaderboard", "--task", task, "--max-loss", f"{max_loss:g}", "--db", str(db_path),
+            "--out", str(out)] + [a for f in wanted if f not in ("md", "csv") for a in ("--format", f)]
+    command = " ".join(shlex.quote(a) for a in args)
+    try:
+        board = build_leaderboard(db_path, task, max_loss)
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+    console = Console()
+    console.print(board.rich_table())
+    for path in board.write(out, command, wanted):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--task", "-t", required=True, type=click.Choice(task_names()), help="Task to plot.")
+@click.option("--kind", "kinds", required=True, multiple=True, type=click.Choice(["fig1", "pareto", "time"]),
+              help="fig1: accuracy vs iterations with 50x/60x/70x markers; pareto: accuracy vs compression; "
+              "time: wall-clock vs compression (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
+              help="Folder for <task>-<kind>.png and .svg.")
+@click.option("--max-loss", type=click.FloatRange(min=0), default=None,
+              help="fig1: markers also require accuracy loss <= this (pp, vs dense of the same seed).")
+@db_option
+def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, db: Path | None) -> None:
+    """Plots from the store, PNG and SVG."""
+    from prunebench.report.plots import write_plot
+
+    db_path = db or default_db_path()
+    for kind in dict.fromkeys(kinds):
+        kwargs = {"max_loss": max_loss} if kind == "fig1" else {}
+        try:
+            _fig, paths = write_plot(db_path, task, kind, out, **kwargs)
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+        for path in paths:
+            click.echo(f"wrote {path}")
 
 
 @main.command(name="list")

@@ -1,0 +1,60 @@
+"""Published figures beside each measured row: compression and accuracy loss per (method, task).
+
+Accuracy loss is in percentage points, positive = the sparse network is worse than its dense
+baseline (the DT paper's "Top-1 acc. loss"; METHODS.md section 9 lists the same numbers as error
+deltas). Each figure keeps its source so a table can say where it comes from. Baselines, LeNet-5
+variants and weight counting differ between papers: these are context, not measurements under our
+protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DT_TABLE2 = "DT paper Table 2"
+
+
+@dataclass(frozen=True)
+class Published:
+    method: str
+    task: str
+    compression: float | None      # dense weights / remaining weights; None = not published
+    accuracy_loss: float | None    # pp, positive = worse than dense; None = not published
+    source: str
+    note: str = ""
+
+    @property
+    def available(self) -> bool:
+        return self.compression is not None
+
+
+def _p(method: str, task: str, compression: float | None, loss: float | None, source: str, note: str = "") -> Published:
+    return Published(method, task, compression, loss, source, note)
+
+
+_NONE_LENET = "none published for LeNet"
+
+PUBLISHED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
+    _p("dynthresh", "lenet300", 81.0, 0.36, "DT paper Tables 1-2",
+       "individual thresholds (layer-wise 23x, global 17x)"),
+    _p("dynthresh", "lenet5", 151.0, -0.03, DT_TABLE2),
+    _p("magnitude", "lenet300", 12.2, -0.05, DT_TABLE2, "iterative pruning, Han et al. 2015"),
+    _p("magnitude", "lenet5", 11.9, -0.03, DT_TABLE2, "iterative pruning, Han et al. 2015"),
+    _p("dns", "lenet300", 56.0, -0.29, DT_TABLE2, "DNS paper: error 2.28% -> 1.99%"),
+    _p("dns", "lenet5", 108.0, 0.00, DT_TABLE2, "DNS paper: error 0.91% -> 0.91%"),
+    _p("sparse-vd", "lenet300", 68.0, 0.28, DT_TABLE2, "sparse VD: error 1.64% -> 1.92%"),
+    _p("sparse-vd", "lenet5", 280.0, -0.05, DT_TABLE2, "sparse VD: error 0.80% -> 0.75%"),
+    _p("l0", "lenet300", 12.2, 0.28, DT_TABLE2, "as reported by the sensitivity-driven paper [20]"),
+    _p("l0", "lenet5", 70.0, 0.20, DT_TABLE2, "as reported by the sensitivity-driven paper [20]"),
+    _p("dst", "lenet300", 40.0, 0.47, "DST paper (METHODS.md sec. 9)", "~40x (2.48% kept); accuracy 98.16% -> 97.69%"),
+    _p("dst", "lenet5", 61.0, 0.07, "DST paper (METHODS.md sec. 9)", "~61x (1.64% kept); accuracy 99.18% -> 99.11%"),
+    _p("ltp", "lenet300", None, None, "METHODS.md sec. 9", _NONE_LENET + " (LTP reports ImageNet only)"),
+    _p("ltp", "lenet5", None, None, "METHODS.md sec. 9", _NONE_LENET + " (LTP reports ImageNet only)"),
+    _p("autoprune", "lenet300", None, None, "METHODS.md sec. 9", _NONE_LENET),
+    _p("autoprune", "lenet5", None, None, "METHODS.md sec. 9", _NONE_LENET),
+]}
+
+
+def published(method: str, task: str) -> Published | None:
+    """The published figure for `method` on `task`, or None when the sources hold no entry at all
+    (e.g. `dense`, which is the reference, or the `xor` task)."""
+    return PUBLISHED.get((method, task))
