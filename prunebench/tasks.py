@@ -69,15 +69,18 @@ MNIST_CHOICES = {
 # dynthresh lambda on MNIST is not in the paper; calibrated by the sweep recorded in README.md.
 DT_MNIST = {"lam": 5e-4, "tau": 0.03}
 
-# magnitude (Han et al. 2015): q per layer = Gaussian quantile Phi^-1(1 - keep/2) of the published keep
-# ratios (LeNet-300-100 8/9/26%, LeNet-5 66/12/8/19%), an estimate not yet checked by a full run.
-MAGNITUDE_LENET300 = {"rounds": 5, "quality": (1.751, 1.695, 1.126)}
+# magnitude (Han et al. 2015): q per layer started from the Gaussian quantile Phi^-1(1 - keep/2) of the
+# published keep ratios (LeNet-300-100 8/9/26%, LeNet-5 66/12/8/19%). LeNet-300-100: (1.751, 1.695, 1.126)
+# kept 10/12/32% in a full run, so q was raised to (1.95, 1.9, 1.3): 8.2/10.7/26.1% kept, 11.7x, at
+# --budget paper, seed 0 (README, "Baselines"). LeNet-5: the quantile estimate, not yet checked by a full run.
+MAGNITUDE_LENET300 = {"rounds": 5, "quality": (1.95, 1.9, 1.3)}
 MAGNITUDE_LENET5 = {"rounds": 5, "quality": (0.44, 1.555, 1.751, 1.311)}
 # dns (Guo et al. 2016): LeNet-5 per-layer c_rate and iter_stop from the maintainer's suggestion (issue #2);
 # gamma/power from the README example. LeNet-300-100 has no published values: c_rate interpolated from
-# the LeNet-5 fc layers (ip1 c=4 -> 0.7% kept, ip2 c=2.5 -> 4.3%) towards the published 1.8/1.8/5.5%,
-# iter_stop as the LeNet-5 fc layers; an estimate not yet checked by a full run.
-DNS_LENET300 = {"gamma": 1e-4, "power": 1.0, "c_rate": (3.5, 3.5, 2.3), "iter_stop": (10_000, 10_000, 10_000)}
+# the LeNet-5 fc layers, then searched towards the published 1.8/1.8/5.5% kept at --budget paper, seed 0:
+# (3.5, 3.5, 2.3) -> 5.0/6.4/24.5% (equal budget), (5, 5, 4) -> 2.1/1.9/11.0% (47x), (5, 5, 5.5) ->
+# 2.0/1.6/9.6% (50x, but 0.7 pp loss); iter_stop as the LeNet-5 fc layers.
+DNS_LENET300 = {"gamma": 1e-4, "power": 1.0, "c_rate": (5.0, 5.0, 4.0), "iter_stop": (10_000, 10_000, 10_000)}
 DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (1.0, 3.0, 4.0, 2.5),
               "iter_stop": (14_000, 14_000, 10_000, 10_000)}
 # sparse-vd: the authors' scripts hold lr 1e-3 for 100 epochs then decay to 0 (LeNet-300-100) or decay
