@@ -80,6 +80,7 @@ def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LO
     runs = load_runs(db, status="finished")
     runs = runs[runs["task"] == task].reset_index(drop=True)
     columns = ["run_id", "task", "method", "seed", "budget", "group", "setting", "hp_items", "protocol_items",
+               "hparams",
                "accuracy", "compression", "iterations", "train_seconds", "device", "eval_every", "dense_run_id",
                "dense_accuracy", "accuracy_loss"]
     for x in thresholds:
@@ -114,6 +115,7 @@ def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LO
         row = {k: r[k] for k in ("run_id", "task", "method", "seed", "budget", "group", "setting", "hp_items",
                                  "protocol_items", "compression", "iterations", "train_seconds", "device",
                                  "eval_every")}
+        row["hparams"] = r.get("hparams") or "{}"
         row["seed"] = int(row["seed"])
         row["accuracy"] = 100.0 * float(r["accuracy"])
         row["dense_run_id"] = ref["run_id"] if ref is not None else None
@@ -372,7 +374,7 @@ def aggregate(runs: pd.DataFrame, max_loss: float = DEFAULT_MAX_LOSS,
             row[f"seconds_to_{x}x_mean"] = stats.mean(secs)
             row[f"iterations_to_{x}x_mean"] = stats.mean(g[f"iterations_to_{x}x"])
         row["device"] = ", ".join(sorted(set(g["device"])))
-        pub = published(first["method"], first["task"])
+        pub = published(first["method"], first["task"], json.loads(first["hparams"]))
         row["published_compression"] = pub.compression if pub and pub.compression is not None else math.nan
         row["published_accuracy_loss"] = pub.accuracy_loss if pub and pub.accuracy_loss is not None else math.nan
         row["published_source"] = pub.source if pub else ""

@@ -54,7 +54,16 @@ PUBLISHED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
 ]}
 
 
-def published(method: str, task: str) -> Published | None:
-    """The published figure for `method` on `task`, or None when the sources hold no entry at all
-    (e.g. `dense`, which is the reference, or the `xor` task)."""
+#: DT paper Table 1: LeNet-300-100 by threshold scale (Table 2's 81x is the individual row).
+DT_TABLE1_SCALES = {
+    "layer": _p("dynthresh", "lenet300", 23.0, 0.33, "DT paper Table 1", "layer-wise thresholds"),
+    "global": _p("dynthresh", "lenet300", 17.0, 0.25, "DT paper Table 1", "one global threshold"),
+}
+
+
+def published(method: str, task: str, hparams: dict | None = None) -> Published | None:
+    """The published figure for `method` on `task` (and, for dynthresh on lenet300, the threshold
+    scale in `hparams`), or None when the sources hold no entry at all (e.g. `dense`, or `xor`)."""
+    if method == "dynthresh" and task == "lenet300" and hparams and hparams.get("scale") in DT_TABLE1_SCALES:
+        return DT_TABLE1_SCALES[hparams["scale"]]
     return PUBLISHED.get((method, task))
