@@ -128,6 +128,7 @@ def main() -> None:
       prunebench sweep --methods dynthresh,magnitude --tasks lenet300 --seeds 0-2
       prunebench leaderboard --task lenet300            ranked table (+ leaderboards/lenet300.md, .csv)
       prunebench plot --task lenet300 --kind fig1       Fig. 1 (also: pareto, time)
+      prunebench check                                  regression check against leaderboards/regression.toml
     """
 
 
@@ -308,6 +309,37 @@ def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, d
             raise click.UsageError(str(exc)) from None
         for path in paths:
             click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--methods", default=None, help="Comma-separated methods to check (default: every registered one).")
+@click.option("--update", is_flag=True, help="Rewrite the baseline from this run's results (tolerances kept) "
+              "and show what changed.")
+@click.option("--speed/--no-speed", default=None,
+              help="Compare training speed (default: on, unless PRUNEBENCH_CHECK_SPEED=0).")
+@click.option("--baseline", "baseline_path", type=click.Path(path_type=Path), default=None,
+              help="Baseline file (default: leaderboards/regression.toml).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the measurements to this JSON file.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu, cuda or cuda:N (the committed baseline was recorded on cpu).")
+@data_dir_option
+def check(methods: str | None, update: bool, speed: bool | None, baseline_path: Path | None,
+          json_path: Path | None, device: str, data_dir: Path | None) -> None:
+    """Regression check: small fixed runs (xor and a short lenet300 on MNIST for every method, seed 0)
+    against the committed baseline; exit 1 when accuracy, compression or speed regressed."""
+    from prunebench.check import check_command, console_for_output
+
+    method_list = _names(methods, method_names(), "method(s)") if methods is not None else None
+    try:
+        code = check_command(method_list, update, speed, baseline_path, data_dir or default_data_dir(), device,
+                             console_for_output(), json_path=json_path)
+    except DataUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ValueError as exc:  # e.g. --device cuda without CUDA
+        raise click.UsageError(str(exc)) from None
+    sys.exit(code)
 
 
 @main.command(name="list")
