@@ -295,14 +295,18 @@ def leaderboard(task: str, formats: tuple[str, ...], out: Path, max_loss: float,
               help="Folder for <task>-<kind>.png and .svg.")
 @click.option("--max-loss", type=click.FloatRange(min=0), default=None,
               help="fig1: markers also require accuracy loss <= this (pp, vs dense of the same seed).")
+@click.option("--default-only", is_flag=True,
+              help="Only runs at the task's calibrated defaults (setting 'default'), any budget: leaves out sweeps.")
 @db_option
-def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, db: Path | None) -> None:
+def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, default_only: bool,
+         db: Path | None) -> None:
     """Plots from the store, PNG and SVG."""
     from prunebench.report.plots import write_plot
 
     db_path = db or default_db_path()
     for kind in dict.fromkeys(kinds):
         kwargs = {"max_loss": max_loss} if kind == "fig1" else {}
+        kwargs["default_only"] = default_only
         try:
             _fig, paths = write_plot(db_path, task, kind, out, **kwargs)
         except (FileNotFoundError, ValueError) as exc:

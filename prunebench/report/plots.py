@@ -69,8 +69,11 @@ def method_colours(methods: list[str]) -> dict[str, tuple]:
     return colours
 
 
-def _runs(db: Path | str, task: str, max_loss: float | None, thresholds: tuple[int, ...]) -> pd.DataFrame:
+def _runs(db: Path | str, task: str, max_loss: float | None, thresholds: tuple[int, ...],
+          default_only: bool = False) -> pd.DataFrame:
     runs = run_table(db, task, max_loss, thresholds)
+    if default_only:
+        runs = runs[runs["setting"] == "default"].reset_index(drop=True)
     if runs.empty:
         raise ValueError(f"no finished runs of task {task!r} in {db}")
     # Label per group: the method, with setting and budget when the method has several groups.
@@ -117,10 +120,10 @@ def _marker(x: int, i: int) -> str:
 
 
 def fig1(db: Path | str, task: str, thresholds: tuple[int, ...] = THRESHOLDS,
-         max_loss: float | None = None) -> Figure:
+         max_loss: float | None = None, default_only: bool = False) -> Figure:
     """Accuracy against iterations with compression markers (see the module docstring). With
     `max_loss` the markers also require an accuracy loss <= max_loss pp against dense of the same seed."""
-    runs = _runs(db, task, max_loss, thresholds)
+    runs = _runs(db, task, max_loss, thresholds, default_only)
     traj = load_trajectories(db, runs["run_id"].tolist())
     styles = _styles(runs)
     with _style():
@@ -189,9 +192,9 @@ def pareto_frontier(points: pd.DataFrame) -> pd.DataFrame:
     return points.loc[keep].sort_values("compression")
 
 
-def pareto(db: Path | str, task: str) -> Figure:
+def pareto(db: Path | str, task: str, default_only: bool = False) -> Figure:
     """Accuracy against compression, every run a point, the frontier per pruning method."""
-    runs = _runs(db, task, None, THRESHOLDS)
+    runs = _runs(db, task, None, THRESHOLDS, default_only)
     colours = method_colours(runs["method"].unique().tolist())
     order = method_names()
     with _style():
@@ -249,9 +252,10 @@ def _first_seconds(points: pd.DataFrame, levels: np.ndarray) -> np.ndarray:
     return out
 
 
-def time_plot(db: Path | str, task: str, thresholds: tuple[int, ...] = THRESHOLDS) -> Figure:
+def time_plot(db: Path | str, task: str, thresholds: tuple[int, ...] = THRESHOLDS,
+              default_only: bool = False) -> Figure:
     """Training wall-clock to first reach each compression (x, log), per method and setting."""
-    runs = _runs(db, task, None, thresholds)
+    runs = _runs(db, task, None, thresholds, default_only)
     runs = runs[runs["method"] != "dense"]
     if runs.empty:
         raise ValueError(f"no finished pruning runs of task {task!r} in {db} (dense alone reaches 1x)")
@@ -301,9 +305,9 @@ def make_plot(db: Path | str, task: str, kind: str, **kwargs) -> Figure:
     if kind == "fig1":
         return fig1(db, task, **kwargs)
     if kind == "pareto":
-        return pareto(db, task)
+        return pareto(db, task, default_only=kwargs.get("default_only", False))
     if kind == "time":
-        return time_plot(db, task)
+        return time_plot(db, task, default_only=kwargs.get("default_only", False))
     raise ValueError(f"unknown plot kind {kind!r}; choose from: {', '.join(KINDS)}")
 
 
