@@ -114,8 +114,21 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=60)
         self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
+        self._initialise()
+
+    def _initialise(self, attempts: int = 300) -> None:
+        """WAL mode and the schema. Switching the journal mode needs the file to itself and does not
+        wait on the busy timeout, so concurrent openers (sweep workers) retry for up to ~30 s."""
+        for attempt in range(attempts):
+            try:
+                if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
 
     def close(self) -> None:
         self.conn.close()
