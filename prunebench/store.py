@@ -155,25 +155,21 @@ class ResultStore:
                  json.dumps(protocol), "running", time.time(), json.dumps(environment)),
             )
 
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, table: str, run_id: str, row: dict[str, Any]) -> None:
+        """INSERT OR REPLACE one row of `table` for `run_id`; dict-valued columns are stored as JSON."""
+        values = [json.dumps(v) if key in ("per_layer", "extra") and not isinstance(v, str) else v
+                  for key, v in row.items()]
+        conn.execute(f"INSERT OR REPLACE INTO {table} (run_id, {', '.join(row)}) "
+                     f"VALUES (?, {', '.join('?' * len(row))})", (run_id, *values))
+
     def add_point(self, run_id: str, row: dict[str, Any]) -> None:
-        row = dict(row)
-        for key in ("per_layer", "extra"):
-            if key in row and not isinstance(row[key], str):
-                row[key] = json.dumps(row[key])
-        cols = ", ".join(row)
         with self._tx() as c:
-            c.execute(f"INSERT OR REPLACE INTO trajectory (run_id, {cols}) VALUES (?, {', '.join('?' * len(row))})",
-                      (run_id, *row.values()))
+            self._insert(c, "trajectory", run_id, row)
 
     def finish(self, run_id: str, final: dict[str, Any]) -> None:
-        final = dict(final)
-        for key in ("per_layer", "extra"):
-            if key in final and not isinstance(final[key], str):
-                final[key] = json.dumps(final[key])
-        cols = ", ".join(final)
         with self._tx() as c:
-            c.execute(f"INSERT OR REPLACE INTO final (run_id, {cols}) VALUES (?, {', '.join('?' * len(final))})",
-                      (run_id, *final.values()))
+            self._insert(c, "final", run_id, final)
             c.execute("UPDATE runs SET status = 'finished', finished_at = ? WHERE run_id = ?", (time.time(), run_id))
 
     def mark(self, run_id: str, status: str, error: str | None = None, failed_step: int | None = None) -> None:
