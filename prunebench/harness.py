@@ -15,7 +15,7 @@ import torch
 from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
 from prunebench.metrics import evaluate_accuracy, measure_compression
-from prunebench.protocol import Protocol
+from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
 from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
@@ -70,12 +70,12 @@ def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | N
     # values of the wrong length, phases that do not fit the budget) fails here, before any training.
     dry = cls(hp, task_obj, budget)
     dry.attach(task_obj.architecture())
-    _check_phases(dry, protocol, method, budget)
+    _check_phases(dry.phases(protocol), protocol, method, budget)
     return RunSpec(task_obj, method, hp, protocol, seed, budget)
 
 
-def _check_phases(pruner: Pruner, protocol: Protocol, method: str, budget: str) -> int:
-    total = sum(p.iterations for p in pruner.phases(protocol))
+def _check_phases(phases: list[Phase], protocol: Protocol, method: str, budget: str) -> int:
+    total = sum(p.iterations for p in phases)
     if budget == "equal" and total != protocol.iterations:
         raise ValueError(f"{method} declares {total} iterations under budget 'equal'; "
                          f"the protocol has {protocol.iterations}")
@@ -159,7 +159,7 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     pruner = get_method(spec.method)(spec.hparams, task, spec.budget)
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
     phases = pruner.phases(protocol)
-    total_steps = _check_phases(pruner, protocol, spec.method, spec.budget)
+    total_steps = _check_phases(phases, protocol, spec.method, spec.budget)
 
     store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
                     identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
