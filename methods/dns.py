@@ -28,7 +28,9 @@ Method card (where each value comes from):
   iteration j [V, code order].
 - budget "paper": pretrain 10,000 iterations (the stock Caffe LeNet solver [R]), surgery until the
   largest iter_stop, then `frozen_iterations` = 4,000 with the masks frozen [I: no published value].
-  All phases at the protocol's lr ("the reference solver", METHODS.md sec. 3).
+  All phases at the protocol's lr ("the reference solver", METHODS.md sec. 3) by default;
+  `surgery_lr_factor` / `frozen_lr_factor` scale the lr of the later phases [I] (the Caffe LeNet
+  solver's "inv" policy decays the lr as training goes on, a constant Adam lr does not).
 - budget "equal": the same schedule compressed uniformly into the protocol's iterations [I]: every
   phase length is scaled by protocol.iterations / (pretrain + max iter_stop + frozen), and iter and
   iter_stop are compared in paper iterations (iter = surgery steps / scale), so the shape of the
@@ -113,6 +115,9 @@ class DNSHparams(Hyperparameters):
         "help": "dense pretraining iterations of the published schedule (Caffe LeNet solver: 10,000)"})
     frozen_iterations: int = field(default=4_000, metadata={
         "help": "training iterations after the last iter_stop, masks frozen (>= 0)"})
+    surgery_lr_factor: float = field(default=1.0, metadata={"help": "surgery lr = protocol lr * this (> 0)"})
+    frozen_lr_factor: float = field(default=1.0, metadata={
+        "help": "lr after the surgery (masks frozen) = protocol lr * this (> 0)"})
 
     def __post_init__(self) -> None:
         self.c_rate = per_layer_values(self.c_rate, float)
@@ -127,6 +132,8 @@ class DNSHparams(Hyperparameters):
                 f"iter_stop values must be >= 1, got {self.iter_stop}")
         require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
         require(self.frozen_iterations >= 0, f"frozen_iterations must be >= 0, got {self.frozen_iterations}")
+        require(self.surgery_lr_factor > 0, f"surgery_lr_factor must be > 0, got {self.surgery_lr_factor}")
+        require(self.frozen_lr_factor > 0, f"frozen_lr_factor must be > 0, got {self.frozen_lr_factor}")
 
 
 @dataclass
@@ -183,9 +190,10 @@ class DynamicNetworkSurgery(Pruner):
             frozen = total - pretrain - surgery
         else:
             self.paper_total, self.actual_total = 1, 1
-        phases = [Phase("pretrain", pretrain, protocol.lr), Phase("surgery", surgery, protocol.lr)]
+        phases = [Phase("pretrain", pretrain, protocol.lr),
+                  Phase("surgery", surgery, protocol.lr * self.hp.surgery_lr_factor)]
         if frozen > 0:
-            phases.append(Phase("frozen", frozen, protocol.lr))
+            phases.append(Phase("frozen", frozen, protocol.lr * self.hp.frozen_lr_factor))
         return phases
 
     @property

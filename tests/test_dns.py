@@ -162,6 +162,16 @@ def test_equal_budget_compresses_the_schedule_and_stops_each_layer_at_its_iter_s
     assert [layer.updates for layer in pruner.layers] == [100, 417]
 
 
+def test_lr_factors_scale_the_surgery_and_frozen_phases_only():
+    task = get_task("xor")
+    hp = DNSHparams(surgery_lr_factor=0.5, frozen_lr_factor=0.1, iter_stop=(100,), pretrain_iterations=50,
+                    frozen_iterations=20)
+    phases = DynamicNetworkSurgery(hp, task, budget="paper").phases(task.protocol)
+    lr = task.protocol.lr
+    assert [(p.name, p.iterations) for p in phases] == [("pretrain", 50), ("surgery", 100), ("frozen", 20)]
+    assert [p.lr for p in phases] == pytest.approx([lr, 0.5 * lr, 0.1 * lr])
+
+
 def test_frozen_phase_keeps_the_optimizer_state_of_the_surgery():
     pruner, model = _xor_surgery()
     surgery_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -178,7 +188,8 @@ def test_per_layer_values_and_validation():
     assert DNSHparams(c_rate="1, 3,4,2.5", iter_stop="14000,14000,1e4,10000").iter_stop == (14000, 14000, 10000, 10000)
     with pytest.raises(ValueError, match="c_rate needs 1 or 2 values"):
         DynamicNetworkSurgery(DNSHparams(c_rate=(1.0, 2.0, 3.0)), get_task("xor"))
-    for bad in (dict(gamma=-1.0), dict(power=-0.5), dict(iter_stop=(0,)), dict(frozen_iterations=-1)):
+    for bad in (dict(gamma=-1.0), dict(power=-0.5), dict(iter_stop=(0,)), dict(frozen_iterations=-1),
+                dict(surgery_lr_factor=0.0), dict(frozen_lr_factor=-1.0)):
         with pytest.raises(ValueError):
             DNSHparams(**bad).validate()
     with pytest.raises(ValueError, match="whole numbers"):
