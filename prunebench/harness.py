@@ -14,7 +14,7 @@ import torch
 
 from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
-from prunebench.metrics import evaluate_accuracy, measure_compression
+from prunebench.metrics import count_flops, evaluate_accuracy, measure_compression
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
 from prunebench.store import ResultStore, run_identity
@@ -160,6 +160,10 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
     phases = pruner.phases(protocol)
     total_steps = _check_phases(phases, protocol, spec.method, spec.budget)
+    # The dense architecture every deployed network is measured against (totals, reference FLOPs).
+    reference = task.architecture().to(device)
+    example = data.x_test[0]
+    flops_reference = count_flops(reference, example).dense
 
     store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
                     identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
@@ -178,14 +182,15 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         if bad >= 0:
             raise NonFiniteLoss(bad)
         net = pruner.deployed(model)
-        counts = measure_compression(net)
+        counts = measure_compression(net, reference)
+        flops = count_flops(net, example)
         point = {
             "step": step, "phase": phase_name, "train_seconds": train_seconds,
             "loss": float(loss_sum.item()) / max(steps_since, 1),
             "accuracy": evaluate_accuracy(net, data.x_test, data.y_test, task.correct),
             "compression": counts.compression, "weights_nonzero": counts.weights_nonzero,
             "weights_total": counts.weights_total, "compression_all": counts.compression_all,
-            "per_layer": counts.per_layer,
+            "per_layer": counts.per_layer, "flops": flops.dense, "flops_nonzero": flops.nonzero,
         }
         if pruner.trained_network_differs:
             point["trained_accuracy"] = evaluate_accuracy(model, data.x_test, data.y_test, task.correct)
@@ -255,7 +260,9 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     final = {
         "iterations": step, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
         **{k: last_point[k] for k in ("accuracy", "compression", "weights_nonzero", "weights_total",
-                                       "compression_all", "params_nonzero", "params_total", "per_layer")},
+                                       "compression_all", "params_nonzero", "params_total", "per_layer",
+                                       "flops", "flops_nonzero")},
+        "flops_reference": flops_reference,
     }
     if "extra" in last_point:
         final["extra"] = last_point["extra"]

@@ -32,12 +32,16 @@ class Compression:
         return self.params_total / max(self.params_nonzero, 1)
 
 
-def measure_compression(net: nn.Module) -> Compression:
-    per_layer = {}
-    for name, module in prunable_layers(net):
-        w = module.weight
-        per_layer[name] = (int(torch.count_nonzero(w)), w.numel())
-    params_total = sum(p.numel() for p in net.parameters())
+def measure_compression(net: nn.Module, reference: nn.Module | None = None) -> Compression:
+    """Non-zero weights of `net`. Totals come from `reference` (the task's dense architecture) when
+    given, so a physically smaller network (channel pruning) is compared with the network it replaces;
+    its layers must carry the reference's names."""
+    nonzero = {name: int(torch.count_nonzero(m.weight)) for name, m in prunable_layers(net)}
+    totals = {name: m.weight.numel() for name, m in prunable_layers(reference if reference is not None else net)}
+    if set(nonzero) != set(totals):
+        raise ValueError(f"deployed layers {sorted(nonzero)} differ from the reference's {sorted(totals)}")
+    per_layer = {name: (nonzero[name], totals[name]) for name in totals}
+    params_total = sum(p.numel() for p in (reference if reference is not None else net).parameters())
     params_nonzero = sum(int(torch.count_nonzero(p)) for p in net.parameters())
     return Compression(
         weights_total=sum(t for _, t in per_layer.values()),
@@ -46,6 +50,38 @@ def measure_compression(net: nn.Module) -> Compression:
         params_nonzero=params_nonzero,
         per_layer=per_layer,
     )
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Multiply-accumulates of the Linear/Conv2d weights for one input example (biases not counted)."""
+
+    dense: int  # every weight of the network as built (what a dense kernel computes)
+    nonzero: int  # only the non-zero weights (what an ideal sparse kernel computes)
+
+
+@torch.no_grad()
+def count_flops(net: nn.Module, example: torch.Tensor) -> Flops:
+    """MACs of `net` on one example (`example` has no batch dimension). A conv weight is used once per
+    output position, a linear weight once per leading position of its input."""
+    dense = nonzero = 0
+
+    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal dense, nonzero
+        uses = output[0].numel() // module.weight.shape[0]  # output positions per output unit
+        dense += module.weight.numel() * uses
+        nonzero += int(torch.count_nonzero(module.weight)) * uses
+
+    handles = [m.register_forward_hook(hook) for _, m in prunable_layers(net)]
+    was_training = net.training
+    try:
+        net.eval()
+        net(example.unsqueeze(0))
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    return Flops(dense=dense, nonzero=nonzero)
 
 
 @torch.no_grad()

@@ -8,14 +8,21 @@ from pathlib import Path
 
 import pandas as pd
 
+#: The final-row columns `load_runs` joins onto each run.
+FINAL_COLUMNS = ("iterations", "train_seconds", "eval_seconds", "accuracy", "compression", "weights_nonzero",
+                 "weights_total", "compression_all", "params_nonzero", "params_total", "flops", "flops_nonzero",
+                 "flops_reference", "final_per_layer", "extra")
+
 
 def load_runs(db: Path | str, status: str | None = "finished") -> pd.DataFrame:
     """One row per run: identity columns, hyperparameters (as `hp.<name>`), final metrics."""
     with sqlite3.connect(str(db)) as conn:
-        runs = pd.read_sql_query(
-            "SELECT r.*, f.iterations, f.train_seconds, f.eval_seconds, f.accuracy, f.compression,"
-            " f.weights_nonzero, f.weights_total, f.compression_all, f.per_layer AS final_per_layer, f.extra"
-            " FROM runs r LEFT JOIN final f USING (run_id)", conn)
+        runs = pd.read_sql_query("SELECT * FROM runs", conn)
+        final = pd.read_sql_query("SELECT * FROM final", conn).rename(columns={"per_layer": "final_per_layer"})
+    for column in FINAL_COLUMNS:  # a store written before a column existed reads as missing values
+        if column not in final.columns:
+            final[column] = pd.Series(dtype="float64")
+    runs = runs.merge(final[["run_id", *FINAL_COLUMNS]], on="run_id", how="left")
     if status is not None:
         runs = runs[runs["status"] == status].reset_index(drop=True)
     hparams = pd.json_normalize(runs["hparams"].map(json.loads).tolist()).add_prefix("hp.") if len(runs) else None

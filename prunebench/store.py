@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS trajectory (
     compression_all REAL,
     per_layer TEXT,                  -- JSON {layer: [nonzero, total]}
     extra TEXT,                      -- JSON, e.g. accuracy at target compressions
+    flops INTEGER,                   -- MACs per example of the deployed network as built (dense)
+    flops_nonzero INTEGER,           -- MACs per example of its non-zero weights
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS final (
@@ -62,7 +64,10 @@ CREATE TABLE IF NOT EXISTS final (
     params_nonzero INTEGER,
     params_total INTEGER,
     per_layer TEXT,
-    extra TEXT
+    extra TEXT,
+    flops INTEGER,
+    flops_nonzero INTEGER,
+    flops_reference INTEGER          -- MACs per example of the task's dense architecture
 );
 """
 
@@ -106,6 +111,13 @@ def run_identity(task: str, protocol: Protocol, method: str, hparams_non_default
     return hashlib.sha256(blob.encode()).hexdigest()[:16], identity
 
 
+#: Columns added after the first stores were written: table -> [(column, type)].
+ADDED_COLUMNS = {
+    "trajectory": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER")],
+    "final": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("flops_reference", "INTEGER")],
+}
+
+
 class ResultStore:
     """A thin wrapper over one SQLite file. Every write commits, so a crash loses at most one row."""
 
@@ -124,11 +136,21 @@ class ResultStore:
                 if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.executescript(SCHEMA)
+                self._migrate()
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == attempts - 1:
                     raise
                 time.sleep(0.1)
+
+    def _migrate(self) -> None:
+        """Add the columns newer code writes to a store made by older code (their old rows stay NULL)."""
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in present:
+                    with self.conn:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.conn.close()

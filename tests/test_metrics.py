@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from prunebench.metrics import keep_top_scores, measure_compression
+from prunebench.metrics import count_flops, keep_top_scores, measure_compression
 from prunebench.models import LeNet5, LeNet300
 
 
@@ -41,3 +41,26 @@ def test_keep_top_scores_hits_the_exact_ratio():
     ones = {n: torch.ones_like(m.weight) for n, m in net2.named_modules() if isinstance(m, torch.nn.Linear)}
     keep_top_scores(net2, ones, 100.0)
     assert measure_compression(net2).weights_nonzero == 2662
+
+
+def test_flops_of_lenet5_by_hand():
+    net = LeNet5()
+    # conv1: 20 filters of 1x5x5 at 24x24 positions; conv2: 50 of 20x5x5 at 8x8; fc1 800x500; fc2 500x10.
+    dense = 20 * 25 * 24 * 24 + 50 * 20 * 25 * 8 * 8 + 800 * 500 + 500 * 10
+    with torch.no_grad():
+        net.conv2.weight[:10] = 0.0  # 10 filters of 500 weights, each used at 64 positions
+        net.fc1.weight[:, :3] = 0.0
+    flops = count_flops(net, torch.zeros(1, 28, 28))
+    assert flops.dense == dense
+    assert flops.nonzero == dense - 10 * 500 * 64 - 3 * 500
+
+
+def test_smaller_network_is_measured_against_the_reference():
+    small = LeNet300()
+    small.fc1 = torch.nn.Linear(784, 30)
+    small.fc2 = torch.nn.Linear(30, 100)
+    c = measure_compression(small, reference=LeNet300())
+    assert c.weights_total == 266_200 and c.weights_nonzero == 784 * 30 + 30 * 100 + 1_000
+    assert c.per_layer["fc1"] == (784 * 30, 235_200)
+    assert c.params_total == 266_610
+    assert count_flops(small, torch.zeros(784)).dense == 784 * 30 + 30 * 100 + 1_000

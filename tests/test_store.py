@@ -36,3 +36,29 @@ def test_concurrent_openers_of_new_stores_all_succeed(tmp_path):
     store = ResultStore(tmp_path / "shared0.sqlite")
     assert store.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 8
     store.close()
+
+
+def test_a_store_from_before_the_flops_columns_is_migrated_and_still_loads(tmp_path):
+    import sqlite3
+
+    from prunebench.results import load_runs
+    from prunebench.store import ADDED_COLUMNS, SCHEMA
+
+    old_schema = SCHEMA
+    for columns in ADDED_COLUMNS.values():
+        for name, _kind in columns:
+            old_schema = "\n".join(line for line in old_schema.splitlines() if not line.strip().startswith(name + " "))
+    old_schema = old_schema.replace("extra TEXT,\n)", "extra TEXT\n)")
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO runs (run_id, task, method, seed, identity, hparams, protocol, status) "
+                     "VALUES ('r1', 'xor', 'dense', 0, '{}', '{}', '{}', 'finished')")
+        conn.execute("INSERT INTO final (run_id, accuracy, compression) VALUES ('r1', 0.9, 1.0)")
+        assert "flops" not in {row[1] for row in conn.execute("PRAGMA table_info(final)")}
+    runs = load_runs(path)  # reading does not need (or make) the new columns
+    assert runs.loc[0, "accuracy"] == 0.9 and runs["flops"].isna().all()
+    store = ResultStore(path)
+    store.finish("r1", {"accuracy": 0.9, "compression": 1.0, "flops": 15, "flops_nonzero": 10, "flops_reference": 15})
+    store.close()
+    assert load_runs(path).loc[0, "flops_nonzero"] == 10

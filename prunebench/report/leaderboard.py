@@ -82,7 +82,7 @@ def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LO
     columns = ["run_id", "task", "method", "seed", "budget", "group", "setting", "hp_items", "protocol_items",
                "hparams",
                "accuracy", "compression", "iterations", "train_seconds", "device", "eval_every", "dense_run_id",
-               "dense_accuracy", "accuracy_loss"]
+               "dense_accuracy", "accuracy_loss", "params_reduction", "flops_reduction", "flops_reduction_sparse"]
     for x in thresholds:
         columns += [f"seconds_to_{x}x", f"iterations_to_{x}x"]
     if runs.empty:
@@ -121,6 +121,10 @@ def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LO
         row["dense_run_id"] = ref["run_id"] if ref is not None else None
         row["dense_accuracy"] = 100.0 * dense_acc
         row["accuracy_loss"] = 100.0 * (dense_acc - float(r["accuracy"]))
+        row["params_reduction"] = float(r["compression_all"]) if _ok(r.get("compression_all")) else math.nan
+        # FLOPs columns: NaN for runs stored before FLOPs were measured.
+        row["flops_reduction"] = _ratio(r.get("flops_reference"), r.get("flops"))
+        row["flops_reduction_sparse"] = _ratio(r.get("flops_reference"), r.get("flops_nonzero"))
         points = by_run.get(r["run_id"], pd.DataFrame(columns=["step", "train_seconds", "accuracy", "compression"]))
         for x in thresholds:
             row[f"seconds_to_{x}x"], row[f"iterations_to_{x}x"] = time_to_compression(
@@ -159,6 +163,10 @@ class Leaderboard:
                                 if _ok(r["accuracy_loss_ci95"]) else "-"),
                 "<= limit": "yes" if r["within_loss_limit"] else ("no" if _ok(r["accuracy_loss_mean"]) else "n/a"),
                 "compression": _pm(r["compression_mean"], r["compression_std"], 1, suffix="x"),
+                "params red.": f"{r['params_reduction_mean']:.1f}x" if _ok(r["params_reduction_mean"]) else "-",
+                "FLOPs red. dense / sparse": (
+                    f"{r['flops_reduction_mean']:.1f}x / {r['flops_reduction_sparse_mean']:.1f}x"
+                    if _ok(r["flops_reduction_mean"]) else "-"),
                 "iterations": f"{r['iterations_mean']:,.0f}",
                 "train s": _pm(r["train_seconds_mean"], r["train_seconds_std"], 1),
             }
@@ -197,7 +205,10 @@ class Leaderboard:
     def _caption(self) -> str:
         parts = [f"accuracy: deployed network, test set, %; loss: dense of the same seed minus it, pp "
                  f"(positive = worse); to Nx: mean training seconds / iterations to the first evaluation with "
-                 f"compression >= N and loss <= {self.max_loss:g} pp, over the seeds that reached it"]
+                 f"compression >= N and loss <= {self.max_loss:g} pp, over the seeds that reached it; params red.: all "
+                 f"parameters of the dense network / non-zero parameters deployed; FLOPs red.: multiply-accumulates "
+                 f"per example of the dense network / of the deployed network as built (dense kernels) / of its "
+                 f"non-zero weights only (ideal sparse kernels); '-' for runs stored before FLOPs were measured"]
         devices = self._devices()
         if len(devices) == 1:
             parts.append(f"device: {devices[0]}")
@@ -299,6 +310,13 @@ def _eval_every(values: pd.Series) -> int | None:
     return known.pop() if len(known) == 1 else None
 
 
+def _ratio(numerator: Any, denominator: Any) -> float:
+    """numerator / denominator as a float, NaN when either is missing or the denominator is 0."""
+    if not (_ok(numerator) and _ok(denominator)) or float(denominator) == 0:
+        return math.nan
+    return float(numerator) / float(denominator)
+
+
 def _ok(value: Any) -> bool:
     try:
         return value is not None and math.isfinite(float(value))
@@ -367,6 +385,9 @@ def aggregate(runs: pd.DataFrame, max_loss: float = DEFAULT_MAX_LOSS,
             "compression_min": float(g["compression"].min()), "compression_max": float(g["compression"].max()),
             "iterations_mean": stats.mean(g["iterations"]),
             "train_seconds_mean": stats.mean(g["train_seconds"]), "train_seconds_std": stats.std(g["train_seconds"]),
+            "params_reduction_mean": stats.mean(g["params_reduction"]),
+            "flops_reduction_mean": stats.mean(stats.finite(g["flops_reduction"])),
+            "flops_reduction_sparse_mean": stats.mean(stats.finite(g["flops_reduction_sparse"])),
         }
         for x in thresholds:
             secs = stats.finite(g[f"seconds_to_{x}x"])
