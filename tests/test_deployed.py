@@ -19,6 +19,9 @@ METHODS = {
     "magnitude": {"quality": (1.0,), "rounds": 2},
     "dns": {"c_rate": (0.0,), "gamma": 1e-3},
     "sparse-vd": {"log_sigma2_init": 0.0},  # log alpha >= 3 where |theta| <= e^-1.5 from the start
+    "dst": {"alpha": 1e-2},  # 13 of 15 kept at steps 100/200/300 (seed 0)
+    "ltp": {"lam": 0.1},  # thresholds rise in the 175 prune steps: 11 of 15 kept at step 300 (seed 0)
+    "autoprune": {"flops_target": 0.2, "arch_lr": 0.1},  # fewer hidden units: a physically smaller net
 }
 
 
@@ -43,6 +46,10 @@ def method_kept(pruner: Pruner, model: nn.Module) -> int:
         return sum(int(layer.mask.sum()) for layer in pruner.layers)
     if name == "sparse-vd":
         return sum(int((layer.log_alpha() < 3).sum()) for _, layer in pruner.layers)
+    if name in ("dst", "ltp"):
+        return sum(int(mask.sum()) for mask in pruner.masks(model).values())
+    if name == "autoprune":  # each kept hidden unit keeps its 2 inputs and its 1 output weight
+        return 3 * int((pruner.unit_masks(model)["fc1"] > 0).sum())
     raise AssertionError(name)
 
 
@@ -58,7 +65,7 @@ def test_deployed_is_plain_and_counts_agree_with_the_store(method, store, tmp_pa
         assert type(net) is type(task.architecture())
         assert [type(m) for m in net.modules()] == plain_types, "deployed network has non-plain modules"
         assert not any(parametrize.is_parametrized(m) for m in net.modules())
-        counts = measure_compression(net)
+        counts = measure_compression(net, reference=task.architecture())
         record = {"independent": independent_nonzero(net), "measured": counts.weights_nonzero,
                   "kept": method_kept(pruner, model), "total": counts.weights_total}
         seen.append(record)
@@ -73,7 +80,7 @@ def test_deployed_is_plain_and_counts_agree_with_the_store(method, store, tmp_pa
         assert record["total"] == point["weights_total"] == 15
     final = store.final_row(result.run_id)
     assert final["weights_nonzero"] == result.final["weights_nonzero"] == seen[-1]["independent"]
-    if method in ("magnitude", "dns", "sparse-vd"):
+    if method in ("magnitude", "dns", "sparse-vd", "dst", "ltp", "autoprune"):
         assert 0 < final["weights_nonzero"] < 15, f"{method} should prune part of XOR's 15 weights"
 
 

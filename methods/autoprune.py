@@ -1,0 +1,216 @@
+"""AutoPruning with dynamic channel masking. B. Li, Y. Fan, Z. Pan and G. Zhang, "AutoPruning for Deep
+Neural Network with Dynamic Channel Masking", arXiv 2010.12021 (2020).
+
+RECONSTRUCTION. Only the abstract was available (no full text, no code). What the abstract states:
+a searchable remaining ratio per layer sets how many channels it keeps, a dynamic masking process lets
+the kept channel set change during training, weights and ratios are optimised alternately, and the loss
+trades accuracy against the reduction in FLOPs. Everything else below is our own reconstruction [I],
+after METHODS.md sec. 7 ("Suite interpretation").
+
+Mechanism [I]. Every prunable layer but the last (whose outputs are the classes) has one ratio
+r_l = sigmoid(rho_l). Its C_l output units (neurons of a Linear, filters of a Conv2d) are ranked by the
+L1 norm of their weights, recomputed at every forward pass (the dynamic channel masking: a unit that
+grows can re-enter), and the unit of rank k (0 = largest) is multiplied by
+m_k = clamp(r_l * C_l - k, 0, 1). Exactly ceil(r_l * C_l) units are non-zero; all but the last of them
+have m = 1, and the boundary unit's fraction is what carries the ratio's gradient from the task loss.
+The mask multiplies the layer's output (pre-activation, bias included), so a deployed network folds it
+into the kept units' weights and biases exactly.
+
+Loss [I]: task loss + mu * max(0, F(r) / (flops_target * F_dense) - 1), with the expected MACs
+F(r) = sum_l D_l * r_l * r_(l-1) (D_l: the dense layer's MACs per example, r_0 = r_L = 1): a hinge that
+pushes the ratios down until the FLOPs target is met and then lets the task loss decide.
+
+Alternation [I]: steps alternate between weight steps (the harness's optimizer; the ratios are
+detached, so they get no gradient) and ratio steps (weights and biases detached, so the harness's
+optimizer skips them; rho takes one step of its own Adam at `arch_lr` on the task loss plus the FLOPs
+hinge). The paper's alternation is "in the style of AutoML", which would use held-out batches for the
+ratio steps; the suite's harness has one training batch stream, so ratio steps use training batches.
+
+Deployed network: physically smaller (prunebench.structured.shrink): the kept units only, with the
+boundary unit's fraction folded in, and the next layer's matching inputs. The harness measures its
+weight compression, parameter and FLOPs reduction against the dense architecture.
+
+Method card (every value is ours [I]; the paper published no LeNet setting):
+- ranking by L1 norm of a unit's weights; soft boundary mask; hinge FLOPs loss; alternation every step
+  (`arch_every` = 2: odd steps weights, even steps ratios).
+- rho_init = 3 (r = 0.95), arch_lr = 1e-2 (Adam), mu = 1, flops_target = 0.1 (keep 10% of the MACs).
+- one phase from scratch; budget "paper" is the same as "equal" (no published schedule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.structured import shrink
+
+if TYPE_CHECKING:
+    from prunebench.protocol import Phase
+    from prunebench.tasks import Task
+
+
+def unit_norms(weight: torch.Tensor) -> torch.Tensor:
+    """L1 norm of each output unit's weights (rows of a Linear weight, filters of a conv weight)."""
+    return weight.detach().abs().flatten(1).sum(dim=1)
+
+
+def channel_mask(norms: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """Soft top-k mask: the unit of rank k (0 = largest norm) gets clamp(ratio * C - k, 0, 1), so exactly
+    ceil(ratio * C) units are non-zero. Differentiable in `ratio` through the boundary unit."""
+    channels = norms.numel()
+    order = torch.argsort(norms, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(channels, device=norms.device)
+    return (ratio * channels - rank.to(norms.dtype)).clamp(0.0, 1.0)
+
+
+def kept_units(ratio: float, channels: int) -> int:
+    """Units a ratio keeps: ceil(ratio * C), at least 1."""
+    return max(1, math.ceil(ratio * channels - 1e-9))
+
+
+class _Detachable(nn.Module):
+    """Parametrisation that cuts a tensor's gradient during ratio steps (the harness's optimizer then
+    skips it: Adam ignores parameters whose gradient is None)."""
+
+    def __init__(self, owner: AutoPruning) -> None:
+        super().__init__()
+        self._owner = [owner]  # a list, so the pruner is not registered as a submodule
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach() if self._owner[0].ratio_step else tensor
+
+
+@dataclass
+class AutoPruneHparams(Hyperparameters):
+    flops_target: float = field(default=0.1, metadata={
+        "help": "fraction of the dense network's MACs to reach, in (0, 1] (reconstruction)"})
+    mu: float = field(default=1.0, metadata={"help": "weight of the FLOPs hinge loss (>= 0) (reconstruction)"})
+    rho_init: float = field(default=3.0, metadata={
+        "help": "initial logit of every layer's remaining ratio r = sigmoid(rho) (reconstruction)"})
+    arch_lr: float = field(default=1e-2, metadata={"help": "Adam lr of the ratio steps (> 0) (reconstruction)"})
+    arch_every: int = field(default=2, metadata={
+        "help": "every arch_every-th step is a ratio step, the others weight steps (>= 2) (reconstruction)"})
+
+    def validate(self) -> None:
+        super().validate()
+        require(0 < self.flops_target <= 1, f"flops_target must be in (0, 1], got {self.flops_target}")
+        require(self.mu >= 0, f"mu must be >= 0, got {self.mu}")
+        require(self.arch_lr > 0, f"arch_lr must be > 0, got {self.arch_lr}")
+        require(self.arch_every >= 2, f"arch_every must be >= 2, got {self.arch_every}")
+
+
+@register("autoprune")
+class AutoPruning(Pruner):
+    citation = ("Li, Fan, Pan & Zhang, AutoPruning for Deep Neural Network with Dynamic Channel Masking, "
+                "arXiv 2010.12021, 2020")
+    hparams_class = AutoPruneHparams
+    hp: AutoPruneHparams
+    provenance = "reconstruction"
+
+    def __init__(self, hparams: AutoPruneHparams, task: Task, budget: str = "equal") -> None:
+        super().__init__(hparams, task, budget)
+        self.layers: list[tuple[str, nn.Module]] = []
+        #: name -> logit of the layer's remaining ratio (masked layers only: all but the last).
+        self.rho: dict[str, torch.Tensor] = {}
+        #: name -> output positions per output unit (1 for Linear, H*W for conv), seen at the first forward.
+        self.positions: dict[str, int] = {}
+        self.ratio_step = False
+        self.arch_optimizer: torch.optim.Optimizer | None = None
+
+    # -- structure ----------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> nn.Module:
+        self.layers = prunable_layers(model)
+        if len(self.layers) < 2:
+            raise ValueError("autoprune needs at least two prunable layers (the last one is never masked)")
+        for name, module in self.layers:
+            parametrize.register_parametrization(module, "weight", _Detachable(self), unsafe=True)
+            if module.bias is not None:
+                parametrize.register_parametrization(module, "bias", _Detachable(self), unsafe=True)
+            module.register_forward_hook(self._hook(name))
+        for name, _ in self.layers[:-1]:
+            self.rho[name] = torch.tensor(float(self.hp.rho_init))
+        return model
+
+    def masked(self) -> list[tuple[str, nn.Module]]:
+        return self.layers[:-1]
+
+    def ratio(self, name: str) -> torch.Tensor:
+        return torch.sigmoid(self.rho[name])
+
+    def mask(self, name: str, module: nn.Module) -> torch.Tensor:
+        ratio = self.ratio(name)
+        return channel_mask(unit_norms(module.weight), ratio if self.ratio_step else ratio.detach())
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, _inputs, output: torch.Tensor) -> torch.Tensor | None:
+            if name not in self.positions:
+                self.positions[name] = output[0].numel() // output.shape[1]
+            if name not in self.rho:
+                return None
+            m = self.mask(name, module)
+            return output * m.view(1, -1, *([1] * (output.dim() - 2)))
+        return hook
+
+    # -- optimisation -------------------------------------------------------------------------------
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
+        if self.arch_optimizer is None:
+            device = next(model.parameters()).device
+            for name in self.rho:
+                self.rho[name] = self.rho[name].to(device).requires_grad_(True)
+            self.arch_optimizer = torch.optim.Adam(list(self.rho.values()), lr=self.hp.arch_lr)
+
+    def expected_flops_fraction(self) -> torch.Tensor:
+        """F(r) / F_dense with F(r) = sum_l D_l r_l r_(l-1); needs one forward pass (for D_l)."""
+        dense, total, previous = 0.0, None, None
+        for name, module in self.layers:
+            macs = module.weight.numel() * self.positions[name]
+            r = self.ratio(name) if name in self.rho else torch.ones(())
+            r = r.to(module.weight.device)
+            term = macs * r * (previous if previous is not None else 1.0)
+            total = term if total is None else total + term
+            dense += macs
+            previous = r
+        return total / dense
+
+    def penalty(self) -> torch.Tensor | None:
+        if not self.ratio_step or self.hp.mu == 0:
+            return None
+        return self.hp.mu * torch.relu(self.expected_flops_fraction() / self.hp.flops_target - 1.0)
+
+    def after_step(self, step: int) -> None:
+        if self.ratio_step and self.arch_optimizer is not None:
+            self.arch_optimizer.step()
+            self.arch_optimizer.zero_grad(set_to_none=True)
+        self.ratio_step = (step + 1) % self.hp.arch_every == 0
+
+    # -- deployment ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def unit_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The current mask of every masked layer (ratios and weights as they are now)."""
+        previous, self.ratio_step = self.ratio_step, False
+        try:
+            return {name: self.mask(name, module) for name, module in self.masked()}
+        finally:
+            self.ratio_step = previous
+
+    @torch.no_grad()
+    def deployed(self, model: nn.Module) -> nn.Module:
+        masks = self.unit_masks(model)
+        weights = {}
+        biases = {}
+        for name, module in self.masked():
+            shape = (-1, *([1] * (module.weight.dim() - 1)))
+            weights[name] = module.weight * masks[name].view(shape)
+            if module.bias is not None:
+                biases[name] = module.bias * masks[name]
+        plain = self.export(model, weights=weights)
+        for name, bias in biases.items():
+            plain.get_submodule(name).bias.copy_(bias)
+        return shrink(plain, {name: mask.nonzero().flatten() for name, mask in masks.items()})

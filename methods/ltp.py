@@ -1,0 +1,266 @@
+"""Learned Threshold Pruning. K. Azarian, Y. Bhalgat, J. Lee and T. Blankevoort, "Learned Threshold
+Pruning", arXiv 2003.00075 (v1 Feb 2020, v2 Mar 2021). No public code by the authors is known.
+
+Start from a pretrained network and learn one scalar threshold tau_l per prunable layer on the
+*squared* weights. During fine-tuning every weight is soft-pruned, v = w * sigmoid((w^2 - tau_l) / T_l),
+and the loss adds a soft L0 penalty, the sigmoid summed over all weights (a differentiable count of the
+weights that survive). The deployed network is hard-pruned: v = w * 1[w^2 > tau_l]. The backward pass
+keeps dv/dtau = -(w / T) sigma (1 - sigma) but drops the term (2 w^2 / T) sigma (1 - sigma) of dv/dw,
+treating the sigmoid as constant in w (dv/dw ~= sigma): per [S] the paper finds that the full term stalls
+pruning.
+
+Provenance: a reconstruction. The full text was not available; the rules come from the abstract, a
+patent summary (US 11704571) and a third-party implementation that cites the paper's equations
+(METHODS.md sec. 6). Every [S] item below must be checked against the PDF.
+
+Method card (where each value comes from):
+- soft pruning v = w * sigmoid((w^2 - tau_l) / T_l) in training, hard pruning v = w * 1[w^2 > tau_l] at
+  deployment, one scalar tau_l per layer on the squared weights [S]. A weight with w^2 exactly equal
+  to tau_l is pruned (strict >, so tau = 0 prunes only the exact zeros) [I].
+- gradients: dv/dw := sigma (paper Eq. 14 per [S]), dv/dtau = -(w / T) sigma (1 - sigma) [S]. Implemented
+  by `LTPSoftPrune`, a custom autograd Function; it equals autograd of w * sigmoid((w.detach()^2 - tau)/T)
+  (the "detach trick") [I, implementation].
+- soft L0 penalty lam * sum_l sum_k sigmoid((w_k^2 - tau_l) / T_l) [S], divided by N, the number of
+  prunable weights of the network, so it lies in [0, lam] [I] (the patent normalises by a "pruning
+  preference" value [S]; METHODS.md recommends the weight count [I]). The penalty is differentiated in
+  full, with respect to both w and tau (the Eq. 14 approximation concerns v, not the penalty) [I].
+  lam: not known for any task [I]; default 0.1, from one short LeNet-300-100 sanity run (3,000 steps,
+  budget "equal": 8.2x at 97.6%, still compressing) and XOR; METHODS.md suggests sweeping {1e-3 .. 1}.
+- temperature T_l = T0 * Var(|w_l|) (paper Eq. 15 per [S]): the population variance of the layer's weight
+  magnitudes, measured once from the pretrained weights when the prune phase starts and fixed after [I]
+  (the paper may recompute it; not known). T0: not known [I]; default 1.0, to be swept.
+  A layer whose magnitudes have zero variance uses mean(w^2) (or 1 if that is 0 too) instead [I].
+- tau_l starts at 0 (METHODS.md "suite starting point") [I]. It is stored as tau_l = u_l * s_l with
+  u_l = Var(|w_l|) (the same pretrained statistic as T_l) and s_l the trained parameter, so thresholds
+  are in each layer's own units and one learning rate fits every layer [I]. With `nonnegative_tau`
+  (default), s_l is projected to >= 0 after every optimizer step: a negative threshold on squared
+  weights prunes nothing and only inflates the soft weights, and at the start (where the sigmoid halves
+  the small weights) the classification loss pushes tau below 0, which would delay pruning [I].
+- the thresholds train in their own optimizer parameter group at lr * `threshold_lr_factor` (10) [I]:
+  Adam moves a parameter by about its lr per step whatever the gradient's scale, and reaching 50-100x on
+  a roughly Gaussian layer needs s ~ 15-20 (tau ~ 6.6 sigma^2 ~ 18 Var(|w|)) within a few thousand steps.
+- thresholds are not trained or applied in the pretrain phase: the network is dense there (the
+  parametrisation returns w unchanged, no graph reaches s, its grad stays None and Adam skips it), and
+  the penalty is off [I].
+- schedule: budget "paper": pretrain dense 10,000 iterations (the stock Caffe LeNet solver, as in
+  dns/magnitude [R]), then fine-tune `finetune_iterations` = 14,000 with soft pruning [I]: the suite's
+  choice, the post-pretraining budget of DNS on LeNet-300-100 (surgery 10,000 + frozen 4,000); LTP's own
+  schedule is fine-tuning for under 30 ImageNet epochs (30 for ResNet50) [V, abstract]. Budget "equal":
+  the same split scaled into the protocol's iterations (as dns.py). The fine-tune phase runs at the
+  protocol lr * `finetune_lr_factor` (1) with a fresh optimizer (a new fine-tuning run) [I].
+- the paper picks an operating point from the trail of ever sparser networks; the suite reports the last
+  evaluation (every evaluation is stored) [I]. Biases are not pruned (the suite's choice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunebench.protocol import Phase, Protocol
+from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+
+if TYPE_CHECKING:
+    from prunebench.tasks import Task
+
+PRETRAIN, PRUNE = "pretrain", "prune"
+
+
+class LTPSoftPrune(torch.autograd.Function):
+    """Forward v = w * sigmoid((w^2 - tau) / T); backward with LTP's gradients:
+    dv/dw := sigma (the 2 w^2 / T sigma (1 - sigma) term dropped) and dv/dtau = -(w / T) sigma (1 - sigma),
+    summed to tau's shape (a scalar per layer)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, tau: torch.Tensor, temperature: float) -> torch.Tensor:
+        gate = torch.sigmoid((weight * weight - tau) / temperature)
+        ctx.save_for_backward(weight, gate)
+        ctx.temperature = temperature
+        ctx.tau_shape = tau.shape
+        return weight * gate
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, gate = ctx.saved_tensors
+        grad_weight = grad * gate if ctx.needs_input_grad[0] else None
+        grad_tau = None
+        if ctx.needs_input_grad[1]:
+            grad_tau = (-(grad * weight * gate * (1 - gate)).sum() / ctx.temperature).reshape(ctx.tau_shape)
+        return grad_weight, grad_tau, None
+
+
+def soft_prune(weight: torch.Tensor, tau: torch.Tensor, temperature: float) -> torch.Tensor:
+    """LTP's training-time pruning with LTP's gradients (see `LTPSoftPrune`)."""
+    return LTPSoftPrune.apply(weight, tau, temperature)
+
+
+def soft_prune_exact(weight: torch.Tensor, tau: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The same forward with autograd's full derivative (for reference and tests; not used in training)."""
+    return weight * torch.sigmoid((weight * weight - tau) / temperature)
+
+
+def hard_mask(weight: torch.Tensor, tau: torch.Tensor | float) -> torch.Tensor:
+    """Keep mask 1[w^2 > tau] (bool); a weight with w^2 exactly tau is pruned."""
+    weight = weight.detach()
+    tau = tau.detach() if isinstance(tau, torch.Tensor) else tau
+    return weight * weight > tau
+
+
+def soft_l0(weight: torch.Tensor, tau: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The layer's soft count of surviving weights, sum_k sigmoid((w_k^2 - tau) / T) (full gradient)."""
+    return torch.sigmoid((weight * weight - tau) / temperature).sum()
+
+
+def magnitude_variance(weight: torch.Tensor) -> float:
+    """Var(|w|) (population) of a layer; mean(w^2), else 1, when that is 0 (the unit of tau and of T)."""
+    magnitude = weight.detach().abs().double()
+    variance = float(magnitude.var(correction=0)) if magnitude.numel() > 1 else 0.0
+    if variance > 0:
+        return variance
+    second_moment = float(magnitude.pow(2).mean())
+    return second_moment if second_moment > 0 else 1.0
+
+
+class LearnedThreshold(nn.Module):
+    """Parametrisation of a layer's weight: w -> w * sigmoid((w^2 - tau) / T) with tau = unit * s, once
+    `activate` has fixed unit and T from the pretrained weight; w unchanged before that (dense)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.zeros(()))
+        self.unit = 1.0  # u_l = Var(|w_l|) of the pretrained layer, set by `activate`
+        self.temperature = 1.0  # T_l = T0 * u_l, set by `activate`
+        self.active = False
+
+    def activate(self, weight: torch.Tensor, t0: float) -> None:
+        self.unit = magnitude_variance(weight)
+        self.temperature = t0 * self.unit
+        self.active = True
+
+    def tau(self) -> torch.Tensor:
+        return self.unit * self.s
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return weight
+        return soft_prune(weight, self.tau(), self.temperature)
+
+
+@dataclass
+class LTPHparams(Hyperparameters):
+    lam: float = field(default=0.1, metadata={
+        "help": "lambda of the soft L0 penalty lam * sum_l sum_k sigmoid((w^2 - tau_l)/T_l) / N, N = prunable "
+        "weights (>= 0)"})
+    t0: float = field(default=1.0, metadata={"help": "T0 of the temperature T_l = T0 * Var(|w_l|) (> 0)"})
+    threshold_lr_factor: float = field(default=10.0, metadata={
+        "help": "lr of the thresholds s_l (tau_l = Var(|w_l|) * s_l) = fine-tune lr * this (> 0)"})
+    nonnegative_tau: bool = field(default=True, metadata={"help": "project tau_l to >= 0 after every step"})
+    pretrain_iterations: int = field(default=10_000, metadata={
+        "help": "budget 'paper': dense pretraining iterations (Caffe LeNet solver: 10,000)"})
+    finetune_iterations: int = field(default=14_000, metadata={
+        "help": "budget 'paper': LTP fine-tuning iterations after the pretraining (>= 1)"})
+    finetune_lr_factor: float = field(default=1.0, metadata={"help": "fine-tune lr = protocol lr * this (> 0)"})
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
+        require(self.t0 > 0, f"t0 must be > 0, got {self.t0}")
+        require(self.threshold_lr_factor > 0, f"threshold_lr_factor must be > 0, got {self.threshold_lr_factor}")
+        require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
+        require(self.finetune_iterations >= 1, f"finetune_iterations must be >= 1, got {self.finetune_iterations}")
+        require(self.finetune_lr_factor > 0, f"finetune_lr_factor must be > 0, got {self.finetune_lr_factor}")
+
+
+@register("ltp")
+class LearnedThresholdPruning(Pruner):
+    citation = "Azarian, Bhalgat, Lee & Blankevoort, Learned Threshold Pruning, arXiv 2003.00075"
+    hparams_class = LTPHparams
+    hp: LTPHparams
+    provenance = "reconstruction"
+    trained_network_differs = True  # soft-pruned in training, hard-pruned when deployed
+
+    def __init__(self, hparams: LTPHparams, task: Task, budget: str = "equal") -> None:
+        super().__init__(hparams, task, budget)
+        #: (name, module, parametrisation) per prunable layer, in definition order.
+        self.layers: list[tuple[str, nn.Module, LearnedThreshold]] = []
+        self.weight_count = 0
+        self.active = False
+
+    # -- schedule -----------------------------------------------------------------------------
+    def phases(self, protocol: Protocol) -> list[Phase]:
+        pretrain, finetune = self.hp.pretrain_iterations, self.hp.finetune_iterations
+        if self.budget == "equal":
+            total = protocol.iterations
+            if total < 2:
+                raise ValueError(f"ltp needs at least 2 iterations (pretrain and prune), got {total}")
+            pretrain = min(max(1, round(pretrain * total / (pretrain + finetune))), total - 1)
+            finetune = total - pretrain
+        return [Phase(PRETRAIN, pretrain, protocol.lr),
+                Phase(PRUNE, finetune, protocol.lr * self.hp.finetune_lr_factor)]
+
+    # -- hooks --------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> nn.Module:
+        self.layers = []
+        for name, module in prunable_layers(model):
+            threshold = LearnedThreshold()
+            parametrize.register_parametrization(module, "weight", threshold)
+            self.layers.append((name, module, threshold))
+        self.weight_count = sum(module.parametrizations.weight.original.numel() for _, module, _ in self.layers)
+        self.active = False
+        return model
+
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if phase.name != PRUNE:
+            return
+        for _, module, threshold in self.layers:
+            threshold.activate(module.parametrizations.weight.original, self.hp.t0)
+        self.active = True
+        # The thresholds get their own parameter group (lr * threshold_lr_factor).
+        thresholds = [threshold.s for _, _, threshold in self.layers]
+        ids = {id(p) for p in thresholds}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.add_param_group({"params": thresholds, "lr": phase.lr * self.hp.threshold_lr_factor})
+
+    def penalty(self) -> torch.Tensor | None:
+        if not self.active or self.hp.lam == 0:
+            return None
+        total = sum(soft_l0(module.parametrizations.weight.original, threshold.tau(), threshold.temperature)
+                    for _, module, threshold in self.layers)
+        return self.hp.lam * total / self.weight_count
+
+    def after_step(self, step: int) -> None:  # noqa: ARG002
+        if self.active and self.hp.nonnegative_tau:
+            with torch.no_grad():
+                for _, _, threshold in self.layers:
+                    threshold.s.clamp_(min=0.0)
+
+    # -- reading the state --------------------------------------------------------------------
+    def _layers_of(self, model: nn.Module) -> Iterator[tuple[str, torch.Tensor, LearnedThreshold]]:
+        """(name, dense weight w, parametrisation) of each prunable layer of `model` (attached by this pruner)."""
+        for name, _, _ in self.layers:
+            module = model.get_submodule(name)
+            yield name, module.parametrizations.weight.original.detach(), module.parametrizations.weight[0]
+
+    def taus(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """tau_l per layer (0 during the pretrain phase)."""
+        return {name: threshold.tau().detach() for name, _, threshold in self._layers_of(model)}
+
+    def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The hard keep masks 1[w^2 > tau_l] (bool), per layer: what `deployed` keeps."""
+        return {name: hard_mask(weight, threshold.tau()) for name, weight, threshold in self._layers_of(model)}
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The plain architecture with w * 1[w^2 > tau_l] (exact zeros); dense w during the pretrain phase."""
+        return self.export(model, weights={name: weight * hard_mask(weight, threshold.tau())
+                                           for name, weight, threshold in self._layers_of(model)})
+
+    def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """w^2 - tau_l: positive exactly for the kept weights."""
+        return {name: weight.square() - threshold.tau().detach()
+                for name, weight, threshold in self._layers_of(model)}
