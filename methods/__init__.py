@@ -2,6 +2,6 @@
 
 Installed as `prunebench.methods` (see pyproject.toml), never as a top-level `methods` package."""
 
-from prunebench.methods import autoprune, dense, dns, dst, dynthresh, ltp, magnitude, sparse_vd  # noqa: F401
+from prunebench.methods import autoprune, dense, dns, dst, dynthresh, l0, ltp, magnitude, sparse_vd  # noqa: F401
 
-__all__ = ["autoprune", "dense", "dns", "dst", "dynthresh", "ltp", "magnitude", "sparse_vd"]
+__all__ = ["autoprune", "dense", "dns", "dst", "dynthresh", "l0", "ltp", "magnitude", "sparse_vd"]

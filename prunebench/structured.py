@@ -63,3 +63,29 @@ def shrink(net: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
         out.set_submodule(name, new)
         previous = (layer, out_index)
     return out
+
+
+def unread_units(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """For consecutive prunable layers' weights (data-flow order), a bool per output unit of each layer
+    but the last: True where the next layer's weights on every input that unit feeds are zero."""
+    out = []
+    for weight, following in zip(weights, weights[1:], strict=False):
+        units = weight.shape[0]
+        read = following.detach().transpose(0, 1).flatten(1).ne(0).any(dim=1)  # per input index
+        if read.numel() != units:  # conv -> linear: each channel feeds a block of flattened inputs
+            read = read.view(units, -1).any(dim=1)
+        out.append(~read)
+    return out
+
+
+@torch.no_grad()
+def zero_unread_units(net: nn.Module) -> nn.Module:
+    """Zero (in place) the weights and bias of every output unit of a prunable layer that the next
+    prunable layer never reads (`unread_units`): such a unit cannot change the output whatever its
+    activation, so a deployed network drops it. Returns `net`. Same data-flow assumption as `shrink`."""
+    layers = [module for _, module in prunable_layers(net)]
+    for layer, unread in zip(layers, unread_units([m.weight for m in layers]), strict=False):
+        layer.weight[unread] = 0.0
+        if layer.bias is not None:
+            layer.bias[unread] = 0.0
+    return net

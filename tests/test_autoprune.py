@@ -113,3 +113,22 @@ def test_a_run_deploys_a_smaller_network_measured_against_the_dense_one(store, t
     assert hidden < 5
     assert final["weights_total"] == 15 and final["weights_nonzero"] == 3 * hidden
     assert final["flops_reference"] == 15 and final["flops"] == 3 * hidden
+
+
+def test_units_no_later_layer_reads_are_zeroed_and_outputs_do_not_change():
+    from prunebench.structured import zero_unread_units
+
+    net = get_task("lenet5").architecture()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.uniform_(-0.1, 0.1)
+        net.fc1.weight[:, 16 * 3:16 * 4] = 0.0  # channel 3 of conv2 is never read
+        net.fc2.weight[:, 7] = 0.0  # hidden unit 7 of fc1 is never read
+        net.fc1.weight[:, 0] = 0.0  # one of channel 0's 16 inputs: channel 0 is still read
+    x = torch.randn(2, 1, 28, 28)
+    before = net(x)
+    zero_unread_units(net)
+    assert torch.allclose(net(x), before, atol=1e-6)
+    assert net.conv2.weight[3].abs().sum() == 0 and net.conv2.bias[3] == 0
+    assert net.fc1.weight[7].abs().sum() == 0 and net.fc1.bias[7] == 0
+    assert net.conv2.weight[0].abs().sum() > 0 and net.conv1.weight.ne(0).all()

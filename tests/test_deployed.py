@@ -22,6 +22,7 @@ METHODS = {
     "dst": {"alpha": 1e-2},  # 13 of 15 kept at steps 100/200/300 (seed 0)
     "ltp": {"lam": 0.1},  # thresholds rise in the 175 prune steps: 11 of 15 kept at step 300 (seed 0)
     "autoprune": {"flops_target": 0.2, "arch_lr": 0.1},  # fewer hidden units: a physically smaller net
+    "l0": {"lam": (300.0, 0.0)},  # one of the 2 input gates closes: 10 of 15 kept at step 300 (seed 0)
 }
 
 
@@ -48,6 +49,9 @@ def method_kept(pruner: Pruner, model: nn.Module) -> int:
         return sum(int((layer.log_alpha() < 3).sum()) for _, layer in pruner.layers)
     if name in ("dst", "ltp"):
         return sum(int(mask.sum()) for mask in pruner.masks(model).values())
+    if name == "l0":  # open input gates of fc1 x 5 hidden units, plus fc2's open hidden-unit gates x 1
+        fc1, fc2 = (layer for _, layer in pruner.layers)
+        return 5 * fc1.kept_units() + fc2.kept_units() if fc2.kept_units() == 5 else -1  # -1: not this case
     if name == "autoprune":  # each kept hidden unit keeps its 2 inputs and its 1 output weight
         return 3 * int((pruner.unit_masks(model)["fc1"] > 0).sum())
     raise AssertionError(name)
@@ -80,7 +84,7 @@ def test_deployed_is_plain_and_counts_agree_with_the_store(method, store, tmp_pa
         assert record["total"] == point["weights_total"] == 15
     final = store.final_row(result.run_id)
     assert final["weights_nonzero"] == result.final["weights_nonzero"] == seen[-1]["independent"]
-    if method in ("magnitude", "dns", "sparse-vd", "dst", "ltp", "autoprune"):
+    if method in ("magnitude", "dns", "sparse-vd", "dst", "ltp", "autoprune", "l0"):
         assert 0 < final["weights_nonzero"] < 15, f"{method} should prune part of XOR's 15 weights"
 
 
