@@ -317,3 +317,25 @@ def test_time_plot_one_line_per_pruning_group(filled, tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("lenet300-pareto.png", "lenet300-pareto.svg", "lenet300-time.png", "lenet300-time.svg"):
         assert (tmp_path / "cli" / name).stat().st_size > 1000
+
+
+def test_reconstructions_are_labelled_and_flops_reduction_is_aggregated(tmp_path):
+    db = tmp_path / "flops.sqlite"
+    store = ResultStore(db)
+    for seed, acc in ((0, 0.98), (1, 0.98)):
+        add_run(store, "dense", seed, acc, 1.0, 10.0, [(400, 10.0, acc, 1.0)])
+    for seed, flops in ((0, 1000), (1, 4000)):  # reference 20,000 MACs: 20x and 5x
+        run_id = add_run(store, "autoprune", seed, 0.97, 10.0, 10.0, [(400, 10.0, 0.97, 10.0)])
+        store.finish(run_id, {"iterations": 400, "accuracy": 0.97, "compression": 10.0, "compression_all": 8.0,
+                              "weights_total": 1000, "weights_nonzero": 100, "flops": flops,
+                              "flops_nonzero": flops // 2, "flops_reference": 20_000})
+    store.close()
+    board = build_leaderboard(db, "lenet300")
+    row = _row(board, "autoprune")
+    assert row["provenance"] == "reconstruction"
+    assert row["flops_reduction_mean"] == pytest.approx((20 + 5) / 2)
+    assert row["flops_reduction_sparse_mean"] == pytest.approx((40 + 10) / 2)
+    assert row["params_reduction_mean"] == pytest.approx(8.0)
+    md = board.to_markdown("cmd")
+    assert "autoprune (reconstruction)" in md and "12.5x / 25.0x" in md
+    assert _row(board, "dense")["provenance"] == "paper"

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
+from prunebench.pruner import get_method
 from prunebench.report import stats
 from prunebench.report.published import published
 from prunebench.report.setting import format_seeds, rerun_command, setting_items, setting_string
@@ -155,7 +156,9 @@ class Leaderboard:
         out = []
         for r in self.rows.to_dict("records"):
             d = {
-                "rank": str(r["rank"]), "method": r["method"], "setting": r["setting"], "budget": r["budget"],
+                "rank": str(r["rank"]),
+                "method": r["method"] + (" (reconstruction)" if r.get("provenance") == "reconstruction" else ""),
+                "setting": r["setting"], "budget": r["budget"],
                 "seeds": f"{r['seeds']} ({r['seed_list']})",
                 "accuracy %": _pm(r["accuracy_mean"], r["accuracy_std"], 2),
                 "loss pp": _loss_cell(r),
@@ -310,6 +313,14 @@ def _eval_every(values: pd.Series) -> int | None:
     return known.pop() if len(known) == 1 else None
 
 
+def _provenance(method: str) -> str:
+    """"paper" or "reconstruction" (parts rebuilt where the paper's text was unavailable); "" if unknown."""
+    try:
+        return get_method(method).provenance
+    except KeyError:
+        return ""
+
+
 def _ratio(numerator: Any, denominator: Any) -> float:
     """numerator / denominator as a float, NaN when either is missing or the denominator is 0."""
     if not (_ok(numerator) and _ok(denominator)) or float(denominator) == 0:
@@ -371,7 +382,8 @@ def aggregate(runs: pd.DataFrame, max_loss: float = DEFAULT_MAX_LOSS,
         missing = sorted(int(s) for s, dr in zip(g["seed"], g["dense_run_id"], strict=True) if dr is None or dr != dr)
         loss_mean, loss_ci = stats.mean(losses), stats.ci95_halfwidth(losses)
         row: dict[str, Any] = {
-            "task": first["task"], "method": first["method"], "setting": first["setting"], "budget": first["budget"],
+            "task": first["task"], "method": first["method"], "provenance": _provenance(first["method"]),
+            "setting": first["setting"], "budget": first["budget"],
             "seeds": len(g), "seed_list": format_seeds(seeds),
             "accuracy_mean": stats.mean(g["accuracy"]), "accuracy_std": stats.std(g["accuracy"]),
             "dense_accuracy_mean": stats.mean(g["dense_accuracy"]),
