@@ -15,7 +15,7 @@ from rich.table import Table
 
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
 from prunebench.harness import Observer, RunResult, RunSpec, make_spec, train
-from prunebench.pruner import REGISTRY, method_names
+from prunebench.pruner import REGISTRY, Pruner, method_names
 from prunebench.report.setting import parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.report.sweep import summary_table as sweep_summary_table
@@ -143,13 +143,17 @@ def main() -> None:
               "method's published schedule converted to iterations.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option("--force", is_flag=True, help="Run again even if this identity already finished.")
+@click.option("--eval-at-compression", "at_compression", default=None, metavar="RATIOS",
+              help="At every evaluation also store the accuracy of the trained weights cut to exactly these "
+              "compressions by the method's keep-scores, e.g. '50,60,70' (DT paper Fig. 1's sparse VD markers; "
+              "evaluation only, not part of the run's identity).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
 @data_dir_option
 @db_option
 @hparam_options
 def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, budget: str,
-        device: str | None,
-        force: bool, as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
+        device: str | None, force: bool, at_compression: str | None,
+        as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
     """Train one method on one task and store the run.
 
     Method hyperparameters default to the task's calibrated values (see `prunebench list`); a flag
@@ -158,12 +162,15 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     given = {k: v for k, v in hparams.items() if v is not None}
     try:
         spec = make_spec(task, method, seed, given, iterations, eval_every, budget)
+        ratios = parse_ratios(at_compression) if at_compression else ()
+        if ratios and REGISTRY[method].scores is Pruner.scores:
+            raise ValueError(f"{method} has no keep-scores, so --eval-at-compression cannot apply to it")
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
     store = ResultStore(db or default_db_path())
     try:
         result = train(spec, store, data_dir or default_data_dir(), device=device,
-                       observer=RichObserver(console), force=force)
+                       observer=RichObserver(console), force=force, at_compressions=ratios)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -180,6 +187,17 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         click.echo(json.dumps(result.as_json()))
     if result.status != "finished":
         sys.exit(1)
+
+
+def parse_ratios(text: str) -> tuple[float, ...]:
+    """'50,60,70' -> (50.0, 60.0, 70.0); each ratio must be a number > 1."""
+    try:
+        ratios = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--eval-at-compression takes numbers separated by commas, got {text!r}") from None
+    if not ratios or any(not r > 1 for r in ratios):
+        raise ValueError(f"--eval-at-compression ratios must be > 1, got {text!r}")
+    return ratios
 
 
 def _names(text: str, known: list[str], what: str) -> list[str]:

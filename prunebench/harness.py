@@ -14,7 +14,7 @@ import torch
 
 from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
-from prunebench.metrics import count_flops, evaluate_accuracy, measure_compression
+from prunebench.metrics import accuracy_at_compressions, count_flops, evaluate_accuracy, measure_compression
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
 from prunebench.store import ResultStore, run_identity
@@ -146,8 +146,13 @@ class _SigtermToInterrupt:
 def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch.device | None = None,
           observer: Observer | None = None, force: bool = False,
           dataset: TensorDataset | None = None,
-          evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None) -> RunResult:
-    """Train one run and store it. A run whose identity already finished is skipped unless `force`."""
+          evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
+          at_compressions: tuple[float, ...] = ()) -> RunResult:
+    """Train one run and store it. A run whose identity already finished is skipped unless `force`.
+
+    `evaluate_extra(pruner, model, data)` and, for each ratio in `at_compressions`, the accuracy of the
+    trained weights cut to exactly that compression by the method's `scores` ("at_compression") are
+    stored in each evaluation's `extra`. Both are evaluation-only: they are not part of the identity."""
     observer = observer or Observer()
     run_id, identity = spec.identity
     if not force and store.status(run_id) == "finished":
@@ -194,8 +199,15 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         }
         if pruner.trained_network_differs:
             point["trained_accuracy"] = evaluate_accuracy(model, data.x_test, data.y_test, task.correct)
+        extra = {}
+        if at_compressions:
+            at = accuracy_at_compressions(pruner, model, data.x_test, data.y_test, task.correct, at_compressions)
+            if at is not None:
+                extra["at_compression"] = at
         if evaluate_extra is not None:
-            point["extra"] = evaluate_extra(pruner, model, data)
+            extra.update(evaluate_extra(pruner, model, data))
+        if extra:
+            point["extra"] = extra
         _sync(device)
         eval_seconds += time.perf_counter() - t0
         point["eval_seconds"] = eval_seconds

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunebench.pruner import prunable_layers
+from prunebench.pruner import Pruner, prunable_layers
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,19 @@ def evaluate_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, correct_
         correct += correct_fn(net(x[start:start + batch_size]), y[start:start + batch_size])
     net.train(was_training)
     return float(correct.item()) / x.shape[0]
+
+
+def accuracy_at_compressions(pruner: Pruner, model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct_fn,
+                             ratios: tuple[float, ...]) -> dict[str, float] | None:
+    """"Accuracy at a target compression" (DT paper Fig. 1's markers for sparse VD): for each ratio, the
+    trained weights (`pruner.export(model)`, no mask) with all but the top `pruner.scores` zeroed so that
+    exactly total / ratio weights remain, evaluated on (x, y). None when the method has no scores.
+    Keys are the ratios formatted with "%g" (JSON keys)."""
+    scores = pruner.scores(model)
+    if scores is None:
+        return None
+    return {f"{ratio:g}": evaluate_accuracy(keep_top_scores(pruner.export(model), scores, ratio), x, y, correct_fn)
+            for ratio in ratios}
 
 
 def keep_top_scores(net: nn.Module, scores: dict[str, torch.Tensor], compression: float) -> nn.Module:

@@ -80,3 +80,16 @@ def test_per_layer_value_of_wrong_length_is_a_usage_error(tmp_path):
                                        "--db", str(tmp_path / "x.sqlite")])
     assert result.exit_code == 2, result.output
     assert "c_rate needs 1 or 2 values" in result.output
+
+
+def test_eval_at_compression_is_rejected_for_a_method_without_scores(tmp_path):
+    from click.testing import CliRunner
+
+    from prunebench.cli import main
+
+    result = CliRunner().invoke(main, ["run", "-m", "dynthresh", "-t", "xor", "--eval-at-compression", "5",
+                                       "--db", str(tmp_path / "x.sqlite")])
+    assert result.exit_code == 2 and "no keep-scores" in result.output
+    result = CliRunner().invoke(main, ["run", "-m", "dense", "-t", "xor", "--eval-at-compression", "0.5",
+                                       "--db", str(tmp_path / "x.sqlite")])
+    assert result.exit_code == 2 and "must be > 1" in result.output

@@ -64,3 +64,29 @@ def test_smaller_network_is_measured_against_the_reference():
     assert c.per_layer["fc1"] == (784 * 30, 235_200)
     assert c.params_total == 266_610
     assert count_flops(small, torch.zeros(784)).dense == 784 * 30 + 30 * 100 + 1_000
+
+
+def test_accuracy_at_compression_keeps_exactly_the_top_scored_weights(store, tmp_path):
+    from prunebench.harness import make_spec, train
+    from prunebench.metrics import evaluate_accuracy
+
+    spec = make_spec("xor", "dense", seed=0, iterations=200, eval_every=100)
+    expected = []
+
+    def by_hand(pruner, model, data):  # the 5 largest |w| of the 15, everything else zero
+        net = pruner.export(model)
+        flat = torch.cat([net.fc1.weight.detach().abs().flatten(), net.fc2.weight.detach().abs().flatten()])
+        cutoff = flat.sort(descending=True).values[4]
+        with torch.no_grad():
+            for layer in (net.fc1, net.fc2):
+                layer.weight.mul_(layer.weight.abs() >= cutoff)
+        assert int(sum((m.weight != 0).sum() for m in (net.fc1, net.fc2))) == 5
+        expected.append(evaluate_accuracy(net, data.x_test, data.y_test, spec.task.correct))
+        return {}
+
+    result = train(spec, store, tmp_path, evaluate_extra=by_hand, at_compressions=(3.0, 1.5))
+    points = store.trajectory(result.run_id)
+    import json
+    stored = [json.loads(p["extra"])["at_compression"] for p in points]
+    assert [s["3"] for s in stored] == expected
+    assert all(set(s) == {"3", "1.5"} for s in stored)
