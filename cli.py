@@ -147,12 +147,15 @@ def main() -> None:
               help="At every evaluation also store the accuracy of the trained weights cut to exactly these "
               "compressions by the method's keep-scores, e.g. '50,60,70' (DT paper Fig. 1's sparse VD markers; "
               "evaluation only, not part of the run's identity).")
+@click.option("--record-thresholds", is_flag=True,
+              help="dynthresh: also store every weight and its threshold at each evaluation (DT paper Fig. 4; "
+              "`prunebench reproduce dt-paper` plots them for xor).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
 @data_dir_option
 @db_option
 @hparam_options
 def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, budget: str,
-        device: str | None, force: bool, at_compression: str | None,
+        device: str | None, force: bool, at_compression: str | None, record_thresholds: bool,
         as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
     """Train one method on one task and store the run.
 
@@ -165,12 +168,15 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         ratios = parse_ratios(at_compression) if at_compression else ()
         if ratios and REGISTRY[method].scores is Pruner.scores:
             raise ValueError(f"{method} has no keep-scores, so --eval-at-compression cannot apply to it")
+        if record_thresholds and method != "dynthresh":
+            raise ValueError("--record-thresholds applies to dynthresh only")
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
     store = ResultStore(db or default_db_path())
     try:
         result = train(spec, store, data_dir or default_data_dir(), device=device,
-                       observer=RichObserver(console), force=force, at_compressions=ratios)
+                       observer=RichObserver(console), force=force, at_compressions=ratios,
+                       evaluate_extra=_threshold_recorder() if record_thresholds else None)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -187,6 +193,12 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         click.echo(json.dumps(result.as_json()))
     if result.status != "finished":
         sys.exit(1)
+
+
+def _threshold_recorder():
+    from prunebench.report.fig4 import record_thresholds
+
+    return record_thresholds
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
@@ -362,6 +374,63 @@ def check(methods: str | None, update: bool, speed: bool | None, baseline_path: 
     except ValueError as exc:  # e.g. --device cuda without CUDA
         raise click.UsageError(str(exc)) from None
     sys.exit(code)
+
+
+@main.command()
+@click.argument("paper", type=click.Choice(["dt-paper"]))
+@click.option("--quick", is_flag=True,
+              help="Reduced version (600 / 100 iterations, one seed): minutes on a 2-core CPU; tests the pipeline.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Report folder (default: leaderboards/dt-paper, or leaderboards/dt-paper-quick with --quick).")
+@click.option("--report-only", is_flag=True, help="Write the report from the store without running anything.")
+@data_dir_option
+@db_option
+def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data_dir: Path | None,
+              db: Path | None) -> None:
+    """Reproduce a paper's MNIST results with every method on this harness (dt-paper: the dynamic
+    thresholding paper's Tables 1-2, Fig. 1 and Fig. 4) and write a report comparing each published
+    figure with the measured one. Runs already in the store are reused; an interrupted reproduction
+    continues where it stopped."""
+    from prunebench.report.reproduce import plan
+    from prunebench.report.reproduce import reproduce as run_reproduction
+    from prunebench.report.sweep import _progress, _SweepObserver
+
+    out = out or Path("leaderboards") / ("dt-paper-quick" if quick else "dt-paper")
+    db = db or default_db_path()
+    console = Console(stderr=True)
+    args = ["prunebench", "reproduce", paper] + (["--quick"] if quick else []) + ["--out", str(out), "--db", str(db)]
+    if report_only:
+        args.append("--report-only")
+    total = len({item.run_id for item in plan(quick)})
+    progress = _progress(console)
+    overall = progress.add_task("reproduce", total=total, current="")
+    state = {"done": 0}
+
+    def on_start(item, skip: bool) -> None:
+        progress.update(overall, completed=state["done"], current=(
+            f"{item.purpose}: {item.method} on {item.task} seed {item.seed}" + (" (stored)" if skip else "")))
+        state["done"] += 1
+
+    def observer_for(item):
+        return _SweepObserver(progress, overall, state["done"] - 1, f"{item.method} on {item.task} seed {item.seed}")
+
+    try:
+        if not report_only:
+            progress.start()
+        path = run_reproduction(out, db, data_dir or default_data_dir(), quick=quick, command=" ".join(args),
+                                on_start=on_start, observer_for=observer_for, report_only=report_only)
+        progress.update(overall, completed=total, current="report written")
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+    except DataUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: finished runs are in {db}; run the same command to continue")
+        sys.exit(130)
+    finally:
+        progress.stop()
+    console.print(f"report: {path}")
 
 
 @main.command(name="list")

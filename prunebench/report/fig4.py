@@ -239,9 +239,11 @@ def fig4(db: Path | str, run_id: str) -> Figure:
     run = data.run
     steps = data.steps.astype(float)
     with _style():
-        fig = Figure(figsize=(3.1 * data.columns + 1.2, 2.35 * data.rows + 2.0), layout="constrained")
+        grid_height = 2.35 * data.rows + 1.0
+        fig = Figure(figsize=(3.1 * data.columns + 1.2, grid_height + 1.1), layout="constrained")
         FigureCanvasAgg(fig)
-        axes = fig.subplots(data.rows, data.columns, sharex=True, squeeze=False)
+        top, bottom = fig.subfigures(2, 1, height_ratios=[grid_height, 1.1])
+        axes = top.subplots(data.rows, data.columns, sharex=True, squeeze=False)
         for p in data.panels:
             ax = axes[p.row][p.column]
             tag = f"{p.layer}:{p.k}"
@@ -256,18 +258,18 @@ def fig4(db: Path | str, run_id: str) -> Figure:
             ax.tick_params(labelsize="small")
             if p.column == 0:
                 ax.set_ylabel(data.row_labels[p.row], fontsize="medium")
-        fig.supxlabel("iteration")
+        top.supxlabel("iteration")
+        status = "" if run["status"] == "finished" else f" [{run['status']}]"
+        top.suptitle(f"{run['task']}, {run['method']}, seed {run['seed']}{status}: each weight's magnitude and "
+                     f"threshold during training (after Park & Lee 2020, Fig. 4; bold title: pruned at the end)",
+                     fontsize="large")
         handles = [Line2D([], [], color=MAGNITUDE_COLOUR, linewidth=2, label="weight magnitude |w|"),
                    Line2D([], [], color=THRESHOLD_COLOUR, linewidth=2, label="threshold t"),
                    Patch(facecolor=PRUNED_COLOUR, edgecolor=PRUNED_COLOUR, label="pruned (|w| < t)")]
-        status = "" if run["status"] == "finished" else f" [{run['status']}]"
-        fig.suptitle(f"{run['task']}, {run['method']}, seed {run['seed']}{status}: each weight's magnitude and "
-                     f"threshold during training (after Park & Lee 2020, Fig. 4; bold title: pruned at the end)",
-                     fontsize="large")
-        fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize="medium")
+        bottom.legend(handles=handles, loc="upper center", ncols=3, frameon=False, fontsize="medium")
         every = f"every {int(steps[1] - steps[0])} iterations, " if len(steps) > 1 else ""
-        fig.text(0.01, 0.0, f"{summary_text(data)}\nEvaluated {every}first at iteration {int(steps[0])}; "
-                 f"run {run_id}.", ha="left", va="top", fontsize="small", gid="summary")
+        bottom.text(0.01, 0.62, f"{summary_text(data)}\nEvaluated {every}first at iteration {int(steps[0])}; "
+                    f"run {run_id}.", ha="left", va="top", fontsize="small", gid="summary")
     return fig
 
 

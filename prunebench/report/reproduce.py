@@ -1,0 +1,472 @@
+"""`prunebench reproduce dt-paper`: the MNIST results of the dynamic thresholding paper (Park & Lee,
+ECAI 2020), every method on this harness, side by side with the published figures.
+
+What it reproduces (../shared/papers/dynamic-thresholding.txt):
+- Table 1: DT on LeNet-300-100 with individual, layer-wise and global thresholds. A shared threshold
+  carries the penalty of all its weights, so each scale has its own lambda, calibrated (seed 0) to the
+  published accuracy loss; the calibration sweep is part of the plan and of the report.
+- Table 2, MNIST columns: DT, iterative magnitude pruning, DNS, sparse VD (and DST, L0) on LeNet-300-100
+  and LeNet-5, 3 seeds, baselines under their published schedules (`--budget paper`).
+- Fig. 1: DT against sparse VD on LeNet-300-100: test accuracy of the network in training against
+  iterations, with markers at 50x / 60x / 70x. DT's markers come from its own thresholds; sparse VD's from
+  cutting its trained weights to exactly that ratio by log alpha at every evaluation ("accuracy at a
+  target compression"), as the paper made them.
+- Fig. 4: XOR, every weight's magnitude and threshold over the iterations.
+
+Runs already finished in the store are reused (a stored run that lacks what a figure needs, such as the
+per-evaluation target-compression accuracies, is run again); an interrupted reproduction continues where
+it stopped. `quick` plans a reduced version (few iterations, one seed) that finishes in minutes on a
+2-core CPU; its numbers test the pipeline, not the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from prunebench.harness import Observer, RunSpec, make_spec, train
+from prunebench.report import stats
+from prunebench.report.leaderboard import run_table
+from prunebench.report.published import DT_TABLE1_SCALES, published
+from prunebench.results import load_trajectories
+from prunebench.store import ResultStore
+
+FIG1_RATIOS = (50.0, 60.0, 70.0)
+#: Fig. 1 marker rule: the first evaluation at which the pruned network is within this many points of
+#: the method's own final accuracy.
+FIG1_WITHIN_PP = 0.5
+#: DT paper sec. 1 / Fig. 1: iterations to 60x and 70x, DT vs sparse VD.
+FIG1_PUBLISHED = {60.0: (5_600, 6_700), 70.0: (7_400, 9_100)}
+#: Flag a measurement that misses the published compression by more than this fraction, or the
+#: published accuracy loss by more than this many points.
+MISS_COMPRESSION = 0.20
+MISS_LOSS_PP = 0.2
+
+#: Table 1 lambdas per threshold scale (individual: the task default). Chosen from TABLE1_SWEEP (seed 0)
+#: as the lambda whose accuracy loss is closest to the published one; see the report's sweep table.
+TABLE1_LAMBDA = {"layer": 1e-5, "global": 1e-5}
+TABLE1_SWEEP = (1e-7, 1e-6, 3e-6, 1e-5, 3e-5, 5e-4)
+TABLE2_METHODS = ("dynthresh", "magnitude", "dns", "sparse-vd", "dst", "l0")
+TABLE2_TASKS = ("lenet300", "lenet5")
+PAPER_BUDGET = {"magnitude", "dns", "sparse-vd"}  # methods with a published schedule of their own
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One run the reproduction needs."""
+
+    purpose: str  # table1-sweep | table1 | table2 | fig1 | fig4
+    task: str
+    method: str
+    seed: int
+    hparams: tuple[tuple[str, Any], ...] = ()
+    budget: str = "equal"
+    iterations: int | None = None
+    eval_every: int | None = None
+    at_compressions: tuple[float, ...] = ()
+    record_thresholds: bool = False
+
+    @property
+    def spec(self) -> RunSpec:
+        return make_spec(self.task, self.method, self.seed, dict(self.hparams), self.iterations, self.eval_every,
+                         self.budget)
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    def command(self, db: str | None = None) -> str:
+        args = ["prunebench", "run", "--method", self.method, "--task", self.task, "--seed", str(self.seed)]
+        if self.budget != "equal":
+            args += ["--budget", self.budget]
+        if self.iterations is not None:
+            args += ["--iterations", str(self.iterations)]
+        if self.eval_every is not None:
+            args += ["--eval-every", str(self.eval_every)]
+        for key, value in self.hparams:
+            args += [f"--{key.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+        if self.at_compressions:
+            args += ["--eval-at-compression", ",".join(f"{r:g}" for r in self.at_compressions)]
+        if db:
+            args += ["--db", db]
+        command = " ".join(shlex.quote(a) for a in args)
+        if self.record_thresholds:
+            command += " --record-thresholds"
+        return command
+
+
+def plan(quick: bool = False) -> list[Item]:
+    """Every run of the reproduction, in the order they run (cheap and central ones first)."""
+    seeds = (0,) if quick else SEEDS
+    iters300 = 600 if quick else None
+    iters5 = 100 if quick else None
+    items: list[Item] = []
+    # Table 1 (LeNet-300-100, DT per threshold scale) and its calibration sweep.
+    for seed in seeds:
+        items.append(Item("table2", "lenet300", "dense", seed, iterations=iters300))
+        # evaluated every 100 steps: the same runs draw Fig. 1 (eval_every is not part of the identity)
+        items.append(Item("table1", "lenet300", "dynthresh", seed, iterations=iters300, eval_every=100))
+        for scale, lam in TABLE1_LAMBDA.items():
+            items.append(Item("table1", "lenet300", "dynthresh", seed, (("scale", scale), ("lam", lam)),
+                              iterations=iters300))
+    if not quick:
+        for scale in TABLE1_LAMBDA:
+            for lam in TABLE1_SWEEP:
+                items.append(Item("table1-sweep", "lenet300", "dynthresh", 0, (("scale", scale), ("lam", lam))))
+    # Fig. 1 (LeNet-300-100, evaluated every 100 steps; sparse VD's markers at exact ratios).
+    fig_seeds = (0,) if quick else SEEDS
+    for seed in fig_seeds:
+        items.append(Item("fig1", "lenet300", "dynthresh", seed, iterations=iters300, eval_every=100))
+        items.append(Item("fig1", "lenet300", "sparse-vd", seed, iterations=iters300, eval_every=100,
+                          at_compressions=FIG1_RATIOS))
+    # Fig. 4 (XOR).
+    items.append(Item("fig4", "xor", "dynthresh", 0, iterations=1_000 if quick else None, eval_every=50,
+                      record_thresholds=True))
+    # Table 2 (both LeNets, every method).
+    for task, iters in (("lenet300", iters300), ("lenet5", iters5)):
+        for seed in seeds:
+            if task != "lenet300":
+                items.append(Item("table2", task, "dense", seed, iterations=iters))
+            for method in TABLE2_METHODS:
+                if task == "lenet300" and method == "dynthresh":
+                    continue  # Table 1's individual-threshold runs
+                budget = "paper" if method in PAPER_BUDGET and not quick else "equal"
+                items.append(Item("table2", task, method, seed, budget=budget, iterations=iters))
+    return items
+
+
+def _needs_rerun(item: Item, store: ResultStore) -> bool:
+    """True when the stored run lacks what `item` needs (finished runs are otherwise reused)."""
+    if store.status(item.run_id) != "finished":
+        return False  # not finished: train() runs it anyway
+    points = store.trajectory(item.run_id)
+    if item.eval_every is not None and len(points) > 1 and points[1]["step"] - points[0]["step"] > item.eval_every:
+        return True
+    if item.at_compressions or item.record_thresholds:
+        extra = json.loads(points[-1]["extra"]) if points and points[-1].get("extra") else {}
+        if item.at_compressions and "at_compression" not in extra:
+            return True
+        if item.record_thresholds and "thresholds" not in extra:
+            return True
+    return False
+
+
+def execute(items: list[Item], store: ResultStore, data_dir: Path,
+            on_start: Callable[[Item, bool], None] | None = None,
+            observer_for: Callable[[Item], Observer] | None = None) -> dict[str, str]:
+    """Run every item not already finished (or finished without what it needs). Returns run_id -> status."""
+    status: dict[str, str] = {}
+    done: set[str] = set()
+    for item in items:
+        if item.run_id in done:
+            continue
+        rerun = _needs_rerun(item, store)
+        skip = store.status(item.run_id) == "finished" and not rerun
+        if on_start is not None:
+            on_start(item, skip)
+        if not skip:
+            extra = None
+            if item.record_thresholds:
+                from prunebench.report.fig4 import record_thresholds
+                extra = record_thresholds
+            result = train(item.spec, store, data_dir, observer=observer_for(item) if observer_for else None,
+                           force=rerun, evaluate_extra=extra, at_compressions=item.at_compressions)
+            status[item.run_id] = result.status
+        else:
+            status[item.run_id] = "finished"
+        done.add(item.run_id)
+    return status
+
+
+# -- the report ---------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    db: Path
+    items: list[Item]
+    quick: bool
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __post_init__(self) -> None:
+        tables = [run_table(self.db, task) for task in ("lenet300", "lenet5")]
+        self.runs = pd.concat([t for t in tables if not t.empty], ignore_index=True) if any(
+            not t.empty for t in tables) else pd.DataFrame(columns=["run_id"])
+
+    def rows_for(self, items: list[Item]) -> pd.DataFrame:
+        ids = {i.run_id for i in items}
+        return self.runs[self.runs["run_id"].isin(ids)]
+
+    def summary(self, items: list[Item]) -> dict[str, Any]:
+        rows = self.rows_for(items)
+        return {
+            "seeds": len(rows), "planned": len({i.run_id for i in items}),
+            "compression": stats.mean(rows["compression"]) if len(rows) else math.nan,
+            "compression_std": stats.std(rows["compression"]) if len(rows) else math.nan,
+            "loss": stats.mean(rows["accuracy_loss"]) if len(rows) else math.nan,
+            "loss_std": stats.std(rows["accuracy_loss"]) if len(rows) else math.nan,
+            "train_seconds": stats.mean(rows["train_seconds"]) if len(rows) else math.nan,
+        }
+
+
+def _fmt(value: float, digits: int = 1, suffix: str = "", sign: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:+.{digits}f}{suffix}" if sign else f"{value:.{digits}f}{suffix}"
+
+
+def _pm(mean: float, std: float, digits: int, suffix: str = "", sign: bool = False) -> str:
+    text = _fmt(mean, digits, suffix, sign)
+    return text if not math.isfinite(std) else f"{text} ± {std:.{digits}f}"
+
+
+def _verdict(summary: dict[str, Any], pub_cr: float | None, pub_loss: float | None) -> str:
+    if summary["seeds"] == 0:
+        return "not run yet"
+    notes = []
+    if pub_cr is not None and summary["compression"] < (1 - MISS_COMPRESSION) * pub_cr:
+        notes.append(f"compression {100 * (1 - summary['compression'] / pub_cr):.0f}% below published")
+    if pub_loss is not None and summary["loss"] > pub_loss + MISS_LOSS_PP:
+        notes.append(f"loss {summary['loss'] - pub_loss:+.2f} pp over published")
+    if summary["seeds"] < summary["planned"]:
+        notes.append(f"{summary['seeds']} of {summary['planned']} seeds")
+    return "; ".join(notes) if notes else "within 20% / 0.2 pp"
+
+
+def _row(label: str, summary: dict[str, Any], pub_cr: float | None, pub_loss: float | None,
+         command: str) -> str:
+    diff_cr = (f"{100 * (summary['compression'] / pub_cr - 1):+.0f}%"
+               if pub_cr and math.isfinite(summary["compression"]) else "-")
+    diff_loss = (f"{summary['loss'] - pub_loss:+.2f}" if pub_loss is not None and math.isfinite(summary["loss"])
+                 else "-")
+    return (f"| {label} | {_fmt(pub_cr, 0, 'x') if pub_cr else 'n/p'} | "
+            f"{_pm(summary['compression'], summary['compression_std'], 1, 'x')} | {diff_cr} | "
+            f"{_fmt(pub_loss, 2, sign=True) if pub_loss is not None else 'n/p'} | "
+            f"{_pm(summary['loss'], summary['loss_std'], 2, sign=True)} | {diff_loss} | {summary['seeds']} | "
+            f"{_fmt(summary['train_seconds'], 0)} | {_verdict(summary, pub_cr, pub_loss)} | `{command}` |")
+
+
+TABLE_HEADER = ("| row | published CR | measured CR | diff | published loss (pp) | measured loss (pp) | diff (pp) | "
+                "seeds | train s / run | verdict | command (seed 0) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _group(items: list[Item], purpose: str, task: str, method: str, **match: Any) -> list[Item]:
+    out = []
+    for i in items:
+        if i.purpose != purpose or i.task != task or i.method != method:
+            continue
+        hp = dict(i.hparams)
+        if all(hp.get(k) == v for k, v in match.items()) and (match or not hp):
+            out.append(i)
+    return out
+
+
+def fig1_markers(db: Path, items: list[Item]) -> pd.DataFrame:
+    """Per method and ratio: mean (over seeds) first iteration and training seconds at which the pruned
+    network is within FIG1_WITHIN_PP of the method's own final accuracy (DT: its thresholds' network at
+    >= the ratio; sparse VD: its weights cut to exactly the ratio by log alpha)."""
+    rows = []
+    fig = [i for i in items if i.purpose == "fig1"]
+    traj = load_trajectories(db, [i.run_id for i in fig])
+    for method in ("dynthresh", "sparse-vd"):
+        for ratio in FIG1_RATIOS:
+            iters, secs = [], []
+            for item in (i for i in fig if i.method == method):
+                points = traj[traj["run_id"] == item.run_id].sort_values("step")
+                if points.empty:
+                    continue
+                final = float(points["accuracy"].iloc[-1])
+                hit = None
+                for _, p in points.iterrows():
+                    if method == "sparse-vd":
+                        extra = json.loads(p["extra"]) if isinstance(p["extra"], str) else {}
+                        acc = extra.get("at_compression", {}).get(f"{ratio:g}")
+                        ok = acc is not None and acc >= final - FIG1_WITHIN_PP / 100
+                    else:
+                        ok = p["compression"] >= ratio and p["accuracy"] >= final - FIG1_WITHIN_PP / 100
+                    if ok:
+                        hit = p
+                        break
+                if hit is not None:
+                    iters.append(int(hit["step"]))
+                    secs.append(float(hit["train_seconds"]))
+            rows.append({"method": method, "ratio": ratio, "reached": len(iters),
+                         "runs": sum(1 for i in fig if i.method == method),
+                         "iterations": stats.mean(iters), "seconds": stats.mean(secs)})
+    return pd.DataFrame(rows)
+
+
+def _finished_runs(db: Path, items: list[Item]) -> pd.DataFrame:
+    """The finished runs of the plan (any task), one row each."""
+    from prunebench.results import load_runs
+
+    runs = load_runs(db, status="finished")
+    return runs[runs["run_id"].isin({i.run_id for i in items})]
+
+
+def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, command: str,
+                 wall_seconds: float | None = None, figures: bool = True) -> Path:
+    """Write `out_dir/README.md` (and the figures) from the store. Returns the README's path."""
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(db, items, quick)
+    devices = ", ".join(sorted(set(report.rows_for(items).get("device", pd.Series(dtype=str)).dropna()))) or "?"
+    lines = ["# Dynamic thresholding paper (Park & Lee, ECAI 2020): MNIST results reproduced", ""]
+    if quick:
+        lines += ["**QUICK VERSION**: few iterations and one seed, to test the pipeline. These numbers say "
+                  "nothing about the paper; the full version is `prunebench reproduce dt-paper`.", ""]
+    lines += ["Regenerate with:", "", "```", command, "```", "",
+              f"Machine: {platform.machine()}; runs on: {devices}; Python {platform.python_version()}, "
+              f"torch {torch.__version__}. Store: `{db}`. Every measured number below comes from a run in "
+              "that store; accuracy loss = dense accuracy of the same seed minus the pruned network's, in "
+              f"points (positive = worse). A row is flagged when it misses the published compression by more "
+              f"than {100 * MISS_COMPRESSION:.0f}% or the published loss by more than {MISS_LOSS_PP} points. "
+              "n/p = not published.", ""]
+    finished = _finished_runs(db, items)
+    total = float(finished["train_seconds"].sum()) if len(finished) else 0.0
+    lines += [f"Runs: {len(finished)} of {len({i.run_id for i in items})} planned are finished; their training "
+              f"wall-clock adds up to {total / 3600:.2f} h"
+              + (f" (this invocation: {wall_seconds / 60:.1f} min)" if wall_seconds is not None else "") + ".", ""]
+
+    # Table 1
+    lines += ["## Table 1: LeNet-300-100, threshold scales", "", TABLE_HEADER]
+    pub_ind = published("dynthresh", "lenet300", {})
+    group = _group(items, "table1", "lenet300", "dynthresh")
+    lines.append(_row("individual (lambda 5e-4)", report.summary(group), pub_ind.compression, pub_ind.accuracy_loss,
+                      group[0].command() if group else ""))
+    for scale, lam in TABLE1_LAMBDA.items():
+        pub = DT_TABLE1_SCALES[scale]
+        group = _group(items, "table1", "lenet300", "dynthresh", scale=scale)
+        lines.append(_row(f"{scale} (lambda {lam:g})", report.summary(group), pub.compression, pub.accuracy_loss,
+                          group[0].command() if group else ""))
+    sweep = [i for i in items if i.purpose == "table1-sweep"]
+    if sweep:
+        lines += ["", "Calibration sweep (seed 0): each scale's lambda is the one whose loss is closest to the "
+                  "published loss (layer 0.33 pp, global 0.25 pp).", "",
+                  "| scale | lambda | compression | loss (pp) | command |", "|---|---|---|---|---|"]
+        for item in sweep:
+            s = report.summary([item])
+            lines.append(f"| {dict(item.hparams)['scale']} | {dict(item.hparams)['lam']:g} | "
+                         f"{_fmt(s['compression'], 1, 'x')} | {_fmt(s['loss'], 2, sign=True)} | `{item.command()}` |")
+
+    # Table 2
+    lines += ["", "## Table 2: MNIST columns", "", TABLE_HEADER]
+    for task in TABLE2_TASKS:
+        for method in TABLE2_METHODS:
+            if task == "lenet300" and method == "dynthresh":
+                group = _group(items, "table1", "lenet300", "dynthresh")
+            else:
+                group = _group(items, "table2", task, method)
+            if not group:
+                continue
+            pub = published(method, task, {})
+            label = f"{task} / {method}" + (f" (budget {group[0].budget})" if group[0].budget != "equal" else "")
+            lines.append(_row(label, report.summary(group), pub.compression if pub else None,
+                              pub.accuracy_loss if pub else None, group[0].command()))
+
+    # Fig. 1
+    lines += ["", "## Fig. 1: DT against sparse VD on LeNet-300-100", ""]
+    markers = fig1_markers(db, items)
+    if figures:
+        from prunebench.report.plots import save
+        fig = fig1_figure(db, items, markers)
+        save(fig, out_dir, "fig1")
+        lines += ["![Fig. 1](fig1.png)", "", "([SVG](fig1.svg))", ""]
+    lines += [f"First iteration at which the pruned network is within {FIG1_WITHIN_PP} points of the method's "
+              "own final accuracy (DT: the network its thresholds give, at >= the ratio; sparse VD: its weights "
+              "cut to exactly the ratio by log alpha), mean over the runs that reached it (training seconds "
+              "in brackets):", "",
+              "| ratio | DT measured | sparse VD measured | DT published | sparse VD published |",
+              "|---|---|---|---|---|"]
+    for ratio in FIG1_RATIOS:
+        cells = []
+        for method in ("dynthresh", "sparse-vd"):
+            m = markers[(markers["method"] == method) & (markers["ratio"] == ratio)].iloc[0]
+            cells.append(f"{m['iterations']:,.0f} ({m['seconds']:.0f} s), {m['reached']}/{m['runs']} runs"
+                         if m["reached"] else f"not reached ({m['runs']} runs)")
+        pub = FIG1_PUBLISHED.get(ratio)
+        lines.append(f"| {ratio:g}x | {cells[0]} | {cells[1]} | {f'{pub[0]:,}' if pub else 'n/p'} | "
+                     f"{f'{pub[1]:,}' if pub else 'n/p'} |")
+    fig_items = [i for i in items if i.purpose == "fig1"]
+    if fig_items:
+        lines += ["", "Commands: " + "; ".join(f"`{i.command()}`" for i in fig_items if i.seed == 0)]
+
+    # Fig. 4
+    lines += ["", "## Fig. 4: XOR, weights and thresholds", ""]
+    fig4_items = [i for i in items if i.purpose == "fig4"]
+    for item in fig4_items:
+        if figures and ResultStore(db).status(item.run_id) == "finished":
+            from prunebench.report.fig4 import fig4
+            from prunebench.report.plots import save
+            save(fig4(db, item.run_id), out_dir, "xor-fig4")
+            lines += ["![Fig. 4](xor-fig4.png)", "", "([SVG](xor-fig4.svg))", ""]
+        lines.append(f"Command: `{item.command()}`. Published: 4 of the 15 weights pruned at the end "
+                     "(layer 1 weights 1, 2, 6; layer 2 weight 1), some pruned and spliced back during training.")
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def fig1_figure(db: Path, items: list[Item], markers: pd.DataFrame):
+    """Accuracy of the network in training against iterations (mean over seeds), one line per method,
+    markers at the FIG1_RATIOS iterations of `markers`."""
+    from prunebench.report.plots import _new_figure, _style, method_colours
+
+    fig_items = [i for i in items if i.purpose == "fig1"]
+    traj = load_trajectories(db, [i.run_id for i in fig_items])
+    colours = method_colours(["dynthresh", "sparse-vd"])
+    labels = {"dynthresh": "dynamic thresholding", "sparse-vd": "sparse VD"}
+    marker_shapes = {50.0: "o", 60.0: "s", 70.0: "^"}
+    with _style():
+        fig, ax = _new_figure()
+        for method in ("dynthresh", "sparse-vd"):
+            ids = [i.run_id for i in fig_items if i.method == method]
+            points = traj[traj["run_id"].isin(ids)]
+            if points.empty:
+                continue
+            acc_col = "trained_accuracy" if method == "sparse-vd" and points["trained_accuracy"].notna().any() \
+                else "accuracy"
+            curve = points.groupby("step")[acc_col].mean() * 100
+            ax.plot(curve.index, curve.values, color=colours[method], label=labels[method], linewidth=1.6)
+            for ratio in FIG1_RATIOS:
+                m = markers[(markers["method"] == method) & (markers["ratio"] == ratio)]
+                if m.empty or not m.iloc[0]["reached"]:
+                    continue
+                step = m.iloc[0]["iterations"]
+                y = float(curve.iloc[(abs(curve.index - step)).argmin()])
+                ax.plot([step], [y], marker=marker_shapes[ratio], color=colours[method], markersize=9,
+                        markeredgecolor="black", linestyle="none",
+                        label=f"{labels[method]} {ratio:g}x: it. {step:,.0f}, {m.iloc[0]['seconds']:.0f} s")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("LeNet-300-100: accuracy in training, markers at 50x / 60x / 70x")
+        lo = ax.get_ylim()
+        ax.set_ylim(max(lo[0], 90.0), 100.0)
+        ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def reproduce(out_dir: Path, db: Path, data_dir: Path, quick: bool = False, command: str = "",
+              on_start: Callable[[Item, bool], None] | None = None,
+              observer_for: Callable[[Item], Observer] | None = None, report_only: bool = False) -> Path:
+    """Plan, run what is missing, and write the report. Returns the report's path."""
+    items = plan(quick)
+    t0 = time.perf_counter()
+    if report_only and not Path(db).exists():
+        raise FileNotFoundError(f"no result store at {db}: run without --report-only first")
+    if not report_only:
+        store = ResultStore(db)
+        try:
+            execute(items, store, data_dir, on_start, observer_for)
+        finally:
+            store.close()
+    return write_report(db, out_dir, items, quick, command, time.perf_counter() - t0)

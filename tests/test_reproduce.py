@@ -1,0 +1,109 @@
+"""`prunebench reproduce dt-paper`: Fig. 1 markers computed by hand on a hand-filled store, and the quick
+reproduction end to end (report with every published figure, figures, reuse, continuation)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunebench.report.reproduce import FIG1_RATIOS, Item, fig1_markers, plan, reproduce
+from prunebench.store import ResultStore
+
+
+def _store_run(store: ResultStore, item: Item, points: list[dict]) -> None:
+    spec = item.spec
+    run_id, identity = spec.identity
+    store.start_run(run_id, task=item.task, method=item.method, seed=item.seed, budget=item.budget,
+                    identity=identity, hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__,
+                    environment={"device": "test"})
+    for p in points:
+        store.add_point(run_id, p)
+    last = points[-1]
+    store.finish(run_id, {"iterations": last["step"], "train_seconds": last["train_seconds"],
+                          "accuracy": last["accuracy"], "compression": last["compression"]})
+
+
+def test_fig1_markers_by_hand(tmp_path):
+    db = tmp_path / "fig1.sqlite"
+    store = ResultStore(db)
+    dt = Item("fig1", "lenet300", "dynthresh", 0, eval_every=100)
+    vd = Item("fig1", "lenet300", "sparse-vd", 0, eval_every=100, at_compressions=FIG1_RATIOS)
+    # DT: final accuracy 0.980; within 0.5 pp means >= 0.975.
+    _store_run(store, dt, [
+        {"step": 100, "train_seconds": 1.0, "accuracy": 0.960, "compression": 70.0},  # too inaccurate
+        {"step": 200, "train_seconds": 2.0, "accuracy": 0.976, "compression": 55.0},  # 50x
+        {"step": 300, "train_seconds": 3.0, "accuracy": 0.974, "compression": 80.0},  # 0.6 pp: not yet
+        {"step": 400, "train_seconds": 4.0, "accuracy": 0.975, "compression": 65.0},  # 60x
+        {"step": 500, "train_seconds": 5.0, "accuracy": 0.980, "compression": 90.0}])  # 70x
+    # sparse VD: final accuracy 0.970 (its own, not DT's); markers from the exact-ratio accuracies.
+    def vd_point(step, at):
+        return {"step": step, "train_seconds": step / 50, "accuracy": 0.970, "compression": 2.0,
+                "extra": json.dumps({"at_compression": at})}
+    _store_run(store, vd, [
+        vd_point(100, {"50": 0.960, "60": 0.950, "70": 0.900}),
+        vd_point(200, {"50": 0.966, "60": 0.964, "70": 0.950}),  # 50x (>= 0.965)
+        vd_point(300, {"50": 0.970, "60": 0.965, "70": 0.960}),  # 60x
+        vd_point(400, {"50": 0.970, "60": 0.969, "70": 0.964})])  # 70x never within 0.5 pp
+    store.close()
+    markers = fig1_markers(db, [dt, vd]).set_index(["method", "ratio"])
+    assert markers.loc[("dynthresh", 50.0), "iterations"] == 200
+    assert markers.loc[("dynthresh", 60.0), "iterations"] == 400
+    assert markers.loc[("dynthresh", 70.0), "iterations"] == 500
+    assert markers.loc[("dynthresh", 70.0), "seconds"] == 5.0
+    assert markers.loc[("sparse-vd", 50.0), "iterations"] == 200
+    assert markers.loc[("sparse-vd", 60.0), "iterations"] == 300 and markers.loc[("sparse-vd", 60.0), "seconds"] == 6
+    assert markers.loc[("sparse-vd", 70.0), "reached"] == 0
+
+
+def test_plan_full_covers_every_published_mnist_number():
+    items = plan(quick=False)
+    table2 = {(i.task, i.method, i.budget) for i in items if i.purpose == "table2"}
+    for task in ("lenet300", "lenet5"):
+        for method in ("magnitude", "dns", "sparse-vd"):
+            assert (task, method, "paper") in table2
+    assert {i.seed for i in items if i.purpose == "table2"} == {0, 1, 2}
+    scales = {dict(i.hparams).get("scale", "individual") for i in items if i.purpose == "table1"}
+    assert scales == {"individual", "layer", "global"}
+    fig1 = [i for i in items if i.purpose == "fig1"]
+    assert all(i.eval_every == 100 for i in fig1)
+    assert all(i.at_compressions == FIG1_RATIOS for i in fig1 if i.method == "sparse-vd")
+    # Table 1's individual runs are Fig. 1's DT runs (same identities), evaluated as finely
+    assert {i.run_id for i in fig1 if i.method == "dynthresh"} == {
+        i.run_id for i in items if i.purpose == "table1" and not i.hparams}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("reproduce")
+    db, out = root / "runs.sqlite", root / "report"
+    started: list[tuple[str, bool]] = []
+    path = reproduce(out, db, mnist_dir, quick=True, command="prunebench reproduce dt-paper --quick",
+                     on_start=lambda item, skip: started.append((item.run_id, skip)))
+    return db, out, path, started, mnist_dir
+
+
+def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
+    db, out, path, started, _ = quick
+    text = path.read_text()
+    assert "QUICK VERSION" in text
+    for published in ("| 81x |", "| 23x |", "| 17x |", "| 12x |", "| 56x |", "| 68x |", "| 108x |", "| 280x |",
+                      "| 151x |", "| 40x |", "| 61x |", "| 70x |", "5,600", "6,700", "7,400", "9,100"):
+        assert published in text, published
+    assert "not run yet" not in text  # every planned run finished
+    assert all(not skip for _, skip in started)
+    for name in ("fig1.png", "fig1.svg", "xor-fig4.png", "xor-fig4.svg"):
+        assert (out / name).stat().st_size > 1000
+    assert (out / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_reproduction_reuses_finished_runs_and_continues_an_interrupted_one(quick):
+    db, out, _, started, data_dir = quick
+    victim = started[3][0]
+    store = ResultStore(db)
+    store.mark(victim, "interrupted", "interrupted at step 10", 10)
+    store.close()
+    again: list[tuple[str, bool]] = []
+    reproduce(out, db, data_dir, quick=True, on_start=lambda item, skip: again.append((item.run_id, skip)))
+    assert [run_id for run_id, _ in again] == [run_id for run_id, _ in started]
+    assert [run_id for run_id, skip in again if not skip] == [victim]
