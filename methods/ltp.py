@@ -24,8 +24,9 @@ Method card (where each value comes from):
   prunable weights of the network, so it lies in [0, lam] [I] (the patent normalises by a "pruning
   preference" value [S]; METHODS.md recommends the weight count [I]). The penalty is differentiated in
   full, with respect to both w and tau (the Eq. 14 approximation concerns v, not the penalty) [I].
-  lam: not known for any task [I]; default 0.1, from one short LeNet-300-100 sanity run (3,000 steps,
-  budget "equal": 8.2x at 97.6%, still compressing) and XOR; METHODS.md suggests sweeping {1e-3 .. 1}.
+  lam: not known for any task [I]; dataclass default 0.1 (XOR); MNIST task default 10, from a seed-0
+  LeNet-300-100 sweep at budget "equal" (lam 1 / 3 / 10: 22.9x / 27.0x / 30.9x at -0.12 / -0.07 / +0.01 pp,
+  prunebench/tasks.py) [I].
 - temperature T_l = T0 * Var(|w_l|) (paper Eq. 15 per [S]): the population variance of the layer's weight
   magnitudes, measured once from the pretrained weights when the prune phase starts and fixed after [I]
   (the paper may recompute it; not known). T0: not known [I]; default 1.0, to be swept.
