@@ -107,3 +107,18 @@ def test_quick_reproduction_reuses_finished_runs_and_continues_an_interrupted_on
     reproduce(out, db, data_dir, quick=True, on_start=lambda item, skip: again.append((item.run_id, skip)))
     assert [run_id for run_id, _ in again] == [run_id for run_id, _ in started]
     assert [run_id for run_id, skip in again if not skip] == [victim]
+
+
+def test_verdict_flags_differences_in_both_directions():
+    from prunebench.report.reproduce import _verdict
+
+    def summary(cr, loss, seeds=3):
+        return {"compression": cr, "loss": loss, "seeds": seeds, "planned": 3}
+
+    assert _verdict(summary(90.0, 0.40), 81.0, 0.36) == "within 20% / 0.2 pp"
+    assert _verdict(summary(53.3, 0.43), 23.0, 0.33) == "compression 132% above published"
+    assert _verdict(summary(33.7, 0.14, seeds=1), 108.0, 0.0) == "compression 69% below published; 1 of 3 seeds"
+    assert _verdict(summary(46.1, 0.38), 56.0, -0.29) == "loss 0.67 pp worse than published"
+    assert _verdict(summary(104.8, -0.25, seeds=2), 68.0, 0.28) == (
+        "compression 54% above published; loss 0.53 pp better than published; 2 of 3 seeds")
+    assert _verdict(summary(float("nan"), float("nan"), seeds=0), 280.0, -0.05) == "not run yet"

@@ -229,13 +229,19 @@ def _pm(mean: float, std: float, digits: int, suffix: str = "", sign: bool = Fal
 
 
 def _verdict(summary: dict[str, Any], pub_cr: float | None, pub_loss: float | None) -> str:
+    """Says where the measurement differs from the published figure by more than the thresholds, in
+    either direction (more compression than published is a difference too, not a pass)."""
     if summary["seeds"] == 0:
         return "not run yet"
     notes = []
-    if pub_cr is not None and summary["compression"] < (1 - MISS_COMPRESSION) * pub_cr:
-        notes.append(f"compression {100 * (1 - summary['compression'] / pub_cr):.0f}% below published")
-    if pub_loss is not None and summary["loss"] > pub_loss + MISS_LOSS_PP:
-        notes.append(f"loss {summary['loss'] - pub_loss:+.2f} pp over published")
+    if pub_cr is not None and math.isfinite(summary["compression"]):
+        ratio = summary["compression"] / pub_cr - 1
+        if abs(ratio) > MISS_COMPRESSION:
+            notes.append(f"compression {100 * abs(ratio):.0f}% {'above' if ratio > 0 else 'below'} published")
+    if pub_loss is not None and math.isfinite(summary["loss"]):
+        diff = summary["loss"] - pub_loss
+        if abs(diff) > MISS_LOSS_PP:
+            notes.append(f"loss {abs(diff):.2f} pp {'worse' if diff > 0 else 'better'} than published")
     if summary["seeds"] < summary["planned"]:
         notes.append(f"{summary['seeds']} of {summary['planned']} seeds")
     return "; ".join(notes) if notes else "within 20% / 0.2 pp"
