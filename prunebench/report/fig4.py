@@ -273,7 +273,7 @@ def fig4(db: Path | str, run_id: str) -> Figure:
     return fig
 
 
-def _has_thresholds(store: ResultStore, run_id: str, eval_every: int, iterations: int) -> bool:
+def has_thresholds(store: ResultStore, run_id: str, eval_every: int, iterations: int) -> bool:
     """Whether the stored run recorded thresholds at the evaluation points asked for (eval_every is not
     part of the run identity, so a run evaluated less often is trained again)."""
     rows = store.trajectory(run_id)
@@ -292,7 +292,7 @@ def run_fig4(store_path: Path | str, data_dir: Path | str, seed: int = 0, iterat
     store = ResultStore(store_path)
     try:
         run_id = spec.run_id
-        force = store.status(run_id) == "finished" and not _has_thresholds(store, run_id, eval_every, iterations)
+        force = store.status(run_id) == "finished" and not has_thresholds(store, run_id, eval_every, iterations)
         result = train(spec, store, Path(data_dir), force=force, evaluate_extra=record_thresholds)
         if result.status != "finished":
             raise RuntimeError(f"xor dynthresh run {run_id} {result.status}: {result.error}")

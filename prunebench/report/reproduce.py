@@ -27,7 +27,8 @@ import platform
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,9 @@ class Item:
     at_compressions: tuple[float, ...] = ()
     record_thresholds: bool = False
 
-    @property
+    @cached_property
     def spec(self) -> RunSpec:
+        """The validated run (make_spec builds and attaches the model once: cached)."""
         return make_spec(self.task, self.method, self.seed, dict(self.hparams), self.iterations, self.eval_every,
                          self.budget)
 
@@ -145,19 +147,21 @@ def plan(quick: bool = False) -> list[Item]:
     return items
 
 
-def _needs_rerun(item: Item, store: ResultStore) -> bool:
-    """True when the stored run lacks what `item` needs (finished runs are otherwise reused)."""
-    if store.status(item.run_id) != "finished":
-        return False  # not finished: train() runs it anyway
+def _lacks(item: Item, store: ResultStore) -> bool:
+    """True when the finished run of `item` lacks what the item needs: evaluations as fine as its
+    eval_every, the target-compression accuracies, or (Fig. 4) the thresholds at every evaluation."""
     points = store.trajectory(item.run_id)
     if item.eval_every is not None and len(points) > 1 and points[1]["step"] - points[0]["step"] > item.eval_every:
         return True
-    if item.at_compressions or item.record_thresholds:
+    if item.at_compressions:
         extra = json.loads(points[-1]["extra"]) if points and points[-1].get("extra") else {}
-        if item.at_compressions and "at_compression" not in extra:
+        if "at_compression" not in extra:
             return True
-        if item.record_thresholds and "thresholds" not in extra:
-            return True
+    if item.record_thresholds:
+        from prunebench.report.fig4 import has_thresholds
+
+        return not has_thresholds(store, item.run_id, item.eval_every or item.spec.protocol.eval_every,
+                                  item.spec.protocol.iterations)
     return False
 
 
@@ -166,55 +170,48 @@ def execute(items: list[Item], store: ResultStore, data_dir: Path,
             observer_for: Callable[[Item], Observer] | None = None) -> dict[str, str]:
     """Run every item not already finished (or finished without what it needs). Returns run_id -> status."""
     status: dict[str, str] = {}
-    done: set[str] = set()
     for item in items:
-        if item.run_id in done:
+        if item.run_id in status:
             continue
-        rerun = _needs_rerun(item, store)
-        skip = store.status(item.run_id) == "finished" and not rerun
+        finished = store.status(item.run_id) == "finished"
+        rerun = finished and _lacks(item, store)
+        skip = finished and not rerun
         if on_start is not None:
             on_start(item, skip)
-        if not skip:
-            extra = None
-            if item.record_thresholds:
-                from prunebench.report.fig4 import record_thresholds
-                extra = record_thresholds
-            result = train(item.spec, store, data_dir, observer=observer_for(item) if observer_for else None,
-                           force=rerun, evaluate_extra=extra, at_compressions=item.at_compressions)
-            status[item.run_id] = result.status
-        else:
+        if skip:
             status[item.run_id] = "finished"
-        done.add(item.run_id)
+            continue
+        extra = None
+        if item.record_thresholds:
+            from prunebench.report.fig4 import record_thresholds
+            extra = record_thresholds
+        result = train(item.spec, store, data_dir, observer=observer_for(item) if observer_for else None,
+                       force=rerun, evaluate_extra=extra, at_compressions=item.at_compressions)
+        status[item.run_id] = result.status
     return status
 
 
 # -- the report ---------------------------------------------------------------------------------------
-@dataclass
-class Report:
-    db: Path
-    items: list[Item]
-    quick: bool
-    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+def _measured_runs(db: Path) -> pd.DataFrame:
+    """Every finished LeNet run with its accuracy loss against dense of the same seed (`run_table`)."""
+    tables = [t for t in (run_table(db, task) for task in TABLE2_TASKS) if not t.empty]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["run_id"])
 
-    def __post_init__(self) -> None:
-        tables = [run_table(self.db, task) for task in ("lenet300", "lenet5")]
-        self.runs = pd.concat([t for t in tables if not t.empty], ignore_index=True) if any(
-            not t.empty for t in tables) else pd.DataFrame(columns=["run_id"])
 
-    def rows_for(self, items: list[Item]) -> pd.DataFrame:
-        ids = {i.run_id for i in items}
-        return self.runs[self.runs["run_id"].isin(ids)]
+def _rows_for(runs: pd.DataFrame, items: list[Item]) -> pd.DataFrame:
+    return runs[runs["run_id"].isin({i.run_id for i in items})]
 
-    def summary(self, items: list[Item]) -> dict[str, Any]:
-        rows = self.rows_for(items)
-        return {
-            "seeds": len(rows), "planned": len({i.run_id for i in items}),
-            "compression": stats.mean(rows["compression"]) if len(rows) else math.nan,
-            "compression_std": stats.std(rows["compression"]) if len(rows) else math.nan,
-            "loss": stats.mean(rows["accuracy_loss"]) if len(rows) else math.nan,
-            "loss_std": stats.std(rows["accuracy_loss"]) if len(rows) else math.nan,
-            "train_seconds": stats.mean(rows["train_seconds"]) if len(rows) else math.nan,
-        }
+
+def _summary(runs: pd.DataFrame, items: list[Item]) -> dict[str, Any]:
+    rows = _rows_for(runs, items)
+    return {
+        "seeds": len(rows), "planned": len({i.run_id for i in items}),
+        "compression": stats.mean(rows["compression"]) if len(rows) else math.nan,
+        "compression_std": stats.std(rows["compression"]) if len(rows) else math.nan,
+        "loss": stats.mean(rows["accuracy_loss"]) if len(rows) else math.nan,
+        "loss_std": stats.std(rows["accuracy_loss"]) if len(rows) else math.nan,
+        "train_seconds": stats.mean(rows["train_seconds"]) if len(rows) else math.nan,
+    }
 
 
 def _fmt(value: float, digits: int = 1, suffix: str = "", sign: bool = False) -> str:
@@ -324,8 +321,8 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = Report(db, items, quick)
-    devices = ", ".join(sorted(set(report.rows_for(items).get("device", pd.Series(dtype=str)).dropna()))) or "?"
+    runs = _measured_runs(db)
+    devices = ", ".join(sorted(set(_rows_for(runs, items).get("device", pd.Series(dtype=str)).dropna()))) or "?"
     lines = ["# Dynamic thresholding paper (Park & Lee, ECAI 2020): MNIST results reproduced", ""]
     if quick:
         lines += ["**QUICK VERSION**: few iterations and one seed, to test the pipeline. These numbers say "
@@ -347,12 +344,12 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
     lines += ["## Table 1: LeNet-300-100, threshold scales", "", TABLE_HEADER]
     pub_ind = published("dynthresh", "lenet300", {})
     group = _group(items, "table1", "lenet300", "dynthresh")
-    lines.append(_row("individual (lambda 5e-4)", report.summary(group), pub_ind.compression, pub_ind.accuracy_loss,
+    lines.append(_row("individual (lambda 5e-4)", _summary(runs, group), pub_ind.compression, pub_ind.accuracy_loss,
                       group[0].command() if group else ""))
     for scale, lam in TABLE1_LAMBDA.items():
         pub = DT_TABLE1_SCALES[scale]
         group = _group(items, "table1", "lenet300", "dynthresh", scale=scale)
-        lines.append(_row(f"{scale} (lambda {lam:g})", report.summary(group), pub.compression, pub.accuracy_loss,
+        lines.append(_row(f"{scale} (lambda {lam:g})", _summary(runs, group), pub.compression, pub.accuracy_loss,
                           group[0].command() if group else ""))
     sweep = [i for i in items if i.purpose == "table1-sweep"]
     if sweep:
@@ -360,7 +357,7 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
                   "published loss (layer 0.33 pp, global 0.25 pp).", "",
                   "| scale | lambda | compression | loss (pp) | command |", "|---|---|---|---|---|"]
         for item in sweep:
-            s = report.summary([item])
+            s = _summary(runs, [item])
             lines.append(f"| {dict(item.hparams)['scale']} | {dict(item.hparams)['lam']:g} | "
                          f"{_fmt(s['compression'], 1, 'x')} | {_fmt(s['loss'], 2, sign=True)} | `{item.command()}` |")
 
@@ -376,7 +373,7 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
                 continue
             pub = published(method, task, {})
             label = f"{task} / {method}" + (f" (budget {group[0].budget})" if group[0].budget != "equal" else "")
-            lines.append(_row(label, report.summary(group), pub.compression if pub else None,
+            lines.append(_row(label, _summary(runs, group), pub.compression if pub else None,
                               pub.accuracy_loss if pub else None, group[0].command()))
 
     # Fig. 1
@@ -410,7 +407,7 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
     lines += ["", "## Fig. 4: XOR, weights and thresholds", ""]
     fig4_items = [i for i in items if i.purpose == "fig4"]
     for item in fig4_items:
-        if figures and ResultStore(db).status(item.run_id) == "finished":
+        if figures and item.run_id in set(finished["run_id"]):
             from prunebench.report.fig4 import fig4
             from prunebench.report.plots import save
             save(fig4(db, item.run_id), out_dir, "xor-fig4")
