@@ -78,13 +78,18 @@ DT_MNIST = {"lam": 5e-4, "tau": 0.03}
 # keep (66/1.1, 12/1.4, 8/1.3, 19/1.47)% without retraining: (0.44, 1.76, 2.07, 1.55) -> 58/8.7/6.2/12.8%.
 MAGNITUDE_LENET300 = {"rounds": 5, "quality": (1.95, 1.9, 1.3)}
 MAGNITUDE_LENET5 = {"rounds": 5, "quality": (0.44, 1.76, 2.07, 1.55)}
-# dns (Guo et al. 2016): LeNet-5 per-layer c_rate and iter_stop from the maintainer's suggestion (issue #2);
-# gamma/power from the README example. LeNet-300-100 has no published values: c_rate interpolated from
+# dns (Guo et al. 2016): LeNet-5 iter_stop from the maintainer's suggestion (issue #2); gamma/power from the
+# README example. LeNet-5 c_rate: the maintainer's (1, 3, 4, 2.5) kept 34/5.8/2.6/16% under our Adam
+# protocol (33.7x at +0.14 pp, --budget paper, seed 0) against the published 14.2/3.1/0.7/4.3%: the surgery
+# splices back far more than under Caffe SGD. (2.5, 4.5, 7, 4.5) overshot (281x at +0.55 pp);
+# (2.3, 3.7, 5.5, 4.3), set per layer towards the published keep ratios, gave 109.7x at +0.35 pp and is the
+# default (the published 108x; its accuracy loss misses the published 0.00 pp).
+# LeNet-300-100 has no published values: c_rate interpolated from
 # the LeNet-5 fc layers, then searched towards the published 1.8/1.8/5.5% kept at --budget paper, seed 0:
 # (3.5, 3.5, 2.3) -> 5.0/6.4/24.5% (equal budget), (5, 5, 4) -> 2.1/1.9/11.0% (47x), (5, 5, 5.5) ->
 # 2.0/1.6/9.6% (50x, but 0.7 pp loss); iter_stop as the LeNet-5 fc layers.
 DNS_LENET300 = {"gamma": 1e-4, "power": 1.0, "c_rate": (5.0, 5.0, 4.0), "iter_stop": (10_000, 10_000, 10_000)}
-DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (1.0, 3.0, 4.0, 2.5),
+DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (2.3, 3.7, 5.5, 4.3),
               "iter_stop": (14_000, 14_000, 10_000, 10_000)}
 # sparse-vd: the authors' scripts hold lr 1e-3 for 100 epochs then decay to 0 (LeNet-300-100) or decay
 # from epoch 0 (LeNet-5); only used under budget "paper".
