@@ -46,6 +46,12 @@ Method card (where each value comes from):
 - weights and biases start from the task protocol's init (the code uses Kaiming-normal) [I].
 - no parameter EMA: the code's scripts average the parameters (beta_ema 0.999) for evaluation; the
   suite evaluates the trained parameters for every method [I].
+- what to expect: the paper reports surviving units, not weights (Table 1, 200 epochs [R]). Counted as
+  weights, with the units no later layer reads dropped as this module deploys them, lambda = 0.1/N keeps
+  MLP 219-214-100 -> 3.8x and LeNet-5 20-25-45-462 -> 11.2x; the per-layer-lambda "L0-sep" rows keep
+  266-88-33 -> 10.0x and 9-18-65-25 -> 70.0x. The 70x that DT Table 2 quotes for L0 on LeNet-5 is the
+  L0-sep architecture; its 12.2x on LeNet-300-100 matches no row exactly (L0-sep is closest) [I,
+  arithmetic on the published unit counts]. The L0-sep lambdas are not in METHODS.md.
 - training: one phase from scratch with the task protocol's optimizer, lr, batch and iterations (the
   code's train_lenet5.py: Adam lr 1e-3, batch 100, 200 epochs [V]); budget "paper" is treated as
   "equal" [I].

@@ -90,6 +90,7 @@ def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
     for published in ("| 81x |", "| 23x |", "| 17x |", "| 12x |", "| 56x |", "| 68x |", "| 108x |", "| 280x |",
                       "| 151x |", "| 40x |", "| 61x |", "| 70x |", "5,600", "6,700", "7,400", "9,100"):
         assert published in text, published
+    assert "L0-sep units 9-18-65-25" in text  # where the quoted L0 figure comes from
     assert "not run yet" not in text  # every planned run finished
     assert all(not skip for _, skip in started)
     for name in ("fig1.png", "fig1.svg", "xor-fig4.png", "xor-fig4.svg"):

@@ -363,6 +363,7 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
 
     # Table 2
     lines += ["", "## Table 2: MNIST columns", "", TABLE_HEADER]
+    sources: list[str] = []
     for task in TABLE2_TASKS:
         for method in TABLE2_METHODS:
             if task == "lenet300" and method == "dynthresh":
@@ -375,6 +376,10 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             label = f"{task} / {method}" + (f" (budget {group[0].budget})" if group[0].budget != "equal" else "")
             lines.append(_row(label, _summary(runs, group), pub.compression if pub else None,
                               pub.accuracy_loss if pub else None, group[0].command()))
+            if pub and pub.available:
+                sources.append(f"- {task} / {method}: {pub.source}" + (f"; {pub.note}" if pub.note else ""))
+    if sources:
+        lines += ["", "Where each published figure comes from:", "", *sources]
 
     # Fig. 1
     lines += ["", "## Fig. 1: DT against sparse VD on LeNet-300-100", ""]
