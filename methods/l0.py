@@ -52,9 +52,9 @@ Method card (where each value comes from):
   266-88-33 -> 10.0x and 9-18-65-25 -> 70.0x. The 70x that DT Table 2 quotes for L0 on LeNet-5 is the
   L0-sep architecture; its 12.2x on LeNet-300-100 matches no row exactly (L0-sep is closest) [I,
   arithmetic on the published unit counts]. The L0-sep lambdas are not in METHODS.md.
-- training: one phase from scratch with the task protocol's optimizer, lr, batch and iterations (the
-  code's train_lenet5.py: Adam lr 1e-3, batch 100, 200 epochs [V]); budget "paper" is treated as
-  "equal" [I].
+- training: one phase from scratch with the task protocol's optimizer, lr, batch and iterations under
+  budget "equal"; budget "paper": `epochs` (200) epochs at the protocol lr, constant (the code's
+  scripts: Adam lr 1e-3, batch 100, 200 epochs [V]), i.e. 120,000 steps on MNIST.
 - deployed network: each weight times its unit's test-time gate (and a conv filter's bias too), so the
   plain network computes exactly what the gated model computes in eval mode; gates strictly between 0
   and 1 scale their unit's weights. Units whose gate is 0 are exact zeros. A unit that the next layer's
@@ -74,6 +74,7 @@ from prunebench.methods._common import expand_per_layer, per_layer_values
 from torch import nn
 from torch.nn import functional as F
 
+from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
 from prunebench.structured import unread_units, zero_unread_units
 
@@ -237,6 +238,7 @@ class L0Hparams(Hyperparameters):
         "help": "gate-weighted L2: + weight_decay/2 * sum P(z!=0) ||w_unit||^2 (code's L0MLP weight_decay; >= 0)"})
     drop_unread_units: bool = field(default=True, metadata={
         "help": "deploy without the units a later layer's gates never read (their incoming weights and bias)"})
+    epochs: int = field(default=200, metadata={"help": "budget 'paper': training epochs (>= 1)"})
 
     def __post_init__(self) -> None:
         self.lam = per_layer_values(self.lam, float)
@@ -249,6 +251,7 @@ class L0Hparams(Hyperparameters):
         require(0 < self.input_droprate_init < 1,
                 f"input_droprate_init must be in (0, 1), got {self.input_droprate_init}")
         require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
 
 
 @register("l0")
@@ -266,6 +269,12 @@ class L0Regularization(Pruner):
         n_layers = len(prunable_layers(task.architecture()))
         self.lam = expand_per_layer(self.hp.lam, n_layers, "lam")
         self.layers: list[tuple[str, L0Linear | L0Conv2d]] = []
+
+    def phases(self, protocol: Protocol) -> list[Phase]:
+        if self.budget == "equal":
+            return [Phase("train", protocol.iterations, protocol.lr)]
+        per_epoch = self.task.train_size // protocol.batch_size
+        return [Phase(f"{self.hp.epochs} epochs", self.hp.epochs * per_epoch, protocol.lr)]
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:

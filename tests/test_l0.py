@@ -298,3 +298,15 @@ def test_units_the_next_layer_never_reads_are_dropped_by_hand_on_lenet300():
         for (_, a), (_, b) in zip(plain.layers, pruner.layers, strict=True):
             a.log_alpha.copy_(b.log_alpha)
     assert plain.kept_weights() == 522 * 300 + 200 * 100 + 66 * 10
+
+
+def test_paper_budget_is_the_codes_200_epochs_at_the_protocol_lr_and_equal_is_the_protocol():
+    lenet5 = get_task("lenet5")
+    paper = L0Regularization(L0Hparams(), lenet5, budget="paper").phases(lenet5.protocol)
+    assert [(p.iterations, p.lr) for p in paper] == [(200 * 600, 1e-3)]
+    short = L0Regularization(L0Hparams(epochs=3), lenet5, budget="paper").phases(lenet5.protocol)
+    assert [p.iterations for p in short] == [1800]
+    equal = L0Regularization(L0Hparams(), lenet5, budget="equal").phases(lenet5.protocol)
+    assert [(p.iterations, p.lr) for p in equal] == [(lenet5.protocol.iterations, lenet5.protocol.lr)]
+    with pytest.raises(ValueError, match="epochs"):
+        make_spec("xor", "l0", hparams={"epochs": 0})
