@@ -272,9 +272,8 @@ class L0Regularization(Pruner):
 
     def phases(self, protocol: Protocol) -> list[Phase]:
         if self.budget == "equal":
-            return [Phase("train", protocol.iterations, protocol.lr)]
-        per_epoch = self.task.train_size // protocol.batch_size
-        return [Phase(f"{self.hp.epochs} epochs", self.hp.epochs * per_epoch, protocol.lr)]
+            return super().phases(protocol)
+        return [Phase(f"{self.hp.epochs} epochs", self.hp.epochs * self.iterations_per_epoch(protocol), protocol.lr)]
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:

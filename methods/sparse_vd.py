@@ -219,8 +219,8 @@ class SparseVariationalDropout(Pruner):
     def phases(self, protocol: Protocol) -> list[Phase]:
         self.batch_size = protocol.batch_size
         if self.budget == "equal":
-            return [Phase("train", protocol.iterations, protocol.lr)]
-        per_epoch = self.task.train_size // protocol.batch_size
+            return super().phases(protocol)
+        per_epoch = self.iterations_per_epoch(protocol)
         phases = []
         if self.hp.lr_decay_start > 0:
             start = self.hp.lr_decay_start

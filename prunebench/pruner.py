@@ -104,6 +104,10 @@ class Pruner:
         iterations at its lr. Under budget "equal" the phases must sum to `protocol.iterations`."""
         return [Phase("train", protocol.iterations, protocol.lr)]
 
+    def iterations_per_epoch(self, protocol: Protocol) -> int:
+        """Optimizer steps in one pass over the task's training set (to convert a paper's epochs)."""
+        return self.task.train_size // protocol.batch_size
+
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called when a phase starts, after its optimizer was built."""
 
