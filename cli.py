@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
-from prunebench.harness import Observer, RunResult, RunSpec, make_spec, train
+from prunebench.harness import CHECKPOINT_SECONDS, Observer, RunResult, RunSpec, make_spec, train
 from prunebench.pruner import REGISTRY, Pruner, method_names
 from prunebench.report.setting import parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
@@ -66,6 +66,10 @@ class RichObserver(Observer):
             TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=False)
         self.progress.start()
         self.bar = self.progress.add_task("train", total=total_steps, metrics="")
+
+    def resumed(self, step: int) -> None:
+        self.console.print(f"continuing from the checkpoint at step {step:,} (--force starts again)")
+        self.progress.reset(self.bar, completed=step)  # the time-left estimate counts from here
 
     def step(self, step: int) -> None:
         self.progress.update(self.bar, completed=step)
@@ -142,7 +146,8 @@ def main() -> None:
               help="equal: every method gets the task's iterations, all phases included; paper: the "
               "method's published schedule converted to iterations.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
-@click.option("--force", is_flag=True, help="Run again even if this identity already finished.")
+@click.option("--force", is_flag=True, help="Run again from scratch even if this identity already finished "
+              "(an interrupted run otherwise continues from its last checkpoint).")
 @click.option("--eval-at-compression", "at_compression", default=None, metavar="RATIOS",
               help="At every evaluation also store the accuracy of the trained weights cut to exactly these "
               "compressions by the method's keep-scores, e.g. '50,60,70' (DT paper Fig. 1's sparse VD markers; "
@@ -150,14 +155,20 @@ def main() -> None:
 @click.option("--record-thresholds", is_flag=True,
               help="dynthresh: also store every weight and its threshold at each evaluation (DT paper Fig. 4; "
               "`prunebench reproduce dt-paper` plots them for xor).")
+@click.option("--checkpoint-every", "checkpoint_seconds", type=click.FloatRange(min=0), default=CHECKPOINT_SECONDS,
+              show_default=True, metavar="SECONDS",
+              help="Checkpoint at the first evaluation after this much wall-clock (0: at every evaluation).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
 @data_dir_option
 @db_option
 @hparam_options
 def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, budget: str,
         device: str | None, force: bool, at_compression: str | None, record_thresholds: bool,
-        as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
+        checkpoint_seconds: float, as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
     """Train one method on one task and store the run.
+
+    The run is checkpointed about once a minute (at evaluations) beside the store; after Ctrl-C or a
+    crash the same command continues it, bit for bit, from the last checkpoint.
 
     Method hyperparameters default to the task's calibrated values (see `prunebench list`); a flag
     that the chosen method does not have is an error."""
@@ -176,12 +187,14 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     try:
         result = train(spec, store, data_dir or default_data_dir(), device=device,
                        observer=RichObserver(console), force=force, at_compressions=ratios,
+                       checkpoint_seconds=checkpoint_seconds,
                        evaluate_extra=_threshold_recorder() if record_thresholds else None)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {store.path}")
+        console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {store.path}; "
+                      "the same command continues it from its last checkpoint")
         sys.exit(130)
     finally:
         store.close()
@@ -246,8 +259,9 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
           data_dir: Path | None, db: Path | None) -> None:
     """Run methods x tasks x seeds x grid into the store, skipping identities already finished.
 
-    Interrupted, failed and stale 'running' identities are run again. Ctrl-C stops the sweep; the
-    runs in flight are stored as 'interrupted' and the next sweep picks them up."""
+    Interrupted and stale 'running' identities continue from their last checkpoint; failed ones run
+    again. Ctrl-C stops the sweep; the runs in flight are stored as 'interrupted' and the next sweep
+    picks them up."""
     console = Console()
     method_list = _names(methods, method_names(), "method(s)")
     task_list = _names(tasks, task_names(), "task(s)")

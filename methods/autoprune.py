@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -165,6 +165,20 @@ class AutoPruning(Pruner):
             for name in self.rho:
                 self.rho[name] = self.rho[name].to(device).requires_grad_(True)
             self.arch_optimizer = torch.optim.Adam(list(self.rho.values()), lr=self.hp.arch_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rho": {name: rho.detach().clone() for name, rho in self.rho.items()},
+                "positions": dict(self.positions), "ratio_step": self.ratio_step,
+                "arch_optimizer": None if self.arch_optimizer is None else self.arch_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.positions, self.ratio_step = dict(state["positions"]), state["ratio_step"]
+        self.rho = {name: value.clone() for name, value in state["rho"].items()}
+        if state["arch_optimizer"] is not None:
+            device = self.layers[0][1].weight.device
+            self.rho = {name: value.to(device).requires_grad_(True) for name, value in self.rho.items()}
+            self.arch_optimizer = torch.optim.Adam(list(self.rho.values()), lr=self.hp.arch_lr)
+            self.arch_optimizer.load_state_dict(state["arch_optimizer"])
 
     def expected_flops_fraction(self) -> torch.Tensor:
         """F(r) / F_dense with F(r) = sum_l D_l r_l r_(l-1); needs one forward pass (for D_l)."""

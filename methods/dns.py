@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from prunebench.methods._common import carry_optimizer_state, expand_per_layer, per_layer_values
@@ -233,6 +233,19 @@ class DynamicNetworkSurgery(Pruner):
             carry_optimizer_state(self.optimizer, optimizer)
             self.frozen = True
         self.optimizer = optimizer
+
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "steps_done": self.steps_done, "surgery_start": self.surgery_start,
+                "frozen": self.frozen, "layers": [(layer.a, layer.b, layer.updates) for layer in self.layers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.steps_done, self.surgery_start, self.frozen = state["steps_done"], state["surgery_start"], state["frozen"]
+        for layer, (a, b, updates) in zip(self.layers, state["layers"], strict=True):
+            layer.a, layer.b, layer.updates = a, b, updates
 
     def start_surgery(self) -> None:
         """Iteration 0: statistics from the pretrained layers, then the first mask update."""

@@ -55,7 +55,7 @@ Method card (where each value comes from):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -189,6 +189,12 @@ class DynamicSparseTraining(Pruner):
         if self.hp.alpha == 0:
             return None
         return self.hp.alpha * sum(torch.exp(-self.threshold_of(m)).sum() for _, m in self.layers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"resets": list(self.resets)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.resets = [tuple(reset) for reset in state["resets"]]
 
     def after_step(self, step: int) -> None:
         if self.hp.threshold_reset:

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -221,12 +221,28 @@ class LearnedThresholdPruning(Pruner):
         for _, module, threshold in self.layers:
             threshold.activate(module.parametrizations.weight.original, self.hp.t0)
         self.active = True
-        # The thresholds get their own parameter group (lr * threshold_lr_factor).
+        self.add_threshold_group(phase, optimizer)
+
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
+        if phase.name == PRUNE:
+            self.add_threshold_group(phase, optimizer)
+
+    def add_threshold_group(self, phase: Phase, optimizer: torch.optim.Optimizer) -> None:
+        """The thresholds get their own parameter group (lr * threshold_lr_factor)."""
         thresholds = [threshold.s for _, _, threshold in self.layers]
         ids = {id(p) for p in thresholds}
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in ids]
         optimizer.add_param_group({"params": thresholds, "lr": phase.lr * self.hp.threshold_lr_factor})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"active": self.active,
+                "thresholds": [(t.unit, t.temperature, t.active) for _, _, t in self.layers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.active = state["active"]
+        for (_, _, threshold), (unit, temperature, active) in zip(self.layers, state["thresholds"], strict=True):
+            threshold.unit, threshold.temperature, threshold.active = unit, temperature, active
 
     def penalty(self) -> torch.Tensor | None:
         if not self.active or self.hp.lam == 0:

@@ -33,7 +33,7 @@ Method card (where each value comes from):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from prunebench.methods._common import expand_per_layer, per_layer_values
@@ -132,6 +132,17 @@ class MagnitudePruning(Pruner):
         self.optimizer = optimizer
         if phase.name.startswith(RETRAIN_PREFIX):
             self.prune(int(phase.name[len(RETRAIN_PREFIX):]))
+
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": dict(self.masks), "reference_std": dict(self.reference_std)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.layers[0][1].weight.device
+        self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
+        self.reference_std = {name: std.to(device) for name, std in state["reference_std"].items()}
 
     def prune(self, round_index: int) -> None:
         """Round k of K: mask every layer at (k/K) * q_l * std(W_l), on top of the previous mask."""

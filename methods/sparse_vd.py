@@ -37,7 +37,7 @@ Method card (where each value comes from):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from prunebench.methods._common import carry_optimizer_state
@@ -248,6 +248,15 @@ class SparseVariationalDropout(Pruner):
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         carry_optimizer_state(self.optimizer, optimizer)  # the phases are one Adam run with an lr schedule
         self.optimizer = optimizer
+
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
+        self.optimizer = optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
 
     def penalty(self) -> torch.Tensor | None:
         beta = self.kl_weight()

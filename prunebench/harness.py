@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from prunebench.checkpoint import Checkpoint, delete_checkpoint, load_checkpoint, save_checkpoint
 from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
 from prunebench.metrics import accuracy_at_compressions, count_flops, evaluate_accuracy, measure_compression
@@ -21,6 +22,8 @@ from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
 
 SMALL_MODEL_PARAMS = 10_000
+#: Wall-clock between checkpoints (taken at evaluations): a stop loses at most this much work plus one eval_every.
+CHECKPOINT_SECONDS = 60.0
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -110,17 +113,38 @@ class Observer:
     """Receives progress from the harness (the CLI's rich progress bar implements it)."""
 
     def start(self, spec: RunSpec, total_steps: int) -> None: ...
+    def resumed(self, step: int) -> None: ...
     def step(self, step: int) -> None: ...
     def evaluation(self, point: dict[str, Any]) -> None: ...
     def end(self) -> None: ...
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device):
-    """Endless index batches, reshuffled each epoch (the last partial batch of an epoch is dropped)."""
-    while True:
-        perm = torch.randperm(n, generator=generator, device=device)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield perm[start:start + batch_size]
+class BatchOrder:
+    """Endless index batches, reshuffled each epoch (the last partial batch of an epoch is dropped).
+
+    Its state (the generator, the epoch's permutation and the position in it) goes into checkpoints."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
+        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
+        self.perm: torch.Tensor | None = None
+        self.position = 0
+
+    def __next__(self) -> torch.Tensor:
+        if self.perm is None or self.position + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
+            self.position = 0
+        batch = self.perm[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(),
+                "perm": None if self.perm is None else self.perm.cpu(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self.position = state["position"]
 
 
 def _sync(device: torch.device) -> None:
@@ -147,16 +171,30 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
           observer: Observer | None = None, force: bool = False,
           dataset: TensorDataset | None = None,
           evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
-          at_compressions: tuple[float, ...] = ()) -> RunResult:
+          at_compressions: tuple[float, ...] = (), checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
+          resume: bool = True) -> RunResult:
     """Train one run and store it. A run whose identity already finished is skipped unless `force`.
+
+    At an evaluation, once `checkpoint_seconds` of wall-clock have passed since the last checkpoint
+    (0: at every evaluation; None: never), the run is checkpointed beside the store
+    (`prunebench.checkpoint`). A run that stopped (interrupted, or killed while 'running') continues
+    from its checkpoint when `resume`, bit for bit as if it had not stopped; its stored points after
+    the checkpoint are evaluated again, and `train_seconds` counts the steps of the final network only.
+    `force` starts from scratch.
 
     `evaluate_extra(pruner, model, data)` and, for each ratio in `at_compressions`, the accuracy of the
     trained weights cut to exactly that compression by the method's `scores` ("at_compression") are
     stored in each evaluation's `extra`. Both are evaluation-only: they are not part of the identity."""
     observer = observer or Observer()
     run_id, identity = spec.identity
-    if not force and store.status(run_id) == "finished":
+    status = store.status(run_id)
+    if not force and status == "finished":
         return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
+    checkpoint = None
+    if resume and not force and status in ("interrupted", "running"):
+        checkpoint = load_checkpoint(store.path, run_id)
+    if checkpoint is None:
+        delete_checkpoint(store.path, run_id)
 
     device = pick_device(str(device) if device is not None else None)
     task, protocol = spec.task, spec.protocol
@@ -169,16 +207,51 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     reference = task.architecture().to(device)
     example = data.x_test[0]
     flops_reference = count_flops(reference, example).dense
+    schedule = [[p.name, p.iterations, p.lr] for p in phases]
+    if checkpoint is not None and checkpoint.phases != schedule:
+        checkpoint = None  # the method's schedule changed since (new code): start again
+        delete_checkpoint(store.path, run_id)
 
-    store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
-                    identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
-                    environment=environment(device))
     generator = torch.Generator(device=device).manual_seed(spec.seed)
-    batches = _batches(data.x_train.shape[0], protocol.batch_size, generator, device)
+    batches = BatchOrder(data.x_train.shape[0], protocol.batch_size, generator, device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
     train_seconds = eval_seconds = 0.0
-    step, last_point = 0, None
+    step, steps_since, last_point = 0, 0, None
+    start_phase, start_phase_steps = 0, 0
+    if checkpoint is None:
+        store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
+                        identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
+                        environment=environment(device))
+    else:
+        model.load_state_dict(checkpoint.model)
+        pruner.load_state_dict(checkpoint.pruner)
+        batches.load_state_dict(checkpoint.rng["data"])
+        torch.set_rng_state(checkpoint.rng["torch"])
+        if device.type == "cuda" and checkpoint.rng["cuda"] is not None:
+            torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
+        counters = checkpoint.counters
+        train_seconds, eval_seconds = counters["train_seconds"], counters["eval_seconds"]
+        steps_since, last_point = counters["steps_since"], counters["last_point"]
+        loss_sum.fill_(counters["loss_sum"])
+        first_bad.fill_(counters["first_bad"])
+        step, start_phase, start_phase_steps = checkpoint.step, checkpoint.phase_index, checkpoint.phase_steps
+        store.resume_run(run_id, step, environment(device))
+    last_saved = time.perf_counter()
+
+    def save(phase_index: int, phase_steps: int, optimizer: torch.optim.Optimizer) -> None:
+        nonlocal last_saved
+        if checkpoint_seconds is None or time.perf_counter() - last_saved < checkpoint_seconds:
+            return
+        rng = {"torch": torch.get_rng_state(), "data": batches.state_dict(),
+               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        counters = {"train_seconds": train_seconds, "eval_seconds": eval_seconds, "steps_since": steps_since,
+                    "loss_sum": float(loss_sum.item()), "first_bad": int(first_bad.item()),
+                    "last_point": last_point}
+        save_checkpoint(store.path, Checkpoint(run_id, step, phase_index, phase_steps, model.state_dict(),
+                                               optimizer.state_dict(), pruner.state_dict(), rng, counters,
+                                               schedule))
+        last_saved = time.perf_counter()
 
     def evaluate(phase_name: str, steps_since: int) -> dict[str, Any]:
         nonlocal eval_seconds
@@ -216,20 +289,32 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         return {**point, "params_nonzero": counts.params_nonzero, "params_total": counts.params_total}
 
     observer.start(spec, total_steps)
+    if step:
+        observer.resumed(step)
     threads = torch.get_num_threads()
     if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
         torch.set_num_threads(1)  # tiny tensors: thread start-up costs more than it saves
     try:
         with _SigtermToInterrupt():
             model.train()
-            for phase in phases:
+            for phase_index, phase in enumerate(phases):
+                if phase_index < start_phase:
+                    continue
                 optimizer = protocol.make_optimizer(model.parameters(), lr=phase.lr)
-                pruner.on_phase_start(phase, model, optimizer)
-                steps_since = 0
+                phase_steps = 0
+                if checkpoint is not None and phase_index == start_phase:
+                    pruner.on_resume(phase, model, optimizer)
+                    optimizer.load_state_dict(checkpoint.optimizer)
+                    phase_steps = start_phase_steps
+                    checkpoint = None
+                else:
+                    pruner.on_phase_start(phase, model, optimizer)
+                    steps_since = 0
                 _sync(device)
                 t0 = time.perf_counter()
-                for _ in range(phase.iterations):
+                while phase_steps < phase.iterations:
                     step += 1
+                    phase_steps += 1
                     idx = next(batches)
                     loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
                     penalty = pruner.penalty()
@@ -250,11 +335,14 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
                         last_point = evaluate(phase.name, steps_since)
                         loss_sum.zero_()
                         steps_since = 0
+                        if step < total_steps:
+                            save(phase_index, phase_steps, optimizer)
                         t0 = time.perf_counter()
                 _sync(device)
                 train_seconds += time.perf_counter() - t0
     except NonFiniteLoss as exc:
         store.mark(run_id, "failed", str(exc), exc.step)
+        delete_checkpoint(store.path, run_id)
         observer.end()
         return RunResult(run_id, "failed", spec, error=str(exc), failed_step=exc.step)
     except KeyboardInterrupt as exc:
@@ -279,4 +367,5 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     if "extra" in last_point:
         final["extra"] = last_point["extra"]
     store.finish(run_id, final)
+    delete_checkpoint(store.path, run_id)
     return RunResult(run_id, "finished", spec, final)

@@ -111,6 +111,23 @@ class Pruner:
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Called when a phase starts, after its optimizer was built."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """The method's training state that is not in `model.state_dict()` (masks kept as attributes,
+        counters, its own random generator, thresholds' statistics), for checkpoints. Tensors, numbers,
+        strings and lists/tuples/dicts of them only. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned, on a pruner freshly attached to a fresh model."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state beyond the model; got {sorted(state)}")
+
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called instead of `on_phase_start` when a run continues from a checkpoint inside `phase`,
+        after the model's and this pruner's state were restored and before the optimizer's is loaded
+        into `optimizer`. Rebind references (`self.optimizer = optimizer`) and add parameter groups
+        the way `on_phase_start` did; recompute nothing from the weights. Default: nothing."""
+
     def deployed(self, model: nn.Module) -> nn.Module:
         """The network as it would ship: the task's plain architecture, pruned weights exactly zero."""
         raise NotImplementedError

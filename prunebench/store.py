@@ -177,6 +177,20 @@ class ResultStore:
                  json.dumps(protocol), "running", time.time(), json.dumps(environment)),
             )
 
+    def resume_run(self, run_id: str, step: int, environment: dict) -> None:
+        """A stopped run continues from its checkpoint at `step`: back to 'running', its points after
+        `step` dropped (they are evaluated again), and the environment it continues in appended to
+        the run's environment under "resumed" (a list of {"step", **environment})."""
+        with self._tx() as c:
+            row = c.execute("SELECT environment FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no run {run_id} to resume")
+            env = json.loads(row["environment"] or "{}")
+            env.setdefault("resumed", []).append({"step": step, **environment})
+            c.execute("DELETE FROM trajectory WHERE run_id = ? AND step > ?", (run_id, step))
+            c.execute("UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, failed_step = NULL,"
+                      " environment = ? WHERE run_id = ?", (json.dumps(env), run_id))
+
     @staticmethod
     def _insert(conn: sqlite3.Connection, table: str, run_id: str, row: dict[str, Any]) -> None:
         """INSERT OR REPLACE one row of `table` for `run_id`; dict-valued columns are stored as JSON."""

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from prunebench.methods.sparse_vd import SparseVariationalDropout
 
 from prunebench import data as data_module
 from prunebench.cli import main
@@ -93,3 +94,26 @@ def test_eval_at_compression_is_rejected_for_a_method_without_scores(tmp_path):
     result = CliRunner().invoke(main, ["run", "-m", "dense", "-t", "xor", "--eval-at-compression", "0.5",
                                        "--db", str(tmp_path / "x.sqlite")])
     assert result.exit_code == 2 and "must be > 1" in result.output
+
+
+def test_run_continues_an_interrupted_run_from_its_checkpoint(tmp_path):
+    db = tmp_path / "cli.sqlite"
+    args = ["run", "--method", "sparse-vd", "--task", "xor", "--iterations", "400", "--eval-every", "100",
+            "--checkpoint-every", "0", "--db", str(db)]
+
+    def stop_at_250(self, step: int) -> None:
+        if step == 250:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SparseVariationalDropout, "after_step", stop_at_250)
+        stopped = CliRunner().invoke(main, args)
+    assert stopped.exit_code == 130 and "continues it from its last checkpoint" in stopped.output
+    resumed = CliRunner().invoke(main, [*args, "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "continuing from the checkpoint at step 200" in resumed.stderr
+    out = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert out["status"] == "finished" and out["iterations"] == 400
+    store = ResultStore(db)
+    assert [p["step"] for p in store.trajectory(out["run_id"])] == [100, 200, 300, 400]
+    store.close()

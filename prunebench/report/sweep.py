@@ -8,7 +8,7 @@
 - `dense`, the accuracy reference of every leaderboard row, is added for each task and seed unless
   `with_dense=False`.
 - Identities already finished in the store are skipped; running (left over from a killed process),
-  interrupted and failed ones are run again from the start.
+  interrupted ones continue from their last checkpoint and failed ones run again from the start.
 - `jobs=1` trains in this process; `jobs=N` runs N worker processes at once, each `python -m
   prunebench.cli run ... --json` (its stdout/stderr kept in a log file, its result read back from the store).
 """

@@ -1,0 +1,68 @@
+"""Training checkpoints: what the harness saves at each evaluation so that a stopped run continues.
+
+A checkpoint holds everything the next step depends on: the model's, the optimizer's and the method's
+state (`Pruner.state_dict`), the random number generators (the global one, which noisy methods draw
+from, and the data-order one with its position in the current epoch) and the harness's counters. A run
+continued from one is bit-for-bit the run that was never stopped (on the same device and thread count;
+`tests/test_resume.py` checks every method). Checkpoints live beside the result store, in
+`<store>.checkpoints/<run_id>.pt`, are written atomically and are deleted when the run finishes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = 1
+
+
+def checkpoint_dir(store_path: Path) -> Path:
+    """`runs.sqlite` -> `runs.checkpoints/` (ignored by git: `*.checkpoints/`)."""
+    return store_path.with_name(store_path.stem + ".checkpoints")
+
+
+@dataclass
+class Checkpoint:
+    run_id: str
+    step: int                    #: global optimizer steps done
+    phase_index: int             #: the phase that step belongs to
+    phase_steps: int             #: steps of that phase done
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    pruner: dict[str, Any]
+    rng: dict[str, Any]          #: "torch", "cuda" (or None), "data" (the data-order generator), "batches"
+    counters: dict[str, Any]     #: train_seconds, eval_seconds, loss_sum, steps_since, first_bad, last_point
+    phases: list[list[Any]]      #: [name, iterations, lr] of every phase: a checkpoint of another schedule is not used
+
+
+def checkpoint_path(store_path: Path, run_id: str) -> Path:
+    return checkpoint_dir(store_path) / f"{run_id}.pt"
+
+
+def save_checkpoint(store_path: Path, checkpoint: Checkpoint) -> Path:
+    """Write atomically (a stop while writing leaves the previous checkpoint intact)."""
+    path = checkpoint_path(store_path, checkpoint.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"format": FORMAT, **checkpoint.__dict__}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(store_path: Path, run_id: str) -> Checkpoint | None:
+    """The run's checkpoint, or None when there is none (or it is of another format or run)."""
+    path = checkpoint_path(store_path, run_id)
+    if not path.exists():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.pop("format", None) != FORMAT or blob.get("run_id") != run_id:
+        return None
+    return Checkpoint(**blob)
+
+
+def delete_checkpoint(store_path: Path, run_id: str) -> None:
+    checkpoint_path(store_path, run_id).unlink(missing_ok=True)
