@@ -34,8 +34,10 @@ class Checkpoint:
     model: dict[str, Any]
     optimizer: dict[str, Any]
     pruner: dict[str, Any]
-    rng: dict[str, Any]          #: "torch", "cuda" (or None), "data" (the data-order generator), "batches"
-    counters: dict[str, Any]     #: train_seconds, eval_seconds, loss_sum, steps_since, first_bad, last_point
+    rng: dict[str, Any]          #: "torch", "cuda" (or None), "data" (the data-order generator and position)
+    #: train_seconds, eval_seconds, last_point. Taken right after an evaluation, so the running loss sum is
+    #: empty and no non-finite loss is pending (the evaluation would have raised): neither is stored.
+    counters: dict[str, Any]
     phases: list[list[Any]]      #: [name, iterations, lr] of every phase: a checkpoint of another schedule is not used
 
 

@@ -232,9 +232,7 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
             torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
         counters = checkpoint.counters
         train_seconds, eval_seconds = counters["train_seconds"], counters["eval_seconds"]
-        steps_since, last_point = counters["steps_since"], counters["last_point"]
-        loss_sum.fill_(counters["loss_sum"])
-        first_bad.fill_(counters["first_bad"])
+        last_point = counters["last_point"]
         step, start_phase, start_phase_steps = checkpoint.step, checkpoint.phase_index, checkpoint.phase_steps
         store.resume_run(run_id, step, environment(device))
     last_saved = time.perf_counter()
@@ -245,9 +243,7 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
             return
         rng = {"torch": torch.get_rng_state(), "data": batches.state_dict(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        counters = {"train_seconds": train_seconds, "eval_seconds": eval_seconds, "steps_since": steps_since,
-                    "loss_sum": float(loss_sum.item()), "first_bad": int(first_bad.item()),
-                    "last_point": last_point}
+        counters = {"train_seconds": train_seconds, "eval_seconds": eval_seconds, "last_point": last_point}
         save_checkpoint(store.path, Checkpoint(run_id, step, phase_index, phase_steps, model.state_dict(),
                                                optimizer.state_dict(), pruner.state_dict(), rng, counters,
                                                schedule))
