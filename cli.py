@@ -119,6 +119,28 @@ db_option = click.option(
     help="SQLite result store (default: $PRUNEBENCH_DB or ./prunebench.sqlite).")
 
 
+def protocol_options(command):
+    """--optimizer / --lr / --momentum / --optimizer-weight-decay: override the task's protocol (every phase of
+    every method; a sweep's dense references too). The overrides go into the runs' identity."""
+    options = [
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
+                     help="Override the task's optimizer (the task's protocol: `prunebench list`)."),
+        click.option("--lr", type=float, default=None, help="Override the task's learning rate (> 0)."),
+        click.option("--momentum", type=float, default=None, help="Override the task's SGD momentum, in [0, 1)."),
+        click.option("--optimizer-weight-decay", "optimizer_weight_decay", type=float, default=None,
+                     help="Override the task's optimizer weight decay (>= 0; not l0's --weight-decay)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _protocol_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Pop the protocol options out of a command's keyword arguments; keep the ones given."""
+    names = {"optimizer": "optimizer", "lr": "lr", "momentum": "momentum", "optimizer_weight_decay": "weight_decay"}
+    return {field: value for option, field in names.items() if (value := values.pop(option, None)) is not None}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="prunebench")
 def main() -> None:
@@ -159,6 +181,7 @@ def main() -> None:
               show_default=True, metavar="SECONDS",
               help="Checkpoint at the first evaluation after this much wall-clock (0: at every evaluation).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
+@protocol_options
 @data_dir_option
 @db_option
 @hparam_options
@@ -173,9 +196,10 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     Method hyperparameters default to the task's calibrated values (see `prunebench list`); a flag
     that the chosen method does not have is an error."""
     console = Console(stderr=as_json)
+    protocol = _protocol_overrides(hparams)
     given = {k: v for k, v in hparams.items() if v is not None}
     try:
-        spec = make_spec(task, method, seed, given, iterations, eval_every, budget)
+        spec = make_spec(task, method, seed, given, iterations, eval_every, budget, protocol=protocol)
         ratios = parse_ratios(at_compression) if at_compression else ()
         if ratios and REGISTRY[method].scores is Pruner.scores:
             raise ValueError(f"{method} has no keep-scores, so --eval-at-compression cannot apply to it")
@@ -252,11 +276,12 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
               help="Add `dense` (the accuracy reference of every leaderboard row) for each task and seed.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (identities, store status) and train nothing.")
+@protocol_options
 @data_dir_option
 @db_option
 def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iterations: int | None,
           eval_every: int | None, budget: str, jobs: int, with_dense: bool, device: str | None, dry_run: bool,
-          data_dir: Path | None, db: Path | None) -> None:
+          data_dir: Path | None, db: Path | None, **protocol_values: Any) -> None:
     """Run methods x tasks x seeds x grid into the store, skipping identities already finished.
 
     Interrupted and stale 'running' identities continue from their last checkpoint; failed ones run
@@ -269,7 +294,8 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
     store = ResultStore(db_path)
     try:
         plan = plan_sweep(method_list, task_list, parse_seeds(seeds), parse_grid(grid), store,
-                          iterations=iterations, eval_every=eval_every, budget=budget, with_dense=with_dense)
+                          iterations=iterations, eval_every=eval_every, budget=budget, with_dense=with_dense,
+                          protocol=_protocol_overrides(protocol_values))
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
     finally:

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,20 @@ class RunSpec:
 
 
 def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | None = None,
-              iterations: int | None = None, eval_every: int | None = None, budget: str = "equal") -> RunSpec:
-    """Resolve names and overrides into a validated `RunSpec` (raises KeyError/ValueError on bad input)."""
+              iterations: int | None = None, eval_every: int | None = None, budget: str = "equal", *,
+              protocol: dict[str, Any] | None = None) -> RunSpec:
+    """Resolve names and overrides into a validated `RunSpec` (raises KeyError/ValueError on bad input).
+
+    `protocol` overrides further fields of the task's protocol (optimizer, lr, momentum, weight_decay);
+    a run under another protocol is another identity, and its accuracy loss is counted against the
+    `dense` run of that same protocol."""
     task_obj = get_task(task)
     cls = get_method(method)
-    protocol = task_obj.protocol.with_overrides(iterations=iterations, eval_every=eval_every)
-    protocol.validate()
+    unknown = sorted(set(protocol or {}) - {f.name for f in fields(Protocol)})
+    if unknown:
+        raise ValueError(f"unknown protocol field(s): {', '.join(unknown)}")
+    protocol_obj = task_obj.protocol.with_overrides(iterations=iterations, eval_every=eval_every, **(protocol or {}))
+    protocol_obj.validate()
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     if budget not in BUDGETS:
@@ -73,8 +81,8 @@ def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | N
     # values of the wrong length, phases that do not fit the budget) fails here, before any training.
     dry = cls(hp, task_obj, budget)
     dry.attach(task_obj.architecture())
-    _check_phases(dry.phases(protocol), protocol, method, budget)
-    return RunSpec(task_obj, method, hp, protocol, seed, budget)
+    _check_phases(dry.phases(protocol_obj), protocol_obj, method, budget)
+    return RunSpec(task_obj, method, hp, protocol_obj, seed, budget)
 
 
 def _check_phases(phases: list[Phase], protocol: Protocol, method: str, budget: str) -> int:

@@ -38,6 +38,10 @@ class Protocol:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         lr = self.lr if lr is None else lr

@@ -45,6 +45,10 @@ def test_short_lenet300_run_lands_in_the_store(tmp_path, mnist_dir):
     (["run", "--method", "dynthresh", "--task", "xor", "--tau", "0"], "tau must be > 0"),
     (["run", "--method", "dynthresh", "--task", "xor", "--iterations", "0"], "iterations must be >= 1"),
     (["run", "--method", "dense", "--task", "xor", "--lam", "0.1"], "dense has no hyperparameter 'lam'"),
+    (["run", "--method", "dense", "--task", "xor", "--lr", "0"], "lr must be > 0"),
+    (["run", "--method", "dense", "--task", "xor", "--momentum", "1"], "momentum must be in [0, 1)"),
+    (["run", "--method", "dense", "--task", "xor", "--optimizer-weight-decay", "-1"], "weight_decay must be >= 0"),
+    (["run", "--method", "dense", "--task", "xor", "--optimizer", "rmsprop"], "'rmsprop' is not one of"),
 ])
 def test_cli_rejects_bad_input_before_training(args, message, tmp_path):
     result = CliRunner().invoke(main, [*args, "--db", str(tmp_path / "x.sqlite")])
@@ -117,3 +121,38 @@ def test_run_continues_an_interrupted_run_from_its_checkpoint(tmp_path):
     store = ResultStore(db)
     assert [p["step"] for p in store.trajectory(out["run_id"])] == [100, 200, 300, 400]
     store.close()
+
+
+def test_protocol_overrides_make_their_own_identity_and_dense_reference(tmp_path):
+    """--optimizer/--lr/--optimizer-weight-decay reach the stored protocol; the run's loss is counted
+    against the dense run of the same protocol, not the task's default one; the rerun command and a
+    sweep with the same flags name the same identities."""
+    from prunebench.report.leaderboard import run_table
+    from prunebench.report.setting import rerun_command, setting_items
+
+    db = str(tmp_path / "p.sqlite")
+    sgd = ["--optimizer", "sgd", "--lr", "0.05", "--optimizer-weight-decay", "0.0005"]
+    ids = {}
+    for method, extra in (("dense", []), ("dense", sgd), ("dns", sgd)):
+        result = CliRunner().invoke(main, ["run", "-m", method, "-t", "xor", "--iterations", "40", "--eval-every",
+                                           "20", "--db", db, "--json", *extra])
+        assert result.exit_code == 0, result.output
+        ids[(method, bool(extra))] = json.loads(result.output.strip().splitlines()[-1])["run_id"]
+    assert len(set(ids.values())) == 3
+    store = ResultStore(db)
+    protocol = json.loads(store.conn.execute("SELECT protocol FROM runs WHERE run_id = ?",
+                                             (ids[("dns", True)],)).fetchone()[0])
+    assert (protocol["optimizer"], protocol["lr"], protocol["weight_decay"]) == ("sgd", 0.05, 0.0005)
+    rows = run_table(db, "xor").set_index("run_id")
+    assert rows.loc[ids[("dns", True)], "dense_run_id"] == ids[("dense", True)]
+    assert rows.loc[ids[("dense", False)], "dense_run_id"] == ids[("dense", False)]
+    identity = json.loads(store.conn.execute("SELECT identity FROM runs WHERE run_id = ?",
+                                             (ids[("dns", True)],)).fetchone()[0])
+    hp, proto = setting_items("xor", "dns", identity)
+    command = rerun_command("xor", "dns", [0], "equal", hp, proto)
+    assert "--optimizer sgd" in command and "--lr 0.05" in command and "--optimizer-weight-decay 0.0005" in command
+    assert "no CLI flag" not in command
+    plan = CliRunner().invoke(main, ["sweep", "--methods", "dns", "--tasks", "xor", "--iterations", "40",
+                                     "--eval-every", "20", "--db", db, "--dry-run", *sgd])
+    assert plan.exit_code == 0, plan.output
+    assert "2 identities: 0 to run, 2 already finished" in plan.output

@@ -125,9 +125,11 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, monkeypatch):
     assert statuses[0] == ("failed", "RuntimeError: boom") and statuses[1][0] == "finished"
 
 
-def test_worker_processes_fill_the_store(tmp_path):
+@pytest.mark.parametrize("protocol", [None, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4}])
+def test_worker_processes_fill_the_store(tmp_path, protocol):
     db = tmp_path / "jobs.sqlite"
-    plan = plan_sweep(["dense", "magnitude"], ["xor"], [0], {}, iterations=100, eval_every=50, with_dense=False)
+    plan = plan_sweep(["dense", "magnitude"], ["xor"], [0], {}, iterations=100, eval_every=50, with_dense=False,
+                      protocol=protocol)
     report = run_sweep(plan, db, tmp_path, jobs=2)
     assert report.count("finished") == 2, [(o.status, o.error) for o in report.outcomes]
     store = ResultStore(db)

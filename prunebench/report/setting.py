@@ -15,7 +15,8 @@ from prunebench.store import _canonical, protocol_non_default
 from prunebench.tasks import get_task
 
 #: Protocol fields `prunebench run` / `prunebench sweep` can set from the command line.
-CLI_PROTOCOL_FLAGS = {"iterations": "--iterations"}
+CLI_PROTOCOL_FLAGS = {"iterations": "--iterations", "optimizer": "--optimizer", "lr": "--lr",
+                      "momentum": "--momentum", "weight_decay": "--optimizer-weight-decay"}
 
 
 def parse_seeds(text: str) -> list[int]:

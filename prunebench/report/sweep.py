@@ -151,9 +151,10 @@ class SweepPlan:
 def plan_sweep(methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int],
                grid: dict[str, list[str]] | None = None, store: ResultStore | None = None, *,
                iterations: int | None = None, eval_every: int | None = None, budget: str = "equal",
-               with_dense: bool = True) -> SweepPlan:
+               with_dense: bool = True, protocol: dict[str, Any] | None = None) -> SweepPlan:
     """Resolve the cross product into validated RunSpecs (errors raise before anything trains),
-    deduplicated by identity, ordered task > seed > method > grid, with each identity's store status."""
+    deduplicated by identity, ordered task > seed > method > grid, with each identity's store status.
+    `protocol` overrides protocol fields of every run (dense included), as in `make_spec`."""
     grid = dict(grid or {})
     methods = list(dict.fromkeys(methods))
     if with_dense and "dense" not in methods:
@@ -179,7 +180,7 @@ def plan_sweep(methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int
                     overrides = dict(zip(keys, combo, strict=True))
                     fields = {k: _hparam_field(k) for k in keys}
                     values = {k: convert_value(fields[k], v) for k, v in overrides.items()}
-                    spec = make_spec(task, method, seed, values, iterations, eval_every, budget)
+                    spec = make_spec(task, method, seed, values, iterations, eval_every, budget, protocol=protocol)
                     run_id, identity = spec.identity
                     if run_id in seen:
                         continue
@@ -318,6 +319,9 @@ def run_command(planned: PlannedRun, db: Path, data_dir: Path, device: str | Non
     cmd = [sys.executable, "-m", "prunebench.cli", "run", "--method", spec.method, "--task", spec.task.name,
            "--seed", str(spec.seed), "--budget", spec.budget, "--iterations", str(spec.protocol.iterations),
            "--eval-every", str(spec.protocol.eval_every), "--db", str(db), "--data-dir", str(data_dir), "--json"]
+    for key, flag in (("optimizer", "--optimizer"), ("lr", "--lr"), ("momentum", "--momentum"),
+                      ("weight_decay", "--optimizer-weight-decay")):
+        cmd += [flag, repr(getattr(spec.protocol, key)) if key != "optimizer" else spec.protocol.optimizer]
     if device:
         cmd += ["--device", device]
     for key, value in planned.overrides.items():
