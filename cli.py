@@ -16,7 +16,7 @@ from rich.table import Table
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
 from prunebench.harness import CHECKPOINT_SECONDS, Observer, RunResult, RunSpec, make_spec, train
 from prunebench.pruner import REGISTRY, Pruner, method_names
-from prunebench.report.setting import parse_seeds
+from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.report.sweep import summary_table as sweep_summary_table
 from prunebench.store import ResultStore, default_db_path
@@ -137,7 +137,7 @@ def protocol_options(command):
 
 def _protocol_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """Pop the protocol options out of a command's keyword arguments; keep the ones given."""
-    names = {"optimizer": "optimizer", "lr": "lr", "momentum": "momentum", "optimizer_weight_decay": "weight_decay"}
+    names = {flag[2:].replace("-", "_"): field for field, flag in CLI_PROTOCOL_FLAGS.items() if field != "iterations"}
     return {field: value for option, field in names.items() if (value := values.pop(option, None)) is not None}
 
 

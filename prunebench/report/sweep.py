@@ -44,7 +44,7 @@ from prunebench import harness
 from prunebench.data import DataUnavailableError, TensorDataset
 from prunebench.harness import Observer, RunSpec, make_spec
 from prunebench.pruner import REGISTRY, method_names
-from prunebench.report.setting import setting_items, setting_string
+from prunebench.report.setting import CLI_PROTOCOL_FLAGS, setting_items, setting_string
 from prunebench.store import ResultStore
 
 GRID_ALIASES = {"lambda": "lam"}
@@ -319,9 +319,10 @@ def run_command(planned: PlannedRun, db: Path, data_dir: Path, device: str | Non
     cmd = [sys.executable, "-m", "prunebench.cli", "run", "--method", spec.method, "--task", spec.task.name,
            "--seed", str(spec.seed), "--budget", spec.budget, "--iterations", str(spec.protocol.iterations),
            "--eval-every", str(spec.protocol.eval_every), "--db", str(db), "--data-dir", str(data_dir), "--json"]
-    for key, flag in (("optimizer", "--optimizer"), ("lr", "--lr"), ("momentum", "--momentum"),
-                      ("weight_decay", "--optimizer-weight-decay")):
-        cmd += [flag, repr(getattr(spec.protocol, key)) if key != "optimizer" else spec.protocol.optimizer]
+    for key, flag in CLI_PROTOCOL_FLAGS.items():
+        if key != "iterations":  # given above
+            value = getattr(spec.protocol, key)
+            cmd += [flag, value if isinstance(value, str) else repr(value)]
     if device:
         cmd += ["--device", device]
     for key, value in planned.overrides.items():
