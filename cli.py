@@ -15,6 +15,7 @@ from rich.table import Table
 
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
 from prunebench.harness import CHECKPOINT_SECONDS, Observer, RunResult, RunSpec, make_spec, train
+from prunebench.protocol import OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner, method_names
 from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
@@ -123,7 +124,7 @@ def protocol_options(command):
     """--optimizer / --lr / --momentum / --optimizer-weight-decay: override the task's protocol (every phase of
     every method; a sweep's dense references too). The overrides go into the runs' identity."""
     options = [
-        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=None,
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
                      help="Override the task's optimizer (the task's protocol: `prunebench list`)."),
         click.option("--lr", type=float, default=None, help="Override the task's learning rate (> 0)."),
         click.option("--momentum", type=float, default=None, help="Override the task's SGD momentum, in [0, 1)."),

@@ -7,13 +7,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")  # the optimizer families a protocol may name
+
 
 @dataclass(frozen=True)
 class Protocol:
     """What every method on a task trains with. A method that needs more than one phase (pretrain,
     prune, retrain) declares it through `Pruner.phases`; the phases share this optimizer family."""
 
-    optimizer: str = "adam"  # "adam" | "sgd"
+    optimizer: str = "adam"  # one of OPTIMIZERS
     lr: float = 1e-3
     iterations: int = 10_000
     batch_size: int = 100
@@ -36,8 +38,8 @@ class Protocol:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 
@@ -11,8 +12,31 @@ import torch
 from prunebench.methods.dynthresh import DynamicThresholding
 
 from prunebench.harness import make_spec, train
-from prunebench.protocol import Protocol
+from prunebench.protocol import OPTIMIZERS, Protocol
 from prunebench.store import run_identity
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)])
+def test_each_optimizer_family_builds_its_torch_optimizer(name, cls):
+    assert name in OPTIMIZERS
+    protocol = Protocol(optimizer=name, lr=0.05, momentum=0.5, weight_decay=1e-4)
+    protocol.validate()
+    optimizer = protocol.make_optimizer([torch.nn.Parameter(torch.zeros(3))])
+    assert type(optimizer) is cls
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (0.05, 1e-4)
+    assert group.get("momentum", 0.5) == 0.5
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd"),
+    ({"momentum": 1.0}, "momentum must be in [0, 1)"),
+    ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+    ({"lr": 0.0}, "lr must be > 0"),
+])
+def test_protocol_rejects_invalid_values(changes, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Protocol(**changes).validate()
 
 
 def test_xor_trains_in_seconds_and_prunes_while_solving(store, tmp_path):
