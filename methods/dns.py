@@ -20,9 +20,9 @@ Method card (where each value comes from):
 - gamma = 1e-4, power = 1: the README's LeNet-5 example [V] (caffe.proto default gamma is 1e-3 [V]).
 - c_rate (3) and iter_stop (10,000) dataclass defaults: caffe.proto defaults [V] (caffe.proto gives
   8,000 for fc layers). Per-task values in prunebench/tasks.py: LeNet-5 iter_stop 14k/14k/10k/10k
-  from the maintainer's suggestion in issue #2 [S] (his c_rate 1/3/4/2.5 keeps far more under Adam,
-  so c_rate 2.3/3.7/5.5/4.3 was calibrated towards the published keep ratios [I]); LeNet-300-100 has
-  no published values, see tasks.py [I].
+  from the maintainer's suggestion in issue #2 [S] (his c_rate 1/3/4/2.5 keeps far more than the
+  published ratios here, under Adam and Caffe's SGD alike, so c_rate 2.3/3.7/5.5/4.3 was calibrated
+  towards the published keep ratios [I]); LeNet-300-100 has no published values, see tasks.py [I].
 - iterations are counted from the start of the surgery, as the Caffe solver restarted from the
   pretrained model counts them; the mask update of iteration 0 happens before the first surgery step
   (probability 1), and the update after step j is the one Caffe makes in the forward pass of
