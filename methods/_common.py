@@ -5,6 +5,13 @@ Not a method: nothing here registers. Both helpers are candidates for `prunebenc
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+#: How a per-layer hyperparameter's values map onto the prunable layers (the methods' `layer_rule`):
+#: "each": one value for every layer, or one per prunable layer in definition order (as always);
+#: "first-conv-fc-last": one value for every layer, or four: the first prunable layer takes the first,
+#: the last prunable layer the fourth, every other Conv2d the second and every other Linear the third.
+LAYER_RULES: tuple[str, ...] = ("each", "first-conv-fc-last")
 
 
 def per_layer_values(value: object, cast: type) -> tuple:
@@ -37,6 +44,23 @@ def expand_per_layer(values: tuple, n_layers: int, name: str) -> tuple:
     if len(values) != n_layers:
         raise ValueError(f"{name} needs 1 or {n_layers} values (one per prunable layer), got {len(values)}")
     return values
+
+
+def layer_values(values: tuple, layers: list[tuple[str, nn.Module]], name: str, rule: str = "each") -> tuple:
+    """One value per prunable layer (definition order) of a per-layer hyperparameter under `rule`
+    (`LAYER_RULES`). Raises ValueError for a count the rule does not accept."""
+    if rule == "each" or len(values) == 1:
+        return expand_per_layer(values, len(layers), name)
+    if rule != "first-conv-fc-last":
+        raise ValueError(f"unknown layer rule {rule!r}; choose from: {', '.join(LAYER_RULES)}")
+    if len(values) != 4:
+        raise ValueError(f"{name} under layer rule {rule} needs 1 or 4 values (first, conv, fc, last), "
+                         f"got {len(values)}")
+    first, conv, fc, last = values
+    out = [conv if isinstance(module, nn.Conv2d) else fc for _, module in layers]
+    out[-1] = last
+    out[0] = first
+    return tuple(out)
 
 
 def carry_optimizer_state(previous: torch.optim.Optimizer | None, current: torch.optim.Optimizer) -> None:

@@ -40,6 +40,13 @@ Method card (where each value comes from):
   phase continues the surgery's optimizer state (same Caffe run past iter_stop) [I].
 - r comes from a `random.Random` seeded from torch's global generator at `attach` (the harness seeds
   it with the run's seed just before), so runs are reproducible.
+- per-layer c_rate and iter_stop for deep networks [I]: `layer_rule` "first-conv-fc-last" takes 4 values
+  (first layer, every other conv, every other fc, last layer); caffe.proto's own defaults already
+  split iter_stop by kind (10,000 conv, 8,000 fc [V]) and the published AlexNet result keeps 53.8% of
+  conv1, 29-41% of conv2-5, 3.7-6.6% of fc6-7 and 4.6% of fc8 (DNS Table 2 [R]). The default "each" is
+  the one-or-one-per-layer rule of every run before it, so their identities and results do not change.
+- BatchNorm layers (VGG-like, ResNet-56) are copied into the deployed network as trained; grouped
+  convolutions (AlexNet) need nothing special (the mask is per weight).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import carry_optimizer_state, expand_per_layer, per_layer_values
+from prunebench.methods._common import LAYER_RULES, carry_optimizer_state, layer_values, per_layer_values
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -111,7 +118,10 @@ class DNSHparams(Hyperparameters):
         "help": "c of m = max(mu + c*sigma, 0): one value for every layer or one per prunable layer, e.g. '1,3,4,2.5'"})
     iter_stop: tuple[int, ...] = field(default=(10_000,), metadata={
         "help": "surgery iteration (paper iterations, from the surgery's start) at which a layer's mask "
-        "freezes: one value or one per prunable layer (>= 1)"})
+        "freezes: one value or one per prunable layer (>= 1); see layer_rule"})
+    layer_rule: str = field(default="each", metadata={"choices": LAYER_RULES, "help":
+        "how per-layer values map onto the layers: 'each' (1 value or one per layer) or 'first-conv-fc-last' "
+        "(1 value or 4: first layer, other conv layers, other fc layers, last layer)"})
     pretrain_iterations: int = field(default=10_000, metadata={
         "help": "dense pretraining iterations of the published schedule (Caffe LeNet solver: 10,000)"})
     frozen_iterations: int = field(default=4_000, metadata={
@@ -165,9 +175,9 @@ class DynamicNetworkSurgery(Pruner):
 
     def __init__(self, hparams: DNSHparams, task: Task, budget: str = "equal") -> None:
         super().__init__(hparams, task, budget)
-        n_layers = len(prunable_layers(task.architecture()))
-        self.c_rate = expand_per_layer(self.hp.c_rate, n_layers, "c_rate")
-        self.iter_stop = expand_per_layer(self.hp.iter_stop, n_layers, "iter_stop")
+        layers = prunable_layers(task.architecture())
+        self.c_rate = layer_values(self.hp.c_rate, layers, "c_rate", self.hp.layer_rule)
+        self.iter_stop = layer_values(self.hp.iter_stop, layers, "iter_stop", self.hp.layer_rule)
         self.layers: list[_SurgeryLayer] = []
         #: Actual iterations per paper iteration is actual_total / paper_total (1 / 1 under budget "paper");
         #: kept as two integers so that iteration = steps * paper_total / actual_total is exact at iter_stop.

@@ -222,3 +222,8 @@ class DynamicSparseTraining(Pruner):
         with torch.no_grad():
             return {name: structure_input(self.weight_of(m), self.threshold_of(m)).clone()
                     for name, m in prunable_layers(model)}
+
+    def thresholds(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The threshold vector t of each layer (one per output neuron / filter, shape (c_out,), on |W|;
+        unconstrained, so it may be negative), detached copies."""
+        return {name: self.threshold_of(m).detach().clone() for name, m in prunable_layers(model)}

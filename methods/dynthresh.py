@@ -106,6 +106,33 @@ class ThresholdedWeight(nn.Module):
         return DTPruning.apply(weight, self.threshold(), self.tau)
 
 
+def layer_thresholds(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """t = t_max * sigmoid(s) of every thresholded layer of `model` (detached copies): shaped like the
+    layer's weight for individual thresholds, shape (1,) for a layer's shared threshold, and the one
+    shared value (shape (1,)) under each layer's name for the global one. None when no layer of `model`
+    carries a `ThresholdedWeight`."""
+    out = {}
+    for name, module in prunable_layers(model):
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        parametrisation = module.parametrizations.weight[0]
+        if isinstance(parametrisation, ThresholdedWeight):
+            out[name] = parametrisation.threshold().detach().clone()
+    return out or None
+
+
+class ThresholdParams(list):
+    """The threshold parameters as (s, number of weights each element of s serves) pairs, the terms of
+    the sparsity loss; each shared s appears once.
+
+    The pruner keeps this list as its `thresholds` attribute (which predates the `Pruner.thresholds`
+    hook). An attribute of the instance hides the class's method of the same name, so the list is
+    callable too: `pruner.thresholds(model)` is the hook, `layer_thresholds(model)`."""
+
+    def __call__(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        return layer_thresholds(model)
+
+
 @dataclass
 class DynThreshHparams(Hyperparameters):
     lam: float = field(default=5e-4, metadata={"help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)"})
@@ -134,7 +161,7 @@ class DynamicThresholding(Pruner):
     def attach(self, model: nn.Module) -> nn.Module:
         layers = prunable_layers(model)
         # (s, number of weights each element of s serves): the penalty weight of a shared threshold.
-        self.thresholds: list[tuple[nn.Parameter, float]] = []
+        self.thresholds: ThresholdParams = ThresholdParams()
         shared = None
         if self.hp.scale == "global":
             total = sum(m.weight.numel() for _, m in layers)
@@ -165,3 +192,8 @@ class DynamicThresholding(Pruner):
 
     def deployed(self, model: nn.Module) -> nn.Module:
         return self.export(model)  # reading .weight applies the hard pruning function
+
+    def thresholds(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """t = t_max * sigmoid(s) per prunable layer (`layer_thresholds`; for shared scales the shared
+        value, shape (1,)). After `attach` the instance's `ThresholdParams` list answers this call."""
+        return layer_thresholds(model)

@@ -60,7 +60,14 @@ Method card (where each value comes from):
   and 1 scale their unit's weights. Units whose gate is 0 are exact zeros. A unit that the next layer's
   gates remove entirely (e.g. a hidden neuron of LeNet-300-100 whose fc2 input gate is 0) is dropped
   with its incoming weights and bias (prunebench.structured.zero_unread_units), as removing the
-  neuron would; this never changes the network's output [I].
+  neuron would; this never changes the network's output [I]. Only across links where a layer's outputs
+  reach one next prunable layer alone, unit by unit (`prunebench.structured.Structure.feeds`): not into
+  a residual addition (ResNet-56) nor through a channel-mixing op (AlexNet's LRN after conv1 and conv2,
+  where a zeroed unit would change its neighbours' normalisation) [I].
+- BatchNorm after a conv (VGG-like, ResNet-56): a filter whose gate is 0 outputs 0 before BatchNorm, so
+  BatchNorm's shift after it; the deployed network keeps BatchNorm as trained (copied by name), so it
+  computes the same [I]. Grouped convolutions (AlexNet conv2, conv4, conv5): a filter gate holds
+  in_channels/groups * kh * kw weights (the fan of the penalty).
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ from torch.nn import functional as F
 
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
-from prunebench.structured import unread_units, zero_unread_units
+from prunebench.structured import Structure, network_structure, unread_units, zero_unread_units
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -266,9 +273,12 @@ class L0Regularization(Pruner):
         super().__init__(hparams, task, budget)
         if task.train_size <= 0:
             raise ValueError(f"l0 needs the task's train_size (N of lambda = lam/N); {task.name} has none")
-        n_layers = len(prunable_layers(task.architecture()))
+        plain = task.architecture()
+        n_layers = len(prunable_layers(plain))
         self.lam = expand_per_layer(self.hp.lam, n_layers, "lam")
         self.layers: list[tuple[str, L0Linear | L0Conv2d]] = []
+        #: Which layer feeds which (`unread_units` only looks across those links).
+        self.structure: Structure = network_structure(plain)
 
     def phases(self, protocol: Protocol) -> list[Phase]:
         if self.budget == "equal":
@@ -307,9 +317,10 @@ class L0Regularization(Pruner):
         masks = [layer._on_weight((layer.eval_gate() > 0).to(layer.weight.dtype)).expand_as(layer.weight).clone()
                  for _, layer in self.layers]
         if self.hp.drop_unread_units:
-            for mask, unread in zip(masks, unread_units(masks), strict=False):
+            groups = [getattr(layer, "groups", 1) for _, layer in self.layers]
+            for mask, unread in zip(masks, unread_units(masks, self.structure.links(), groups), strict=False):
                 mask[unread] = 0.0
-        return int(sum(mask.sum() for mask in masks))
+        return sum(int(torch.count_nonzero(mask)) for mask in masks)  # exact beyond 2**24 weights
 
     def deployed(self, model: nn.Module) -> nn.Module:
         weights, conv_gates = {}, {}
@@ -324,7 +335,7 @@ class L0Regularization(Pruner):
             for name, z in conv_gates.items():
                 bias = net.get_submodule(name).bias
                 bias.copy_(model.get_submodule(name).bias.detach() * z)
-        return zero_unread_units(net) if self.hp.drop_unread_units else net
+        return zero_unread_units(net, self.structure) if self.hp.drop_unread_units else net
 
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The unit's log alpha on each of its weights (higher = more likely kept)."""

@@ -281,3 +281,11 @@ class LearnedThresholdPruning(Pruner):
         """w^2 - tau_l: positive exactly for the kept weights."""
         return {name: weight.square() - threshold.tau().detach()
                 for name, weight, threshold in self._layers_of(model)}
+
+    def thresholds(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Each layer's threshold on the weight magnitude, sqrt(max(tau_l, 0)), shape (1,): LTP's tau_l
+        is a threshold on the *squared* weights (keep w^2 > tau_l, i.e. |w| > sqrt(tau_l)), so the square
+        root is on the scale of the other methods' thresholds on |w|. 0 during the pretrain phase (tau_l
+        is 0 there: only exact zeros are pruned)."""
+        return {name: threshold.tau().detach().clamp(min=0.0).sqrt().reshape(1)
+                for name, _, threshold in self._layers_of(model)}

@@ -28,6 +28,15 @@ Method card (where each value comes from):
 - biases are not pruned (the suite's choice for every method). Han found L2 best for retraining [S];
   the suite protocol has no weight decay, so none is added here.
 - each round starts with a fresh optimizer (a new solver run, as a Caffe retrain would) [I].
+- per-layer q for deep networks [I]: `layer_rule` "first-conv-fc-last" takes 4 values (first layer,
+  every other conv, every other fc, last layer), following Han's finding that the first conv is the
+  most sensitive layer and fc layers prune far harder than conv layers (AlexNet keeps 84% of conv1,
+  35-38% of conv2-5, 9% of fc6-7 and 25% of fc8; VGG-16 58% of conv1_1, 22-53% of the other convs, 4%
+  of fc6-7, 23% of fc8: Han Tables 4-5 [R]). The default "each" is the one-or-one-per-layer rule of
+  every run before it, so their identities and results do not change. The per-task q of VGG-like,
+  AlexNet and ResNet-56 are Gaussian quantiles of those keep ratios, as for the LeNets [I, uncalibrated].
+- BatchNorm layers (VGG-like, ResNet-56) are copied into the deployed network as trained; grouped
+  convolutions (AlexNet) need nothing special (the mask is per weight).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import expand_per_layer, per_layer_values
+from prunebench.methods._common import LAYER_RULES, layer_values, per_layer_values
 from torch import nn
 
 from prunebench.protocol import Phase, Protocol
@@ -65,7 +74,10 @@ class MagnitudeHparams(Hyperparameters):
     rounds: int = field(default=5, metadata={"help": "number of prune/retrain rounds K (>= 1)"})
     quality: tuple[float, ...] = field(default=(1.0,), metadata={
         "help": "quality parameter q of the threshold q*std(W): one value for every layer, or one per "
-        "prunable layer in order, e.g. '0.44,1.55,1.75,1.31' (>= 0)"})
+        "prunable layer in order, e.g. '0.44,1.55,1.75,1.31' (>= 0); see layer_rule"})
+    layer_rule: str = field(default="each", metadata={"choices": LAYER_RULES, "help":
+        "how per-layer values map onto the layers: 'each' (1 value or one per layer) or 'first-conv-fc-last' "
+        "(1 value or 4: first layer, other conv layers, other fc layers, last layer)"})
     retrain_lr_factor: float = field(default=0.1, metadata={"help": "retraining lr = protocol lr * this (> 0)"})
     pretrain_fraction: float = field(default=0.5, metadata={
         "help": "budget 'equal': share of the iterations for dense training; the rounds share the rest"})
@@ -97,8 +109,8 @@ class MagnitudePruning(Pruner):
 
     def __init__(self, hparams: MagnitudeHparams, task: Task, budget: str = "equal") -> None:
         super().__init__(hparams, task, budget)
-        n_layers = len(prunable_layers(task.architecture()))
-        self.quality = expand_per_layer(self.hp.quality, n_layers, "quality")
+        self.quality = layer_values(self.hp.quality, prunable_layers(task.architecture()), "quality",
+                                    self.hp.layer_rule)
         self.layers: list[tuple[str, nn.Module]] = []
         #: name -> keep mask (same shape as the weight); empty until the first prune.
         self.masks: dict[str, torch.Tensor] = {}

@@ -20,6 +20,15 @@ What is compared, per configuration, against the baseline file's tolerances:
   machine-independent, so it is compared on any machine; fails below baseline * `relative_speed_min_ratio`.
 Speed checks are off with `--no-speed` or the environment variable PRUNEBENCH_CHECK_SPEED=0.
 
+Other tasks (`--tasks`, e.g. vgg-cifar10, alexnet-imagenet): each method runs `EXTRA_TASK_ITERATIONS`
+steps (after a `EXTRA_WARMUP_ITERATIONS`-step warm-up) on the task's real data, which must be present and
+verified (`prunebench.report.estimate.data_blocker`; otherwise the check says so and exits with 3,
+running nothing). They are compared with the baseline's rows for that task where it has any; a task
+without any row is reported as having no baseline (a note, not a failure: record one with `--update`
+on a machine with the data). Their rows keep the machine they were recorded on (`machine`), so
+recording them elsewhere (a GPU machine) leaves the suite's `[meta]` and its speed bounds alone.
+`--tasks` left out runs the suite above, unchanged.
+
 The baseline is TOML, read with `tomllib` and written here by hand (no extra dependency). `--update`
 rewrites the measured values and keeps the tolerances, any per-configuration tolerance overrides and
 the comment block at the top of the file.
@@ -66,6 +75,10 @@ SEED = 0
 CHECK_THREADS = 1
 #: Untimed warm-up steps run before each timed run (pays torch.compile and other first-call costs).
 WARMUP_ITERATIONS = 20
+#: Steps (= evaluation interval) and warm-up steps of a task outside SUITE (`--tasks`): a few steps through
+#: the real code path on the real data; each evaluation covers the task's whole test set.
+EXTRA_TASK_ITERATIONS = 20
+EXTRA_WARMUP_ITERATIONS = 5
 DEFAULT_BASELINE = Path("leaderboards") / "regression.toml"
 SPEED_ENV = "PRUNEBENCH_CHECK_SPEED"
 
@@ -98,10 +111,25 @@ class CheckConfig:
         return f"{self.task}/{self.method}"
 
 
-def default_configs(methods: Sequence[str] | None = None) -> list[CheckConfig]:
-    """The fixed suite for `methods` (default: every registered method), task by task."""
+def suite_tasks() -> list[str]:
+    """The tasks of the default suite (SUITE)."""
+    return [task for task, _, _ in SUITE]
+
+
+def task_plan(task: str) -> tuple[str, int, int]:
+    """(task, iterations, eval_every): SUITE's entry, else EXTRA_TASK_ITERATIONS steps evaluated once."""
+    for entry in SUITE:
+        if entry[0] == task:
+            return entry
+    return task, EXTRA_TASK_ITERATIONS, EXTRA_TASK_ITERATIONS
+
+
+def default_configs(methods: Sequence[str] | None = None, tasks: Sequence[str] | None = None) -> list[CheckConfig]:
+    """The fixed suite (or `tasks`, see `task_plan`) for `methods` (default: every registered method), task
+    by task."""
     names = list(methods) if methods else method_names()
-    return [CheckConfig(task, m, iterations, eval_every) for task, iterations, eval_every in SUITE for m in names]
+    plans = SUITE if tasks is None else tuple(task_plan(t) for t in tasks)
+    return [CheckConfig(task, m, iterations, eval_every) for task, iterations, eval_every in plans for m in names]
 
 
 @dataclass
@@ -177,7 +205,8 @@ def run_config(config: CheckConfig, store: ResultStore, data_dir: Path, device: 
     except (KeyError, ValueError) as exc:
         return Measurement(config, "skipped", reason=f"does not apply: {exc.args[0] if exc.args else exc}")
     try:
-        warm = make_spec(config.task, config.method, config.seed, None, WARMUP_ITERATIONS, WARMUP_ITERATIONS)
+        steps = WARMUP_ITERATIONS if config.task in suite_tasks() else EXTRA_WARMUP_ITERATIONS
+        warm = make_spec(config.task, config.method, config.seed, None, steps, steps)
     except (KeyError, ValueError):
         warm = None  # a method that cannot run that short: measured without a warm-up
     try:
@@ -215,9 +244,10 @@ def run_suite(configs: Sequence[CheckConfig], data_dir: Path, device: str | torc
     """Run `configs` one at a time on `CHECK_THREADS` thread(s), with a progress bar on `console`."""
     runner = runner or run_config
     dev = pick_device(str(device) if device is not None else None)
-    datasets: dict[str, TensorDataset] = {}
+    datasets: dict[str, TensorDataset | None] = {}
     for task in dict.fromkeys(c.task for c in configs):  # load each dataset once, before anything trains
-        datasets[task] = get_task(task).load(Path(data_dir))
+        task_obj = get_task(task)  # a streamed task (ImageNet) has no resident tensors: its source loads it
+        datasets[task] = task_obj.load(Path(data_dir)) if task_obj.streamed is None else None
     threads = torch.get_num_threads()
     torch.set_num_threads(CHECK_THREADS)
     store = ResultStore(":memory:")
@@ -387,15 +417,21 @@ def current_meta(device: str | torch.device) -> dict[str, Any]:
 
 def updated_baseline(old: Baseline | None, measurements: Sequence[Measurement],
                      device: str | torch.device) -> Baseline:
-    """`old` with the finished measurements written in (others kept: `--methods` updates only those)."""
+    """`old` with the finished measurements written in (others kept: `--methods` updates only those).
+    `[meta]` describes where the suite's rows were measured: it changes only when a suite task was
+    measured (or there was no baseline); a row of another task (`--tasks`) records its own `machine`."""
     new = Baseline() if old is None else Baseline(dict(old.tolerances), dict(old.meta),
                                                   {k: dict(v) for k, v in old.configs.items()}, old.header)
+    suite = suite_tasks()
     for m in measurements:
         if m.status == "finished":
             new.configs[m.key] = measurement_entry(m, keep=new.configs.get(m.key))
+            if m.config.task not in suite:
+                new.configs[m.key]["machine"] = machine_id(device)
         elif m.status == "skipped":
             new.configs.pop(m.key, None)  # no longer applies: nothing to compare with
-    new.meta = current_meta(device)
+    if old is None or any(m.config.task in suite for m in measurements):
+        new.meta = current_meta(device)
     return new
 
 
@@ -459,12 +495,22 @@ def _change(metric: str, base: float, cur: float) -> str:
 def compare(measurements: Sequence[Measurement], baseline: Baseline, *, speed: bool = True,
             machine: str | None = None, all_keys: bool = False) -> CheckReport:
     """Compare `measurements` with `baseline`. `machine` (see `machine_id`) decides which absolute
-    speed bound applies. `all_keys`: also report baseline rows that were not measured (stale)."""
+    speed bound applies (against a row's own `machine` where it records one, else `[meta]`'s).
+    `all_keys`: also report baseline rows of the measured tasks that were not measured (stale). A task
+    outside the suite without any baseline row is reported as such (a note, not a failure)."""
     same_machine = machine is not None and machine == baseline.meta.get("machine")
+    baseline_tasks = {k.split("/", 1)[0] for k in baseline.configs}
+    suite = suite_tasks()
     rows: list[Row] = []
     for m in measurements:
         key = m.key
         entry = baseline.configs.get(key)
+        task = m.config.task
+        if entry is None and task not in suite and task not in baseline_tasks and m.status == "finished":
+            rows.append(Row(key, "status", "-", m.status, "-", "-", "note",
+                            f"{key}: no baseline for this task: record one with `prunebench check --tasks {task} "
+                            "--update` on a machine with the data"))
+            continue
         if m.status == "skipped":
             if entry is not None:
                 rows.append(Row(key, "status", "finished", "skipped", "-", "-", "FAIL",
@@ -475,7 +521,7 @@ def compare(measurements: Sequence[Measurement], baseline: Baseline, *, speed: b
         if entry is None:
             rows.append(Row(key, "status", "-", m.status, "-", "-", "FAIL",
                             f"{key} has no baseline row: record one with `prunebench check --update "
-                            f"--methods {m.config.method}`"))
+                            f"--methods {m.config.method}" + (f" --tasks {task}`" if task not in suite else "`")))
             continue
         if m.status != "finished":
             rows.append(Row(key, "status", "finished", m.status, "-", "-", "FAIL",
@@ -493,10 +539,14 @@ def compare(measurements: Sequence[Measurement], baseline: Baseline, *, speed: b
             rows.append(Row(key, "identity", str(entry["run_id"]), str(m.run_id), "-", "-", "note",
                             f"{key}: run identity changed (hyperparameter or protocol defaults differ from "
                             "the baseline run); the comparison below still applies"))
-        rows += _metric_rows(m, entry, baseline, speed, same_machine)
+        entry_machine = entry.get("machine")
+        rows += _metric_rows(m, entry, baseline, speed,
+                             same_machine if entry_machine is None else machine == entry_machine)
     if all_keys:
         measured = {m.key for m in measurements}
-        for key in sorted(set(baseline.configs) - measured, key=_config_order):
+        tasks = {m.config.task for m in measurements}
+        for key in sorted((k for k in set(baseline.configs) - measured if k.split("/", 1)[0] in tasks),
+                          key=_config_order):
             rows.append(Row(key, "status", "finished", "-", "-", "-", "note",
                             f"{key} is in the baseline but not in the check (method removed?); "
                             "`prunebench check --update` drops it"))
@@ -641,11 +691,39 @@ def resolve_baseline_path(path: Path | None) -> Path:
     return beside if beside.exists() else DEFAULT_BASELINE
 
 
+def data_missing(tasks: Sequence[str], data_dir: Path) -> dict[str, str]:
+    """task -> why its data is not ready, for each of `tasks` outside the suite whose data is not present
+    and verified under `data_dir` (the suite's tasks fetch or generate their own)."""
+    from prunebench.report.estimate import data_blocker
+
+    out = {}
+    for task in dict.fromkeys(tasks):
+        if task in suite_tasks():
+            continue
+        reason = data_blocker(task, Path(data_dir))
+        if reason:
+            out[task] = reason
+    return out
+
+
+#: Exit status of `prunebench check --tasks` when a requested task's data is not present and verified.
+EXIT_DATA_MISSING = 3
+
+
 def check_command(methods: Sequence[str] | None, update: bool, speed: bool | None, baseline_path: Path | None,
                   data_dir: Path, device: str | None, console: Console,
-                  json_path: Path | None = None) -> int:
+                  json_path: Path | None = None, tasks: Sequence[str] | None = None) -> int:
     """What `prunebench check` does; returns the exit status (0 pass, 1 regression or failed run,
-    2 no usable baseline)."""
+    2 no usable baseline, 3 (`EXIT_DATA_MISSING`) the data of a task in `tasks` is not present and
+    verified: nothing ran). `tasks`: None runs the suite (SUITE)."""
+    if tasks is not None:
+        missing = data_missing(tasks, data_dir)
+        if missing:
+            for task, reason in missing.items():
+                console.print(f"[red]error:[/] {task}: {escape(reason)}")
+            console.print(f"prunebench check: nothing was run; the check of {', '.join(missing)} needs its data, "
+                          f"present and verified, in {data_dir}")
+            return EXIT_DATA_MISSING
     path = resolve_baseline_path(baseline_path)
     try:
         baseline = load_baseline(path)
@@ -657,7 +735,7 @@ def check_command(methods: Sequence[str] | None, update: bool, speed: bool | Non
         return 2
     speed_on = speed_enabled(speed)
     dev = pick_device(device)
-    configs = default_configs(methods)
+    configs = default_configs(methods, tasks)
     console.print(f"prunebench check: {len(configs)} configurations on {dev} ({CHECK_THREADS} thread), "
                   f"baseline {path}, speed checks {'on' if speed_on else 'off'}")
     start = time.perf_counter()

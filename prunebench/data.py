@@ -32,6 +32,10 @@ class DataUnavailableError(RuntimeError):
     """Raised when a dataset is neither cached nor fetchable; the message says what to do."""
 
 
+class UnverifiedDataError(DataUnavailableError):
+    """Raised when a dataset is present but does not verify; `--allow-unverified-data` accepts it."""
+
+
 @dataclass(frozen=True)
 class TensorDataset:
     """A dataset held as four tensors: train inputs/targets and test inputs/targets."""

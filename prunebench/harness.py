@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -15,9 +16,10 @@ import torch
 from prunebench.checkpoint import Checkpoint, delete_checkpoint, load_checkpoint, save_checkpoint
 from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
-from prunebench.metrics import accuracy_at_compressions, count_flops, evaluate_accuracy, measure_compression
+from prunebench.metrics import accuracy_at_compressions, count_flops, evaluate_batches, measure_compression
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
+from prunebench.sources import DataSource
 from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
 
@@ -70,7 +72,18 @@ def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | N
     unknown = sorted(set(protocol or {}) - {f.name for f in fields(Protocol)})
     if unknown:
         raise ValueError(f"unknown protocol field(s): {', '.join(unknown)}")
-    protocol_obj = task_obj.protocol.with_overrides(iterations=iterations, eval_every=eval_every, **(protocol or {}))
+    overrides = dict(protocol or {})
+    base = task_obj.protocol
+    batch = overrides.get("batch_size")
+    if batch is not None and base.steps_per_epoch and batch != base.batch_size:
+        # An epoch is a pass over the task's real training set: its steps follow the batch size, and so
+        # do a budget in epochs and the schedule's milestones.
+        per_epoch = max(1, task_obj.train_size // batch)
+        eval_each = per_epoch if base.eval_every == base.steps_per_epoch else base.eval_every
+        base = base.with_overrides(batch_size=batch, steps_per_epoch=per_epoch, eval_every=eval_each)
+        if base.epochs is not None:
+            base = base.with_overrides(epochs=base.epochs)
+    protocol_obj = base.with_overrides(iterations=iterations, eval_every=eval_every, **overrides)
     protocol_obj.validate()
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -127,34 +140,6 @@ class Observer:
     def end(self) -> None: ...
 
 
-class BatchOrder:
-    """Endless index batches, reshuffled each epoch (the last partial batch of an epoch is dropped).
-
-    Its state (the generator, the epoch's permutation and the position in it) goes into checkpoints."""
-
-    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
-        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
-        self.perm: torch.Tensor | None = None
-        self.position = 0
-
-    def __next__(self) -> torch.Tensor:
-        if self.perm is None or self.position + self.batch_size > self.n:
-            self.perm = torch.randperm(self.n, generator=self.generator, device=self.device)
-            self.position = 0
-        batch = self.perm[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(),
-                "perm": None if self.perm is None else self.perm.cpu(), "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
-        self.position = state["position"]
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -175,12 +160,28 @@ class _SigtermToInterrupt:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers for streamed data: $PRUNEBENCH_WORKERS, else up to 8 on CUDA and none on CPU
+    (there the training itself already uses the cores)."""
+    env = os.environ.get("PRUNEBENCH_WORKERS")
+    if env is not None:
+        return max(0, int(env))
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def check_device_options(protocol: Protocol, device: torch.device) -> None:
+    """bf16 autocast and channels_last are CUDA options; on CPU they are refused, not silently dropped."""
+    if device.type != "cuda" and (protocol.autocast != "off" or protocol.channels_last):
+        raise ValueError(f"--autocast {protocol.autocast} / --channels-last apply on CUDA only; this run is on "
+                         f"{device.type}")
+
+
 def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch.device | None = None,
           observer: Observer | None = None, force: bool = False,
           dataset: TensorDataset | None = None,
           evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
           at_compressions: tuple[float, ...] = (), checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
-          resume: bool = True) -> RunResult:
+          resume: bool = True, allow_unverified_data: bool = False, workers: int | None = None) -> RunResult:
     """Train one run and store it. A run whose identity already finished is skipped unless `force`.
 
     At an evaluation, once `checkpoint_seconds` of wall-clock have passed since the last checkpoint
@@ -190,9 +191,16 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     the checkpoint are evaluated again, and `train_seconds` counts the steps of the final network only.
     `force` starts from scratch.
 
-    `evaluate_extra(pruner, model, data)` and, for each ratio in `at_compressions`, the accuracy of the
-    trained weights cut to exactly that compression by the method's `scores` ("at_compression") are
-    stored in each evaluation's `extra`. Both are evaluation-only: they are not part of the identity."""
+    The task's data comes through its `DataSource` (resident tensors, or streamed by `workers` loader
+    processes; default `default_workers`). `allow_unverified_data` accepts files that fail their
+    published checksums; the run then records `"unverified_data": true` in its environment and
+    leaderboards mark it. `dataset` (tests) replaces the task's resident data.
+
+    `evaluate_extra(pruner, model, data)` (resident data only) and, for each ratio in `at_compressions`,
+    the accuracy of the trained weights cut to exactly that compression by the method's `scores`
+    ("at_compression") are stored in each evaluation's `extra`, as is the distribution of the method's
+    learned thresholds (`Pruner.thresholds`, "thresholds"). All are evaluation-only: not part of the
+    identity."""
     observer = observer or Observer()
     run_id, identity = spec.identity
     status = store.status(run_id)
@@ -206,22 +214,38 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
 
     device = pick_device(str(device) if device is not None else None)
     task, protocol = spec.task, spec.protocol
-    data = (dataset or task.load(Path(data_dir))).to(device)
+    check_device_options(protocol, device)
+    unverified = not task.verified(Path(data_dir))
+    source: DataSource = task.make_source(
+        Path(data_dir), protocol.batch_size, spec.seed, device, allow_unverified=allow_unverified_data,
+        dataset=dataset, workers=default_workers(device) if workers is None else workers)
+    if evaluate_extra is not None and source.resident is None:
+        raise ValueError(f"evaluation extras need resident data; {task.name} streams its data")
+    channels_last = protocol.channels_last and device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     pruner = get_method(spec.method)(spec.hparams, task, spec.budget)
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     phases = pruner.phases(protocol)
     total_steps = _check_phases(phases, protocol, spec.method, spec.budget)
     # The dense architecture every deployed network is measured against (totals, reference FLOPs).
     reference = task.architecture().to(device)
-    example = data.x_test[0]
+    example = source.example
     flops_reference = count_flops(reference, example).dense
     schedule = [[p.name, p.iterations, p.lr] for p in phases]
     if checkpoint is not None and checkpoint.phases != schedule:
         checkpoint = None  # the method's schedule changed since (new code): start again
         delete_checkpoint(store.path, run_id)
 
-    generator = torch.Generator(device=device).manual_seed(spec.seed)
-    batches = BatchOrder(data.x_train.shape[0], protocol.batch_size, generator, device)
+    def run_environment() -> dict[str, Any]:
+        env: dict[str, Any] = environment(device)
+        if unverified:
+            env["unverified_data"] = True
+        if channels_last or protocol.autocast != "off":
+            env["device_options"] = {"autocast": protocol.autocast, "channels_last": channels_last}
+        return env
+
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
     train_seconds = eval_seconds = 0.0
@@ -230,11 +254,11 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     if checkpoint is None:
         store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
                         identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
-                        environment=environment(device))
+                        environment=run_environment())
     else:
         model.load_state_dict(checkpoint.model)
         pruner.load_state_dict(checkpoint.pruner)
-        batches.load_state_dict(checkpoint.rng["data"])
+        source.load_state_dict(checkpoint.rng["data"])
         torch.set_rng_state(checkpoint.rng["torch"])
         if device.type == "cuda" and checkpoint.rng["cuda"] is not None:
             torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
@@ -242,20 +266,24 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         train_seconds, eval_seconds = counters["train_seconds"], counters["eval_seconds"]
         last_point = counters["last_point"]
         step, start_phase, start_phase_steps = checkpoint.step, checkpoint.phase_index, checkpoint.phase_steps
-        store.resume_run(run_id, step, environment(device))
+        store.resume_run(run_id, step, run_environment())
     last_saved = time.perf_counter()
 
     def save(phase_index: int, phase_steps: int, optimizer: torch.optim.Optimizer) -> None:
         nonlocal last_saved
         if checkpoint_seconds is None or time.perf_counter() - last_saved < checkpoint_seconds:
             return
-        rng = {"torch": torch.get_rng_state(), "data": batches.state_dict(),
+        rng = {"torch": torch.get_rng_state(), "data": source.state_dict(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         counters = {"train_seconds": train_seconds, "eval_seconds": eval_seconds, "last_point": last_point}
         save_checkpoint(store.path, Checkpoint(run_id, step, phase_index, phase_steps, model.state_dict(),
                                                optimizer.state_dict(), pruner.state_dict(), rng, counters,
                                                schedule))
         last_saved = time.perf_counter()
+
+    def accuracy(net: torch.nn.Module) -> tuple[float, float | None]:
+        return evaluate_batches(net, source.eval_batches(), task.correct, top5=task.top5,
+                                autocast=protocol.autocast if device.type == "cuda" else "off")
 
     def evaluate(phase_name: str, steps_since: int) -> dict[str, Any]:
         nonlocal eval_seconds
@@ -266,23 +294,33 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         net = pruner.deployed(model)
         counts = measure_compression(net, reference)
         flops = count_flops(net, example)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        top1, top5 = accuracy(net)
         point = {
             "step": step, "phase": phase_name, "train_seconds": train_seconds,
             "loss": float(loss_sum.item()) / max(steps_since, 1),
-            "accuracy": evaluate_accuracy(net, data.x_test, data.y_test, task.correct),
+            "accuracy": top1,
             "compression": counts.compression, "weights_nonzero": counts.weights_nonzero,
             "weights_total": counts.weights_total, "compression_all": counts.compression_all,
             "per_layer": counts.per_layer, "flops": flops.dense, "flops_nonzero": flops.nonzero,
         }
+        if top5 is not None:
+            point["top5"] = top5
         if pruner.trained_network_differs:
-            point["trained_accuracy"] = evaluate_accuracy(model, data.x_test, data.y_test, task.correct)
+            point["trained_accuracy"] = accuracy(model)[0]
         extra = {}
         if at_compressions:
-            at = accuracy_at_compressions(pruner, model, data.x_test, data.y_test, task.correct, at_compressions)
+            at = accuracy_at_compressions(pruner, model, lambda n: accuracy(n)[0], at_compressions)
             if at is not None:
                 extra["at_compression"] = at
+        thresholds = type(pruner).thresholds(pruner, model)  # the hook, even where an attribute shadows it
+        if thresholds is not None:
+            from prunebench.metrics import threshold_distribution
+
+            extra["thresholds"] = threshold_distribution(thresholds)
         if evaluate_extra is not None:
-            extra.update(evaluate_extra(pruner, model, data))
+            extra.update(evaluate_extra(pruner, model, source.resident))
         if extra:
             point["extra"] = extra
         _sync(device)
@@ -292,12 +330,21 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         observer.evaluation(point)
         return {**point, "params_nonzero": counts.params_nonzero, "params_total": counts.params_total}
 
+    def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+        """The protocol's schedule on top of each group's lr at the phase start ("initial_lr", which
+        torch's own schedulers use too and which the optimizer's state_dict keeps across a resume)."""
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
+
     observer.start(spec, total_steps)
     if step:
         observer.resumed(step)
     threads = torch.get_num_threads()
     if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
         torch.set_num_threads(1)  # tiny tensors: thread start-up costs more than it saves
+    scheduled = bool(protocol.lr_milestones)
+    autocast = protocol.autocast == "bf16" and device.type == "cuda"
     try:
         with _SigtermToInterrupt():
             model.train()
@@ -314,13 +361,20 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
                 else:
                     pruner.on_phase_start(phase, model, optimizer)
                     steps_since = 0
+                factor = None
                 _sync(device)
                 t0 = time.perf_counter()
                 while phase_steps < phase.iterations:
                     step += 1
                     phase_steps += 1
-                    idx = next(batches)
-                    loss = task.loss(model(data.x_train[idx]), data.y_train[idx])
+                    if scheduled and protocol.lr_factor(step) != factor:
+                        factor = protocol.lr_factor(step)
+                        set_lr(optimizer, factor)
+                    x, y = source.next_batch()
+                    if channels_last:
+                        x = x.contiguous(memory_format=memory_format)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                        loss = task.loss(model(x), y)
                     penalty = pruner.penalty()
                     total = loss if penalty is None else loss + penalty
                     optimizer.zero_grad(set_to_none=True)
@@ -368,6 +422,8 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
                                        "flops", "flops_nonzero")},
         "flops_reference": flops_reference,
     }
+    if "top5" in last_point:
+        final["top5"] = last_point["top5"]
     if "extra" in last_point:
         final["extra"] = last_point["extra"]
     store.finish(run_id, final)

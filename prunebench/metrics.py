@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -96,17 +97,47 @@ def evaluate_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, correct_
     return float(correct.item()) / x.shape[0]
 
 
-def accuracy_at_compressions(pruner: Pruner, model: nn.Module, x: torch.Tensor, y: torch.Tensor, correct_fn,
+def top5_correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Number of examples whose target is among the 5 highest logits, as a 0-d tensor."""
+    return (output.topk(5, dim=1).indices == target[:, None]).any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate_batches(net: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], correct_fn,
+                     top5: bool = False, autocast: str = "off") -> tuple[float, float | None]:
+    """(top-1, top-5 or None) of `net` in eval mode over the evaluation batches; one host sync at the
+    end. `autocast` "bf16" runs the forward pass under CUDA autocast."""
+    was_training = net.training
+    net.eval()
+    correct = correct5 = None
+    count = 0
+    try:
+        for x, y in batches:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+                output = net(x)
+            batch_correct = correct_fn(output, y)
+            correct = batch_correct if correct is None else correct + batch_correct
+            if top5:
+                batch5 = top5_correct(output, y)
+                correct5 = batch5 if correct5 is None else correct5 + batch5
+            count += y.shape[0]
+    finally:
+        net.train(was_training)
+    if count == 0:
+        raise ValueError("the evaluation set is empty")
+    return float(correct.item()) / count, (float(correct5.item()) / count if top5 else None)
+
+
+def accuracy_at_compressions(pruner: Pruner, model: nn.Module, evaluate: Callable[[nn.Module], float],
                              ratios: tuple[float, ...]) -> dict[str, float] | None:
     """"Accuracy at a target compression" (DT paper Fig. 1's markers for sparse VD): for each ratio, the
     trained weights (`pruner.export(model)`, no mask) with all but the top `pruner.scores` zeroed so that
-    exactly total / ratio weights remain, evaluated on (x, y). None when the method has no scores.
-    Keys are the ratios formatted with "%g" (JSON keys)."""
+    exactly total / ratio weights remain, measured by `evaluate` (the harness's test-set accuracy). None
+    when the method has no scores. Keys are the ratios formatted with "%g" (JSON keys)."""
     scores = pruner.scores(model)
     if scores is None:
         return None
-    return {f"{ratio:g}": evaluate_accuracy(keep_top_scores(pruner.export(model), scores, ratio), x, y, correct_fn)
-            for ratio in ratios}
+    return {f"{ratio:g}": evaluate(keep_top_scores(pruner.export(model), scores, ratio)) for ratio in ratios}
 
 
 def keep_top_scores(net: nn.Module, scores: dict[str, torch.Tensor], compression: float) -> nn.Module:
@@ -131,3 +162,79 @@ def keep_top_scores(net: nn.Module, scores: dict[str, torch.Tensor], compression
             module.weight.mul_(keep_mask[offset:offset + n].view_as(module.weight))
             offset += n
     return net
+
+
+#: `threshold_distribution`'s histogram: fixed log10-spaced edges from 1e-4 to 1e1 (4 bins per decade,
+#: 20 bins), the same for every evaluation, run and method, so histograms align. A threshold below 1e-4
+#: (zero and negative ones included: DST's thresholds may go negative) is counted in the first bin, one
+#: at or above 1e1 in the last; `below` / `above` say how many of them lie outside the range.
+THRESHOLD_LOG10_RANGE: tuple[float, float] = (-4.0, 1.0)
+THRESHOLD_BINS_PER_DECADE = 4
+THRESHOLD_QUANTILES: tuple[int, ...] = (5, 25, 50, 75, 95)
+
+
+def _sig(value: float) -> float:
+    """`value` to 6 significant digits (a compact JSON number)."""
+    return float(f"{value:.6g}")
+
+
+def _quantile_sorted(values: torch.Tensor, q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of sorted `values`, interpolated linearly between order statistics
+    (numpy's default). Works past `torch.quantile`'s input size limit (AlexNet has 61M thresholds)."""
+    position = q * (values.numel() - 1)
+    lo = int(position)
+    hi = min(lo + 1, values.numel() - 1)
+    low, high = float(values[lo]), float(values[hi])
+    return low + (high - low) * (position - lo)
+
+
+@torch.no_grad()
+def threshold_distribution(thresholds: dict[str, torch.Tensor]) -> dict:
+    """A small JSON-able summary of all the network's pruning thresholds (DT paper Fig. 5), from
+    `Pruner.thresholds(model)`: {layer: tensor of any shape}, every element one threshold.
+
+    Returns {"count", "mean", "min", "max", "quantiles": {"5", "25", "50", "75", "95"},
+    "hist": {"log10_range": [-4.0, 1.0], "bins_per_decade": 4, "counts": [20 ints], "below", "above"},
+    "nonfinite", "layer_median": {layer: median}}. Statistics are over the finite thresholds (NaN / inf
+    ones are only counted in "nonfinite"); quantiles interpolate linearly between order statistics (as
+    numpy's default); bin k of "counts" holds [10^(-4 + k/4), 10^(-4 + (k+1)/4)), the end bins also
+    hold the values outside the range ("below" < 1e-4, "above" >= 1e1). Numbers have 6 significant
+    digits; statistics of no thresholds are None."""
+    lo, hi = THRESHOLD_LOG10_RANGE
+    n_bins = round((hi - lo) * THRESHOLD_BINS_PER_DECADE)
+    layers: dict[str, torch.Tensor] = {}
+    nonfinite = 0
+    for name, tensor in thresholds.items():
+        values = tensor.detach().flatten().float()
+        finite = torch.isfinite(values)
+        nonfinite += int((~finite).sum())
+        layers[name] = torch.sort(values[finite]).values
+    layer_median = {name: _sig(_quantile_sorted(v, 0.5)) if v.numel() else None for name, v in layers.items()}
+    values = torch.sort(torch.cat(list(layers.values()))).values if layers else torch.zeros(0)
+    count = values.numel()
+    counts = [0] * n_bins
+    below = above = 0
+    if count:
+        edges = torch.tensor([10.0 ** (lo + k / THRESHOLD_BINS_PER_DECADE) for k in range(n_bins + 1)],
+                             dtype=values.dtype, device=values.device)
+        # bucketize(right=True) against the inner edges: index k for edge_k <= v < edge_{k+1}, the end
+        # bins open-ended.
+        index = torch.bucketize(values, edges[1:-1], right=True)
+        counts = [int(c) for c in torch.bincount(index, minlength=n_bins).tolist()]
+        below = int((values < edges[0]).sum())
+        above = int((values >= edges[-1]).sum())
+
+    def stat(value: float) -> float | None:
+        return _sig(value) if count else None
+
+    return {
+        "count": count,
+        "mean": stat(float(values.double().mean()) if count else 0.0),
+        "min": stat(float(values[0]) if count else 0.0),
+        "max": stat(float(values[-1]) if count else 0.0),
+        "quantiles": {str(q): stat(_quantile_sorted(values, q / 100) if count else 0.0) for q in THRESHOLD_QUANTILES},
+        "hist": {"log10_range": [lo, hi], "bins_per_decade": THRESHOLD_BINS_PER_DECADE, "counts": counts,
+                 "below": below, "above": above},
+        "nonfinite": nonfinite,
+        "layer_median": layer_median,
+    }

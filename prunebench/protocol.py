@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")  # the optimizer families a protocol may name
+AUTOCAST: tuple[str, ...] = ("off", "bf16")  # forward-pass precisions a protocol may name (CUDA only)
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,39 @@ class Protocol:
     init: str = "trunc_normal"  # "trunc_normal" | "normal" | "default" (PyTorch's own)
     init_std: float = 0.01
     eval_every: int = 500
+    #: Budget in epochs, as a paper states it (None: the budget is `iterations`). When set, `iterations`
+    #: is `epochs * steps_per_epoch`; overriding `iterations` alone drops it.
+    epochs: int | None = None
+    #: Optimizer steps in one epoch of the task's real training set (batches of `batch_size`, last
+    #: partial batch dropped); converts `epochs` and `lr_milestones` to steps. None: no epoch schedule.
+    steps_per_epoch: int | None = None
+    #: Multi-step learning-rate schedule by epoch: every phase's lr is multiplied by `lr_gamma` once for
+    #: each milestone the current epoch (0-based, of the global step) has reached.
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    #: Mixed precision of the forward pass on CUDA: "off" or "bf16" (torch.autocast); refused on CPU.
+    autocast: str = "off"
+    #: Convolutions in channels_last memory format on CUDA; refused on CPU.
+    channels_last: bool = False
 
     def with_overrides(self, **changes) -> Protocol:
         changes = {k: v for k, v in changes.items() if v is not None}
+        if "lr_milestones" in changes:
+            changes["lr_milestones"] = tuple(int(m) for m in changes["lr_milestones"])
+        if "epochs" in changes:
+            if not self.steps_per_epoch:
+                raise ValueError("this task's protocol is in iterations; it has no epochs to override")
+            changes.setdefault("iterations", changes["epochs"] * self.steps_per_epoch)
+        elif "iterations" in changes and changes["iterations"] != self.iterations:
+            changes["epochs"] = None
         return replace(self, **changes)
+
+    def lr_factor(self, step: int) -> float:
+        """The schedule's factor on every phase's lr at global step `step` (1-based)."""
+        if not self.lr_milestones or not self.steps_per_epoch:
+            return 1.0
+        epoch = (step - 1) // self.steps_per_epoch
+        return self.lr_gamma ** sum(1 for m in self.lr_milestones if epoch >= m)
 
     def validate(self) -> None:
         if self.iterations < 1:
@@ -44,6 +74,16 @@ class Protocol:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.lr_milestones and not self.steps_per_epoch:
+            raise ValueError("lr_milestones need steps_per_epoch (a task with an epoch schedule)")
+        if list(self.lr_milestones) != sorted(set(self.lr_milestones)) or any(m < 1 for m in self.lr_milestones):
+            raise ValueError(f"lr_milestones must be increasing epochs >= 1, got {self.lr_milestones}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
 
     def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
         lr = self.lr if lr is None else lr

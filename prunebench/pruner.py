@@ -136,6 +136,12 @@ class Pruner:
         """Keep-scores per prunable layer (higher = keep), for evaluation at an exact compression."""
         return None
 
+    def thresholds(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The method's learned pruning thresholds per prunable layer (any shape), for methods that have
+        them (dynthresh, dst, ltp); the harness records their distribution at each evaluation (DT paper
+        Fig. 5). Default: None."""
+        return None
+
     # -- helpers for subclasses --------------------------------------------------------------------
     def export(self, model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """A fresh plain network of the task's architecture carrying `model`'s parameters.
@@ -160,6 +166,18 @@ def export_plain(architecture: Callable[[], nn.Module], model: nn.Module,
             module.weight.copy_(weights.get(name, src.weight))
             if module.bias is not None:
                 module.bias.copy_(src.bias)
+        # Everything else that holds state (BatchNorm affine parameters and running statistics, LRN has
+        # none) is copied module by module, matched by name: methods swap or parametrise only the
+        # prunable layers, so the other modules keep their names in `model`.
+        for name, module in plain.named_modules():
+            if isinstance(module, PRUNABLE_TYPES):
+                continue
+            own = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+            if not own:
+                continue
+            src = model.get_submodule(name)
+            for key, tensor in own.items():
+                tensor.copy_(getattr(src, key))
     plain.eval()
     return plain
 

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS trajectory (
     extra TEXT,                      -- JSON, e.g. accuracy at target compressions
     flops INTEGER,                   -- MACs per example of the deployed network as built (dense)
     flops_nonzero INTEGER,           -- MACs per example of its non-zero weights
+    top5 REAL,                       -- deployed network, test set, tasks with 1,000 classes only (else NULL)
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS final (
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS final (
     extra TEXT,
     flops INTEGER,
     flops_nonzero INTEGER,
-    flops_reference INTEGER          -- MACs per example of the task's dense architecture
+    flops_reference INTEGER,         -- MACs per example of the task's dense architecture
+    top5 REAL                        -- tasks with 1,000 classes only (else NULL)
 );
 """
 
@@ -113,8 +115,8 @@ def run_identity(task: str, protocol: Protocol, method: str, hparams_non_default
 
 #: Columns added after the first stores were written: table -> [(column, type)].
 ADDED_COLUMNS = {
-    "trajectory": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER")],
-    "final": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("flops_reference", "INTEGER")],
+    "trajectory": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("top5", "REAL")],
+    "final": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("flops_reference", "INTEGER"), ("top5", "REAL")],
 }
 
 

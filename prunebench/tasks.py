@@ -10,10 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from prunebench.data import TensorDataset, load_mnist, make_xor
 from prunebench.models import LeNet5, LeNet300, XorNet
 from prunebench.protocol import Protocol
+from prunebench.sources import RESIDENT_EVAL_BATCH, DataSource, ImageAugment, ResidentSource, StreamedSource
 
 
 @dataclass(frozen=True)
@@ -21,14 +23,29 @@ class Task:
     name: str
     description: str
     architecture: Callable[[], nn.Module]
-    load: Callable[[Path], TensorDataset]
+    #: Resident tasks: `load(data_dir, allow_unverified)` -> the tensors (MNIST, XOR, CIFAR-10 as uint8).
+    load: Callable[..., TensorDataset]
     protocol: Protocol
     loss_kind: str  # "cross_entropy" (class logits) | "bce" (one logit, float targets)
     #: Choices the source paper leaves open, fixed here once for every method.
     open_choices: dict[str, str] = field(default_factory=dict)
     #: Per-method hyperparameter defaults calibrated for this task (override dataclass defaults).
     method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Examples in the task's real training set (epochs, the N of sparse VD's KL and L0's lambda / N).
     train_size: int = 0
+    #: Per-batch augmentation and normalisation of resident uint8 images, done on the device.
+    augment: Callable[[], ImageAugment] | None = None
+    #: Streamed tasks: `streamed(data_dir, allow_unverified)` -> (train, evaluation) datasets of tensors.
+    streamed: Callable[..., tuple[Dataset, Dataset]] | None = None
+    #: `data_verified(data_dir)`: True when the files on disk match their published checksums/counts.
+    #: None: the data is generated or always verified before loading (MNIST).
+    data_verified: Callable[[Path], bool] | None = None
+    #: Report top-5 accuracy beside top-1 (tasks with 1,000 classes).
+    top5: bool = False
+    #: Samples per evaluation batch.
+    eval_batch_size: int = RESIDENT_EVAL_BATCH
+    #: The paper's network needs more than a CPU for its protocol (informational: `prunebench list`).
+    needs_gpu: bool = False
 
     def build_model(self, seed: int, protocol: Protocol | None = None) -> nn.Module:
         """The plain architecture, initialised by the protocol under `seed`."""
@@ -48,12 +65,28 @@ class Task:
             return ((output > 0).float() == target).sum()
         return (output.argmax(dim=1) == target).sum()
 
+    def make_source(self, data_dir: Path, batch_size: int, seed: int, device: torch.device, *,
+                    allow_unverified: bool = False, dataset: TensorDataset | None = None,
+                    workers: int = 0) -> DataSource:
+        """The run's data source: resident tensors on `device` (`dataset` when given), or a stream."""
+        if self.streamed is not None and dataset is None:
+            train, test = self.streamed(Path(data_dir), allow_unverified)
+            return StreamedSource(train, test, batch_size, seed, device, workers=workers,
+                                  eval_batch_size=self.eval_batch_size)
+        data = dataset if dataset is not None else self.load(Path(data_dir), allow_unverified)
+        augment = self.augment() if self.augment is not None else None
+        return ResidentSource(data, batch_size, seed, device, augment=augment, eval_batch_size=self.eval_batch_size)
 
-def _mnist(data_dir: Path) -> TensorDataset:
+    def verified(self, data_dir: Path) -> bool:
+        """Whether the task's files under `data_dir` match their published checksums (or counts)."""
+        return True if self.data_verified is None else self.data_verified(Path(data_dir))
+
+
+def _mnist(data_dir: Path, allow_unverified: bool = False) -> TensorDataset:  # noqa: ARG001 - always verified
     return load_mnist(data_dir)
 
 
-def _xor(data_dir: Path) -> TensorDataset:  # noqa: ARG001 - generated, nothing on disk
+def _xor(data_dir: Path, allow_unverified: bool = False) -> TensorDataset:  # noqa: ARG001 - generated
     return make_xor()
 
 
@@ -151,6 +184,175 @@ TASKS: dict[str, Task] = {
         train_size=60_000,
     ),
 }
+
+
+# -- CIFAR-10 and ImageNet (DT paper Table 2's other columns; METHODS.md sec. 10) -------------------------
+
+CIFAR10_TRAIN, CIFAR10_BATCH = 50_000, 128
+IMAGENET_TRAIN, IMAGENET_BATCH = 1_281_167, 128  # ILSVRC-2012 training images
+
+
+def _vgg_like() -> nn.Module:
+    from prunebench.models import VGGLike
+
+    return VGGLike()
+
+
+def _resnet56() -> nn.Module:
+    from prunebench.models import ResNet56
+
+    return ResNet56()
+
+
+def _alexnet_caffe() -> nn.Module:
+    from prunebench.models import AlexNetCaffe
+
+    return AlexNetCaffe()
+
+
+def _cifar10(data_dir: Path, allow_unverified: bool = False) -> TensorDataset:
+    from prunebench.cifar10 import load_cifar10
+
+    return load_cifar10(data_dir, allow_unverified=allow_unverified)
+
+
+def _cifar10_verified(data_dir: Path) -> bool:
+    from prunebench.cifar10 import cifar10_status
+
+    return all(state == "ok" for state in cifar10_status(data_dir).values())
+
+
+def _cifar10_augment() -> ImageAugment:
+    from prunebench.cifar10 import CIFAR10_MEAN, CIFAR10_STD
+
+    return ImageAugment(mean=CIFAR10_MEAN, std=CIFAR10_STD, pad=4, flip=True)
+
+
+def _no_resident_data(data_dir: Path, allow_unverified: bool = False) -> TensorDataset:  # noqa: ARG001
+    raise ValueError("this task streams its data; it has no resident tensors")
+
+
+def _imagenet(data_dir: Path, allow_unverified: bool = False) -> tuple[Dataset, Dataset]:
+    from prunebench.imagenet import imagenet_datasets
+
+    return imagenet_datasets(data_dir, allow_unverified=allow_unverified)
+
+
+def _imagenet_verified(data_dir: Path) -> bool:
+    from prunebench.imagenet import imagenet_status, imagenet_verified
+
+    return imagenet_verified(imagenet_status(data_dir))
+
+
+CIFAR10_CHOICES = {
+    "data": "torchvision's CIFAR10 python version (<data-dir>/cifar-10-batches-py), files checked against "
+    "the published MD5s; the 10,000 test images are the evaluation set",
+    "preprocessing": "per-channel mean/std normalisation (training-set statistics), done on the device per "
+    "batch; the cifar.torch net the DT paper cites used YUV with local contrast normalisation instead",
+    "augmentation": "random 32x32 crop of the image zero-padded by 4 pixels, and a horizontal flip with "
+    "probability 1/2 (DST's code, the common modern choice; cifar.torch used flips only)",
+    "batches": "reshuffled every epoch from the run's seeded generator, last partial batch dropped (390 "
+    "steps per epoch at batch 128); crops and flips drawn from the same generator",
+    "weight decay": "the optimizer's weight decay applies to every trainable parameter, the methods' own "
+    "(thresholds, gates, log sigma^2) included (the paper is silent)",
+}
+
+VGG_CHOICES = {
+    **CIFAR10_CHOICES,
+    "optimizer": "momentum SGD (0.9, no dampening) at lr 0.1: the DT paper's text says 'Adam' at lr 0.1, very "
+    "likely a slip (Adam at 0.1 diverges on this net); --optimizer adam selects the literal reading",
+    "init": "cifar.torch's: conv weights N(0, sqrt(2 / (9 * out_channels))), biases 0; fc layers PyTorch's default",
+    "network": "cifar.torch vgg_bn_drop: BatchNorm eps 1e-3 after every conv and after fc1, dropout as listed "
+    "in METHODS.md sec. 10; 14,977,728 prunable weights",
+}
+
+RESNET56_CHOICES = {
+    **CIFAR10_CHOICES,
+    "network": "He et al. 2016 sec. 4.2: 3 stages of 9 basic blocks (16/32/64 channels), option-A shortcuts "
+    "(identity, stride-2 subsampling and zero-padded channels, no parameters), convs without bias",
+    "protocol": "He et al.'s: momentum SGD 0.9, lr 0.1, weight decay 1e-4, batch 128, lr / 10 at 32k and 48k "
+    "of 64k iterations, here in epochs: 164 epochs, lr / 10 at epochs 82 and 123",
+    "init": "Kaiming normal (fan out) for convs, BatchNorm weight 1 and bias 0, fc PyTorch's default",
+}
+
+IMAGENET_CHOICES = {
+    "data": "ILSVRC-2012 in the ImageFolder layout (<data-dir>/imagenet/train/<wnid>/*.JPEG, "
+    "<data-dir>/imagenet/val/<wnid>/*.JPEG), streamed through a DataLoader; 'verified' = 1,000 classes and "
+    "the published 1,281,167 / 50,000 image counts (extracted JPEGs have no published checksums)",
+    "preprocessing": "resize to 256x256 (Caffe warps), per-channel mean/std normalisation instead of Caffe's "
+    "mean image",
+    "augmentation": "training: random 227x227 crop and horizontal flip; evaluation: the centre 227x227 crop",
+    "batches": "each epoch's order drawn from the run's seed and the epoch; each image's crop and flip from "
+    "(seed, epoch, index), so batches do not depend on the number of loader workers",
+    "network": "BVLC Caffe AlexNet: LRN after conv1 and conv2, 2 groups in conv2/4/5; 60,954,656 prunable "
+    "weights (torchvision's alexnet is a different network)",
+    "init": "Caffe's bvlc_alexnet fillers (see prunebench.models.AlexNetCaffe)",
+    "weight decay": "applies to every trainable parameter, the methods' own included (the paper is silent)",
+}
+
+# DT lambdas from the paper (sec. 4.2.2, 4.2.3); tau is not given there: the MNIST calibration's 0.03.
+DT_VGG = {"lam": 1.8e-4, "tau": 0.03}
+DT_ALEXNET = {"lam": 2e-5, "tau": 0.03}
+
+LARGE_TASKS: dict[str, Task] = {
+    "vgg-cifar10": Task(
+        name="vgg-cifar10",
+        description="VGG-like (cifar.torch) on CIFAR-10, 13 conv + 2 fc with BatchNorm, 14,977,728 weights "
+        "(DT paper Table 2)",
+        architecture=_vgg_like,
+        load=_cifar10,
+        protocol=Protocol(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=CIFAR10_BATCH,
+                          epochs=100, steps_per_epoch=CIFAR10_TRAIN // CIFAR10_BATCH,
+                          iterations=100 * (CIFAR10_TRAIN // CIFAR10_BATCH), lr_milestones=(25, 50, 75),
+                          init="default", eval_every=CIFAR10_TRAIN // CIFAR10_BATCH),
+        loss_kind="cross_entropy",
+        open_choices=VGG_CHOICES,
+        method_defaults={"dynthresh": dict(DT_VGG)},
+        train_size=CIFAR10_TRAIN,
+        augment=_cifar10_augment,
+        data_verified=_cifar10_verified,
+        eval_batch_size=1000,
+        needs_gpu=True,
+    ),
+    "resnet56-cifar10": Task(
+        name="resnet56-cifar10",
+        description="ResNet-56 (He et al. 2016) on CIFAR-10, 55 conv + 1 fc, 848,944 weights",
+        architecture=_resnet56,
+        load=_cifar10,
+        protocol=Protocol(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=CIFAR10_BATCH,
+                          epochs=164, steps_per_epoch=CIFAR10_TRAIN // CIFAR10_BATCH,
+                          iterations=164 * (CIFAR10_TRAIN // CIFAR10_BATCH), lr_milestones=(82, 123),
+                          init="default", eval_every=CIFAR10_TRAIN // CIFAR10_BATCH),
+        loss_kind="cross_entropy",
+        open_choices=RESNET56_CHOICES,
+        method_defaults={"dynthresh": dict(DT_VGG)},
+        train_size=CIFAR10_TRAIN,
+        augment=_cifar10_augment,
+        data_verified=_cifar10_verified,
+        eval_batch_size=1000,
+        needs_gpu=True,
+    ),
+    "alexnet-imagenet": Task(
+        name="alexnet-imagenet",
+        description="AlexNet (BVLC Caffe: LRN, grouped convs) on ImageNet, 60,954,656 weights (DT paper Table 2)",
+        architecture=_alexnet_caffe,
+        load=_no_resident_data,
+        protocol=Protocol(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=IMAGENET_BATCH,
+                          epochs=150, steps_per_epoch=IMAGENET_TRAIN // IMAGENET_BATCH,
+                          iterations=150 * (IMAGENET_TRAIN // IMAGENET_BATCH), lr_milestones=(70, 115, 140),
+                          init="default", eval_every=IMAGENET_TRAIN // IMAGENET_BATCH),
+        loss_kind="cross_entropy",
+        open_choices=IMAGENET_CHOICES,
+        method_defaults={"dynthresh": dict(DT_ALEXNET)},
+        train_size=IMAGENET_TRAIN,
+        streamed=_imagenet,
+        data_verified=_imagenet_verified,
+        top5=True,
+        eval_batch_size=250,
+        needs_gpu=True,
+    ),
+}
+TASKS.update(LARGE_TASKS)
 
 
 def task_names() -> list[str]:

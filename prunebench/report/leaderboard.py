@@ -12,7 +12,13 @@ most `max_loss` pp; its training seconds (evaluation excluded) and step. Average
 reached it (`reached_<X>x` counts them).
 
 Ranking: rows whose mean accuracy loss is within `max_loss` first, by mean compression (highest
-first); then rows over the limit, by compression; then rows without any dense reference."""
+first); then rows over the limit, by compression; then rows without any dense reference; last, rows
+built from a run trained on data that failed checksum verification (`"unverified_data": true` in its
+environment, `--allow-unverified-data`; the run itself or its dense reference), marked "†": they are
+not results of the task.
+
+Top-5 accuracy (tasks with 1,000 classes: the runs' final `top5`) gets its own columns when any run of
+the task stored it; its loss is against the same dense run as top-1."""
 
 from __future__ import annotations
 
@@ -35,6 +41,10 @@ from prunebench.store import _canonical
 
 THRESHOLDS: tuple[int, ...] = (50, 60, 70)
 DEFAULT_MAX_LOSS = 0.4
+#: Mark and footnote of rows built from runs on unverified data.
+UNVERIFIED_MARK = "†"
+UNVERIFIED_NOTE = (f"{UNVERIFIED_MARK} trained on data that failed checksum verification (--allow-unverified-data): "
+                   "not a result of this task")
 #: Floating-point slack when comparing a loss with the limit (0.98 - 0.976 is 0.4000000000000004 pp).
 LOSS_TOLERANCE = 1e-9
 
@@ -57,6 +67,14 @@ def _device(environment: Any) -> str:
         return json.loads(environment).get("device") or "?"
     except (TypeError, ValueError, AttributeError):
         return "?"
+
+
+def _unverified(environment: Any) -> bool:
+    """True when the run's environment says it trained on data that failed checksum verification."""
+    try:
+        return bool(json.loads(environment).get("unverified_data", False))
+    except (TypeError, ValueError, AttributeError):
+        return False
 
 
 def time_to_compression(points: pd.DataFrame, target: float, dense_accuracy: float | None,
@@ -83,7 +101,8 @@ def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LO
     columns = ["run_id", "task", "method", "seed", "budget", "group", "setting", "hp_items", "protocol_items",
                "hparams",
                "accuracy", "compression", "iterations", "train_seconds", "device", "eval_every", "dense_run_id",
-               "dense_accuracy", "accuracy_loss", "params_reduction", "flops_reduction", "flops_reduction_sparse"]
+               "dense_accuracy", "accuracy_loss", "params_reduction", "flops_reduction", "flops_reduction_sparse",
+               "top5", "dense_top5", "top5_loss", "unverified_data"]
     for x in thresholds:
         columns += [f"seconds_to_{x}x", f"iterations_to_{x}x"]
     if runs.empty:
@@ -96,6 +115,7 @@ def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LO
     runs["protocol_items"] = [proto for _, proto in items]
     runs["setting"] = [setting_string(hp, proto) for hp, proto in items]
     runs["device"] = runs["environment"].map(_device)
+    runs["unverified_data"] = runs["environment"].map(_unverified)
     runs["eval_every"] = runs["protocol"].map(lambda text: json.loads(text).get("eval_every"))
 
     # The dense reference: same task, seed and protocol; budget preferably the same, else "equal".
@@ -126,6 +146,11 @@ def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LO
         # FLOPs columns: NaN for runs stored before FLOPs were measured.
         row["flops_reduction"] = _ratio(r.get("flops_reference"), r.get("flops"))
         row["flops_reduction_sparse"] = _ratio(r.get("flops_reference"), r.get("flops_nonzero"))
+        # top-5: tasks with 1,000 classes only (NULL otherwise, and in stores written before the column)
+        row["top5"] = 100.0 * float(r["top5"]) if _ok(r.get("top5")) else math.nan
+        row["dense_top5"] = 100.0 * float(ref["top5"]) if ref is not None and _ok(ref.get("top5")) else math.nan
+        row["top5_loss"] = row["dense_top5"] - row["top5"]
+        row["unverified_data"] = bool(r["unverified_data"] or (ref is not None and ref["unverified_data"]))
         points = by_run.get(r["run_id"], pd.DataFrame(columns=["step", "train_seconds", "accuracy", "compression"]))
         for x in thresholds:
             row[f"seconds_to_{x}x"], row[f"iterations_to_{x}x"] = time_to_compression(
@@ -157,7 +182,8 @@ class Leaderboard:
         for r in self.rows.to_dict("records"):
             d = {
                 "rank": str(r["rank"]),
-                "method": r["method"] + (" (reconstruction)" if r.get("provenance") == "reconstruction" else ""),
+                "method": r["method"] + (" (reconstruction)" if r.get("provenance") == "reconstruction" else "")
+                + (f" {UNVERIFIED_MARK}" if r.get("unverified_data") else ""),
                 "setting": r["setting"], "budget": r["budget"],
                 "seeds": f"{r['seeds']} ({r['seed_list']})",
                 "accuracy %": _pm(r["accuracy_mean"], r["accuracy_std"], 2),
@@ -165,6 +191,11 @@ class Leaderboard:
                 "loss 95% CI": (f"[{r['accuracy_loss_ci_low']:+.2f}, {r['accuracy_loss_ci_high']:+.2f}]"
                                 if _ok(r["accuracy_loss_ci95"]) else "-"),
                 "<= limit": "yes" if r["within_loss_limit"] else ("no" if _ok(r["accuracy_loss_mean"]) else "n/a"),
+            }
+            if self.has_top5:
+                d["top-5 %"] = _pm(r["top5_mean"], r["top5_std"], 2)
+                d["top-5 loss pp"] = f"{r['top5_loss_mean']:+.2f}" if _ok(r["top5_loss_mean"]) else "-"
+            d |= {
                 "compression": _pm(r["compression_mean"], r["compression_std"], 1, suffix="x"),
                 "params red.": f"{r['params_reduction_mean']:.1f}x" if _ok(r["params_reduction_mean"]) else "-",
                 "FLOPs red. dense / sparse": (
@@ -179,6 +210,16 @@ class Leaderboard:
             d["published compression"], d["published loss pp"] = _published_cells(r)
             out.append(d)
         return out
+
+    @property
+    def has_top5(self) -> bool:
+        """True when any run of the task stored a top-5 accuracy (tasks with 1,000 classes)."""
+        return "top5_mean" in self.rows and bool(self.rows["top5_mean"].notna().any())
+
+    @property
+    def has_unverified(self) -> bool:
+        """True when any row is built from a run on data that failed checksum verification."""
+        return "unverified_data" in self.rows and bool(self.rows["unverified_data"].astype(bool).any())
 
     def _devices(self) -> list[str]:
         return sorted({d for text in self.rows.get("device", []) for d in str(text).split(", ") if d})
@@ -215,9 +256,14 @@ class Leaderboard:
         devices = self._devices()
         if len(devices) == 1:
             parts.append(f"device: {devices[0]}")
+        if self.has_top5:
+            parts.append("top-5: accuracy with the label among the 5 highest outputs, %; its loss against the same "
+                         "dense run, pp")
         if self.unfinished:
             left = ", ".join(f"{n} {s}" for s, n in sorted(self.unfinished.items()))
             parts.append(f"left out (not finished): {left}")
+        if self.has_unverified:
+            parts.append(UNVERIFIED_NOTE)
         return "; ".join(parts)
 
     def to_markdown(self, command: str) -> str:
@@ -246,6 +292,8 @@ class Leaderboard:
             lines.append("|" + "|".join("---" for _ in headers) + "|")
             for d in rows:
                 lines.append("| " + " | ".join(_md_escape(d[h]) for h in headers) + " |")
+            if self.has_unverified:
+                lines += ["", UNVERIFIED_NOTE]
         else:
             lines.append(f"_No finished runs of task `{self.task}` in the store._")
         lines.append("")
@@ -400,6 +448,9 @@ def aggregate(runs: pd.DataFrame, max_loss: float = DEFAULT_MAX_LOSS,
             "params_reduction_mean": stats.mean(g["params_reduction"]),
             "flops_reduction_mean": stats.mean(stats.finite(g["flops_reduction"])),
             "flops_reduction_sparse_mean": stats.mean(stats.finite(g["flops_reduction_sparse"])),
+            "top5_mean": stats.mean(stats.finite(g["top5"])), "top5_std": stats.std(stats.finite(g["top5"])),
+            "top5_loss_mean": stats.mean(stats.finite(g["top5_loss"])),
+            "unverified_data": bool(g["unverified_data"].astype(bool).any()),
         }
         for x in thresholds:
             secs = stats.finite(g[f"seconds_to_{x}x"])
@@ -419,8 +470,9 @@ def aggregate(runs: pd.DataFrame, max_loss: float = DEFAULT_MAX_LOSS,
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=["rank", *CSV_COLUMNS_REQUIRED])
-    df["_tier"] = [0 if within else (1 if _ok(loss) else 2)
-                   for within, loss in zip(df["within_loss_limit"], df["accuracy_loss_mean"], strict=True)]
+    df["_tier"] = [3 if unverified else (0 if within else (1 if _ok(loss) else 2))
+                   for within, loss, unverified in zip(df["within_loss_limit"], df["accuracy_loss_mean"],
+                                                      df["unverified_data"], strict=True)]
     df = df.sort_values(["_tier", "compression_mean", "method", "setting"], ascending=[True, False, True, True])
     df = df.drop(columns="_tier").reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))

@@ -6,15 +6,30 @@
   training wall-clock to each marker in the legend, as in Fig. 1 of the dynamic thresholding paper.
 - `pareto`: accuracy against compression (log axis), every run a point, the Pareto frontier per method.
 - `time`: training wall-clock to first reach each compression, per method (mean over seeds).
+- `fig5`: the distribution of the learned thresholds during training (DT paper Fig. 5), from each
+  evaluation's `extra["thresholds"]` (`metrics.threshold_distribution`): the median and the 25-75 %
+  and 5-95 % bands against epochs, one panel per method (and setting) that records thresholds.
+- `fig6`: remaining weights per layer (%) against epochs (DT paper Fig. 6), one line per layer, one
+  panel per pruning method (and setting).
+- `fig7`: top-1 and, where stored (1,000 classes), top-5 test accuracy of the deployed network against
+  epochs (DT paper Fig. 7), one colour per method (and setting).
+
+fig5-fig7 draw one run per method and setting: seed 0, else its lowest seed (or the `seed` asked
+for); runs still running or interrupted are drawn too (their title says so), failed ones are not. The x
+axis is in epochs, step * batch_size / train_size (the run's protocol, the task's training set), or in
+iterations when the task's training-set size is not known.
 
 Every series carries a gid (`curve:<label>`, `marker:<label>:<X>`, `points:<method>`,
-`frontier:<method>`, `time:<label>`) so tests and scripts can find it. Colours come from seaborn's
-"colorblind" palette, one fixed colour per method across all plots; settings of one method differ by
-line style. Figures are built on a plain `Figure` with an Agg canvas (no pyplot state, no display).
+`frontier:<method>`, `time:<label>`; fig5 `median:<label>`, `q25-75:<label>`, `q5-95:<label>`; fig6
+`layer:<label>:<layer>`; fig7 `top1:<label>`, `top5:<label>`) so tests and scripts can find it.
+Colours come from seaborn's "colorblind" palette, one fixed colour per method across all plots;
+settings of one method differ by line style. Figures are built on a plain `Figure` with an Agg canvas
+(no pyplot state, no display).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,11 +44,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from prunebench.metrics import THRESHOLD_LOG10_RANGE
 from prunebench.pruner import method_names
 from prunebench.report.leaderboard import THRESHOLDS, run_table
-from prunebench.results import load_trajectories
+from prunebench.report.setting import setting_items, setting_string
+from prunebench.results import load_runs, load_trajectories
+from prunebench.tasks import get_task
 
-KINDS = ("fig1", "pareto", "time")
+KINDS = ("fig1", "pareto", "time", "fig5", "fig6", "fig7")
+#: Run states fig5-fig7 draw (a run in progress shows its training so far); failed runs are left out.
+TRAINING_STATUSES = ("finished", "running", "interrupted")
 MARKERS = {50: "o", 60: "s", 70: "^"}
 EXTRA_MARKERS = ("D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")
@@ -301,6 +321,234 @@ def time_plot(db: Path | str, task: str, thresholds: tuple[int, ...] = THRESHOLD
     return fig
 
 
+# -- fig5-fig7: the course of one run per method (DT paper Figs. 5-7) ----------------------------------
+
+def epochs_per_step(task: str, protocol: dict) -> float | None:
+    """Epochs one optimizer step covers: batch_size / train_size (the run's protocol, the task's training
+    set); from the protocol's `steps_per_epoch` when the task is not registered; None when neither is known."""
+    batch = protocol.get("batch_size")
+    try:
+        train_size = get_task(task).train_size
+    except KeyError:
+        train_size = 0
+    if batch and train_size:
+        return batch / train_size
+    steps = protocol.get("steps_per_epoch")
+    return 1.0 / steps if steps else None
+
+
+def training_runs(db: Path | str, task: str, seed: int | None = None, default_only: bool = False,
+                  run_ids: list[str] | None = None) -> pd.DataFrame:
+    """One run per method, setting and budget of `task` (finished, running or interrupted): seed `seed`,
+    else seed 0, else the lowest seed. Columns: run_id, method, seed, status, label, epochs_per_step,
+    environment. `run_ids` restricts the choice to those runs. ValueError when there is none."""
+    runs = load_runs(db, status=None)
+    runs = runs[(runs["task"] == task) & runs["status"].isin(TRAINING_STATUSES)]
+    if run_ids is not None:
+        runs = runs[runs["run_id"].isin(run_ids)]
+    if runs.empty:
+        raise ValueError(f"no runs of task {task!r} in {db}")
+    runs = runs.copy()
+    runs["setting"] = [setting_string(*setting_items(t, m, json.loads(ident)))
+                       for t, m, ident in zip(runs["task"], runs["method"], runs["identity"], strict=True)]
+    if default_only:
+        runs = runs[runs["setting"] == "default"]
+        if runs.empty:
+            raise ValueError(f"no runs of task {task!r} at the task's default setting in {db}")
+    runs["label"] = [m + (f" ({st})" if st != "default" else "") + (f" budget {b}" if b != "equal" else "")
+                     for m, st, b in zip(runs["method"], runs["setting"], runs["budget"], strict=True)]
+    chosen = []
+    for _, g in runs.groupby("label", sort=False):
+        seeds = set(g["seed"].astype(int))
+        pick = seed if seed is not None else (0 if 0 in seeds else min(seeds))
+        if pick in seeds:
+            chosen.append(g[g["seed"].astype(int) == pick].iloc[0])
+    if not chosen:
+        raise ValueError(f"no run of task {task!r} with seed {seed} in {db}")
+    out = pd.DataFrame(chosen)
+    out["epochs_per_step"] = [epochs_per_step(task, json.loads(p)) for p in out["protocol"]]
+    order = {m: i for i, m in enumerate(method_names())}
+    out["_order"] = out["method"].map(lambda m: order.get(m, len(order)))
+    out = out.sort_values(["_order", "label"]).drop(columns="_order").reset_index(drop=True)
+    return out[["run_id", "method", "seed", "status", "label", "epochs_per_step", "environment"]]
+
+
+def _x_axis(runs: pd.DataFrame) -> tuple[dict[str, float], str]:
+    """Per run, the factor from steps to the x axis, and the axis label: epochs when every run's is known."""
+    if runs["epochs_per_step"].notna().all():
+        return dict(zip(runs["run_id"], runs["epochs_per_step"].astype(float), strict=True)), "epoch"
+    return {rid: 1.0 for rid in runs["run_id"]}, "training iterations"
+
+
+def _panel_title(run: pd.Series) -> str:
+    note = "" if run["status"] == "finished" else f", {run['status']}"
+    return f"{run['label']} (seed {int(run['seed'])}{note})"
+
+
+def _panels(count: int, columns: int = 2, width: float = 6.0, height: float = 4.0) -> tuple[Figure, list]:
+    """A figure with `count` axes in a grid of up to `columns` columns (unused cells removed)."""
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    fig = Figure(figsize=(width * columns + 2.5, height * rows + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(rows, columns, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[count:]:
+        fig.delaxes(ax)
+    return fig, axes[:count]
+
+
+def _extra(value: object) -> dict:
+    if isinstance(value, str) and value:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+    return {}
+
+
+def threshold_bands(points: pd.DataFrame) -> pd.DataFrame:
+    """Per evaluation with a stored threshold distribution: step and the 5/25/50/75/95 % quantiles."""
+    rows = []
+    for step, extra in zip(points["step"], points["extra"], strict=True):
+        dist = _extra(extra).get("thresholds")
+        if not isinstance(dist, dict) or not dist.get("count"):
+            continue
+        q = dist.get("quantiles") or {}
+        if any(q.get(k) is None for k in ("5", "25", "50", "75", "95")):
+            continue
+        rows.append({"step": int(step), **{f"q{k}": float(q[k]) for k in ("5", "25", "50", "75", "95")}})
+    return pd.DataFrame(rows, columns=["step", "q5", "q25", "q50", "q75", "q95"])
+
+
+def fig5(db: Path | str, task: str, seed: int | None = None, default_only: bool = False,
+         run_ids: list[str] | None = None) -> Figure:
+    """Threshold distribution during training (DT paper Fig. 5): per run, the median threshold and the
+    25-75 % and 5-95 % bands against epochs, log scale."""
+    runs = training_runs(db, task, seed, default_only, run_ids)
+    traj = load_trajectories(db, runs["run_id"].tolist())
+    bands = {rid: threshold_bands(traj[traj["run_id"] == rid]) for rid in runs["run_id"]}
+    runs = runs[[not bands[rid].empty for rid in runs["run_id"]]]
+    if runs.empty:
+        raise ValueError(f"no run of task {task!r} in {db} has threshold distributions (extra['thresholds'] at "
+                         "its evaluations: stored for methods with learned thresholds, dynthresh, dst and ltp)")
+    scale, xlabel = _x_axis(runs)
+    colours = method_colours(runs["method"].unique().tolist())
+    floor = 10.0 ** THRESHOLD_LOG10_RANGE[0]
+    with _style():
+        fig, axes = _panels(len(runs))
+        for ax, (_, run) in zip(axes, runs.iterrows(), strict=True):
+            b = bands[run["run_id"]]
+            x = b["step"].to_numpy(dtype=float) * scale[run["run_id"]]
+            clip = {k: np.maximum(b[k].to_numpy(dtype=float), floor) for k in ("q5", "q25", "q50", "q75", "q95")}
+            colour = colours[run["method"]]
+            ax.fill_between(x, clip["q5"], clip["q95"], color=colour, alpha=0.18, linewidth=0,
+                            gid=f"q5-95:{run['label']}", label="5-95 %")
+            ax.fill_between(x, clip["q25"], clip["q75"], color=colour, alpha=0.38, linewidth=0,
+                            gid=f"q25-75:{run['label']}", label="25-75 %")
+            ax.plot(x, clip["q50"], color=colour, linewidth=2, gid=f"median:{run['label']}", label="median")
+            ax.set_yscale("log")
+            ax.set_title(_panel_title(run), fontsize="medium")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("threshold (on |w|)")
+            ax.legend(loc="upper left", fontsize="small", frameon=False)
+        fig.suptitle(f"{task}: distribution of the learned thresholds during training (DT paper Fig. 5); "
+                     f"values below {floor:g} (zero or negative) drawn at {floor:g}", fontsize="medium")
+    return fig
+
+
+def layer_remaining(points: pd.DataFrame) -> pd.DataFrame:
+    """Remaining weights per layer in % (columns: layers in stored order), one row per evaluation step."""
+    rows, layers = [], []
+    for step, text in zip(points["step"], points["per_layer"], strict=True):
+        per_layer = _extra(text)
+        if not per_layer:
+            continue
+        row = {"step": int(step)}
+        for name, (nonzero, total) in per_layer.items():
+            if name not in layers:
+                layers.append(name)
+            row[name] = 100.0 * nonzero / total if total else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["step", *layers])
+
+
+def fig6(db: Path | str, task: str, seed: int | None = None, default_only: bool = False,
+         run_ids: list[str] | None = None) -> Figure:
+    """Remaining weights per layer (%) against epochs (DT paper Fig. 6): one panel per pruning method and
+    setting, one line per layer (the same colour for a layer in every panel)."""
+    runs = training_runs(db, task, seed, default_only, run_ids)
+    runs = runs[runs["method"] != "dense"]
+    traj = load_trajectories(db, runs["run_id"].tolist())
+    tables = {rid: layer_remaining(traj[traj["run_id"] == rid]) for rid in runs["run_id"]}
+    runs = runs[[not tables[rid].empty for rid in runs["run_id"]]]
+    if runs.empty:
+        raise ValueError(f"no pruning run of task {task!r} in {db} has per-layer weight counts in its trajectory")
+    scale, xlabel = _x_axis(runs)
+    layers: list[str] = []
+    for rid in runs["run_id"]:
+        layers += [c for c in tables[rid].columns[1:] if c not in layers]
+    palette = dict(zip(layers, sns.color_palette("husl", len(layers)), strict=True))
+    with _style():
+        fig, axes = _panels(len(runs))
+        for ax, (_, run) in zip(axes, runs.iterrows(), strict=True):
+            t = tables[run["run_id"]]
+            x = t["step"].to_numpy(dtype=float) * scale[run["run_id"]]
+            for k, layer in enumerate(t.columns[1:]):
+                ax.plot(x, t[layer].to_numpy(dtype=float), color=palette[layer], linewidth=1.5,
+                        linestyle=LINESTYLES[(k // 10) % len(LINESTYLES)], gid=f"layer:{run['label']}:{layer}",
+                        label=layer)
+            ax.set_ylim(0, 102)
+            ax.set_title(_panel_title(run), fontsize="medium")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("remaining weights (%)")
+        handles = [Line2D([], [], color=palette[layer], linewidth=1.5,
+                          linestyle=LINESTYLES[(k // 10) % len(LINESTYLES)], label=layer)
+                   for k, layer in enumerate(layers)]
+        fig.legend(handles=handles, loc="outside right upper", title="layer", fontsize="small",
+                   title_fontsize="small", frameon=False)
+        fig.suptitle(f"{task}: remaining weights per layer during training (DT paper Fig. 6)", fontsize="medium")
+    return fig
+
+
+def fig7(db: Path | str, task: str, seed: int | None = None, default_only: bool = False,
+         run_ids: list[str] | None = None) -> Figure:
+    """Top-1 (solid) and top-5 (dashed, where stored) test accuracy of the deployed network against
+    epochs (DT paper Fig. 7), one colour per method."""
+    runs = training_runs(db, task, seed, default_only, run_ids)
+    traj = load_trajectories(db, runs["run_id"].tolist())
+    if "top5" not in traj.columns:
+        traj["top5"] = math.nan
+    traj = traj[traj["accuracy"].notna()]
+    runs = runs[runs["run_id"].isin(set(traj["run_id"]))]
+    if runs.empty:
+        raise ValueError(f"no run of task {task!r} in {db} has accuracy in its trajectory")
+    scale, xlabel = _x_axis(runs)
+    styles = _styles(runs)
+    any_top5 = bool(traj["top5"].notna().any())
+    with _style():
+        fig, ax = _new_figure(11.0, 6.0)
+        for _, run in runs.iterrows():
+            pts = traj[traj["run_id"] == run["run_id"]].sort_values("step")
+            x = pts["step"].to_numpy(dtype=float) * scale[run["run_id"]]
+            colour, _ls = styles[run["label"]]
+            note = "" if run["status"] == "finished" else f", {run['status']}"
+            label = f"{run['label']} (seed {int(run['seed'])}{note})"
+            ax.plot(x, 100.0 * pts["accuracy"].to_numpy(dtype=float), color=colour, linewidth=2,
+                    gid=f"top1:{run['label']}", label=f"{label} top-1")
+            top5 = pts["top5"].to_numpy(dtype=float)
+            if np.isfinite(top5).any():
+                ax.plot(x, 100.0 * top5, color=colour, linewidth=2, linestyle="--", gid=f"top5:{run['label']}",
+                        label=f"{label} top-5")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy of the deployed network (%)")
+        what = "top-1 (solid) and top-5 (dashed)" if any_top5 else "top-1"
+        ax.set_title(f"{task}: {what} accuracy during training (DT paper Fig. 7)", fontsize="medium")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return fig
+
+
 def make_plot(db: Path | str, task: str, kind: str, **kwargs) -> Figure:
     if kind == "fig1":
         return fig1(db, task, **kwargs)
@@ -308,6 +556,10 @@ def make_plot(db: Path | str, task: str, kind: str, **kwargs) -> Figure:
         return pareto(db, task, default_only=kwargs.get("default_only", False))
     if kind == "time":
         return time_plot(db, task, default_only=kwargs.get("default_only", False))
+    if kind in ("fig5", "fig6", "fig7"):
+        builder = {"fig5": fig5, "fig6": fig6, "fig7": fig7}[kind]
+        return builder(db, task, seed=kwargs.get("seed"), default_only=kwargs.get("default_only", False),
+                       run_ids=kwargs.get("run_ids"))
     raise ValueError(f"unknown plot kind {kind!r}; choose from: {', '.join(KINDS)}")
 
 

@@ -32,6 +32,7 @@ def _p(method: str, task: str, compression: float | None, loss: float | None, so
 
 
 _NONE_LENET = "none published for LeNet"
+_NONE_VGG = "not reported for VGG-like on CIFAR-10 (DT Table 2: '-')"
 
 PUBLISHED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
     _p("dynthresh", "lenet300", 81.0, 0.36, "DT paper Tables 1-2",
@@ -53,6 +54,34 @@ PUBLISHED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
     _p("ltp", "lenet5", None, None, "METHODS.md sec. 9", _NONE_LENET + " (LTP reports ImageNet only)"),
     _p("autoprune", "lenet300", None, None, "METHODS.md sec. 9", _NONE_LENET),
     _p("autoprune", "lenet5", None, None, "METHODS.md sec. 9", _NONE_LENET),
+    # CIFAR-10 VGG-like (DT Table 2, CIFAR10 column; METHODS.md secs. 9-10).
+    _p("dynthresh", "vgg-cifar10", 102.0, -1.2, DT_TABLE2, "individual thresholds, 100 epochs from scratch"),
+    _p("sparse-vd", "vgg-cifar10", 65.0, 0.0, DT_TABLE2, "Table 2 prints -0.0% p; the sparse VD README says "
+       "'up to 68x'; its VGG-like has a width factor k, no dropout before fc1, ZCA whitening, no augmentation, "
+       "Adam lr 1e-5 for 200 epochs"),
+    _p("dst", "vgg-cifar10", 27.0, 0.73, "DST paper (METHODS.md sec. 5)", "VGG-16 with BN (13 conv + fc "
+       "512-512-10), ~27x (3.76% kept); accuracy 93.75% -> 93.02%, mean of 5 runs; 160 epochs"),
+    _p("magnitude", "vgg-cifar10", None, None, DT_TABLE2, _NONE_VGG),
+    _p("dns", "vgg-cifar10", None, None, DT_TABLE2, _NONE_VGG),
+    _p("l0", "vgg-cifar10", None, None, DT_TABLE2, _NONE_VGG),
+    _p("ltp", "vgg-cifar10", None, None, "METHODS.md sec. 9", "none published (LTP reports ImageNet only)"),
+    _p("autoprune", "vgg-cifar10", None, None, "METHODS.md sec. 9", "unknown (full text unavailable)"),
+    # ImageNet AlexNet (DT Table 2, ImageNet column; METHODS.md sec. 10): top-1 accuracy loss.
+    _p("dynthresh", "alexnet-imagenet", 11.7, 0.82, DT_TABLE2, "individual thresholds, 150 epochs from scratch"),
+    _p("magnitude", "alexnet-imagenet", 9.1, -0.01, DT_TABLE2, "iterative pruning, Han et al. 2015; over 960 "
+       "epochs of training (DT sec. 4.2.2)"),
+    _p("dns", "alexnet-imagenet", 17.7, 0.31, DT_TABLE2, "230 epochs: 90 pretraining + 140 pruning "
+       "(DT sec. 4.2.2)"),
+    _p("ltp", "alexnet-imagenet", 26.4, None, "LTP abstract (METHODS.md sec. 6)", "79.1% top-5; no top-1 loss "
+       "stated; fine-tuned from a pretrained AlexNet (which variant is not known)"),
+    _p("sparse-vd", "alexnet-imagenet", None, None, DT_TABLE2, "none published for AlexNet"),
+]}
+
+#: Published figures of methods this suite does not implement, for reports that list a paper's table
+#: in full (DT paper Table 2): (name, task) -> figure.
+NOT_IMPLEMENTED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
+    _p("Srinivas et al.", "lenet5", 24.0, 0.01, DT_TABLE2, "not implemented in prunebench"),
+    _p("Srinivas et al.", "alexnet-imagenet", 10.3, 0.31, DT_TABLE2, "not implemented in prunebench"),
 ]}
 
 

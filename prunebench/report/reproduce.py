@@ -1,5 +1,5 @@
-"""`prunebench reproduce dt-paper`: the MNIST results of the dynamic thresholding paper (Park & Lee,
-ECAI 2020), every method on this harness, side by side with the published figures.
+"""`prunebench reproduce dt-paper`: the results of the dynamic thresholding paper (Park & Lee, ECAI
+2020), every method on this harness, side by side with the published figures.
 
 What it reproduces (../shared/papers/dynamic-thresholding.txt):
 - Table 1: DT on LeNet-300-100 with individual, layer-wise and global thresholds. A shared threshold
@@ -12,6 +12,15 @@ What it reproduces (../shared/papers/dynamic-thresholding.txt):
   cutting its trained weights to exactly that ratio by log alpha at every evaluation ("accuracy at a
   target compression"), as the paper made them.
 - Fig. 4: XOR, every weight's magnitude and threshold over the iterations.
+- Table 2, CIFAR-10 and ImageNet columns (full version only): DT, and the implemented methods with a
+  published figure there (VGG-like: sparse VD; AlexNet: iterative magnitude pruning, DNS), with their
+  dense references, one seed each, under the task's paper protocol (`--budget equal`; the published
+  baselines used their own, longer schedules). Figs. 5-7 come from the DT runs of these: the threshold
+  distribution during training (VGG-like), remaining weights per layer and top-1/top-5 accuracy during
+  training (AlexNet). Such an item runs only where its data is present and verified and a CUDA device
+  is available; otherwise the report lists it with what it needs ("needs the data", "needs a GPU
+  (about N h estimated)", see `prunebench.report.estimate`), never leaving it out silently. A run of
+  such an item already finished in the store (e.g. on another machine) is reported as usual.
 
 Runs already finished in the store are reused (a stored run that lacks what a figure needs, such as the
 per-evaluation target-compression accuracies, is run again); an interrupted reproduction continues where
@@ -36,8 +45,16 @@ import pandas as pd
 
 from prunebench.harness import Observer, RunSpec, make_spec, train
 from prunebench.report import stats
+from prunebench.report.estimate import (
+    METHOD_OVERHEAD,
+    TASK_DATA,
+    UNKNOWN_OVERHEAD,
+    data_blocker,
+    estimate_gpu_hours,
+    format_hours,
+)
 from prunebench.report.leaderboard import run_table
-from prunebench.report.published import DT_TABLE1_SCALES, published
+from prunebench.report.published import DT_TABLE1_SCALES, NOT_IMPLEMENTED, published
 from prunebench.results import load_trajectories
 from prunebench.store import ResultStore
 
@@ -60,13 +77,25 @@ TABLE2_METHODS = ("dynthresh", "magnitude", "dns", "sparse-vd", "dst", "l0")
 TABLE2_TASKS = ("lenet300", "lenet5")
 PAPER_BUDGET = {"magnitude", "dns", "sparse-vd"}  # methods with a published schedule of their own
 SEEDS = (0, 1, 2)
+#: Table 2's CIFAR-10 and ImageNet columns: dense and the implemented methods the paper gives a figure for.
+#: Each runs under the task's paper protocol (budget "equal": the methods' "paper" schedules are the
+#: LeNet ones), one seed (a VGG-like run is GPU hours, an AlexNet run about a GPU day).
+LARGE_TABLE2: dict[str, tuple[str, ...]] = {"vgg-cifar10": ("dense", "dynthresh", "sparse-vd"),
+                                            "alexnet-imagenet": ("dense", "dynthresh", "magnitude", "dns")}
+LARGE_SEEDS = (0,)
+#: Figs. 5-7: the task whose DT run (seed 0, the same run as its Table 2 row) draws each, and what it shows.
+LARGE_FIGURES: dict[str, tuple[str, str]] = {
+    "fig5": ("vgg-cifar10", "distribution of the thresholds during training"),
+    "fig6": ("alexnet-imagenet", "remaining weights per layer during training"),
+    "fig7": ("alexnet-imagenet", "top-1 and top-5 accuracy during training"),
+}
 
 
 @dataclass(frozen=True)
 class Item:
     """One run the reproduction needs."""
 
-    purpose: str  # table1-sweep | table1 | table2 | fig1 | fig4
+    purpose: str  # table1-sweep | table1 | table2 | fig1 | fig4 | fig5 | fig6 | fig7
     task: str
     method: str
     seed: int
@@ -84,8 +113,28 @@ class Item:
                          self.budget)
 
     @property
+    def large(self) -> bool:
+        """A CIFAR-10 / ImageNet item: runs only with its data verified and a GPU (see `needs`)."""
+        return self.task in TASK_DATA
+
+    @cached_property
     def run_id(self) -> str:
-        return self.spec.run_id
+        """The run's identity. For a large item it is computed without building the network (an AlexNet
+        takes seconds to build), as `make_spec` would; for a task not registered, a placeholder."""
+        if not self.large:
+            return self.spec.run_id
+        from prunebench.pruner import get_method, make_hparams
+        from prunebench.store import run_identity
+        from prunebench.tasks import get_task
+
+        try:
+            task = get_task(self.task)
+        except KeyError:
+            return f"unregistered:{self.task}/{self.method}/{self.seed}/{self.budget}"
+        cls = get_method(self.method)
+        protocol = task.protocol.with_overrides(iterations=self.iterations, eval_every=self.eval_every)
+        hp = make_hparams(cls, task, dict(self.hparams))
+        return run_identity(self.task, protocol, self.method, hp.non_default(), self.seed, self.budget)[0]
 
     def command(self, db: str | None = None) -> str:
         args = ["prunebench", "run", "--method", self.method, "--task", self.task, "--seed", str(self.seed)]
@@ -144,7 +193,76 @@ def plan(quick: bool = False) -> list[Item]:
                     continue  # Table 1's individual-threshold runs
                 budget = "paper" if method in PAPER_BUDGET and not quick else "equal"
                 items.append(Item("table2", task, method, seed, budget=budget, iterations=iters))
+    if not quick:
+        items += large_items()
     return items
+
+
+def large_items() -> list[Item]:
+    """Table 2's CIFAR-10 and ImageNet columns and Figs. 5-7 (their DT runs), in the order they run."""
+    items = [Item("table2", task, method, seed) for task, methods in LARGE_TABLE2.items()
+             for seed in LARGE_SEEDS for method in methods]
+    items += [Item(fig, task, "dynthresh", LARGE_SEEDS[0]) for fig, (task, _) in LARGE_FIGURES.items()]
+    return items
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What keeps a large item from running here."""
+
+    task: str | None = None  # the task is not registered
+    data: str | None = None  # the data is missing or not verified (`estimate.data_blocker`)
+    gpu_hours: float | None = None  # no CUDA device: the estimate (NaN when there is none)
+    gpu_basis: str = ""  # how the estimate was made
+
+    def _gpu(self) -> str:
+        if self.gpu_hours is None:
+            return ""
+        if not math.isfinite(self.gpu_hours):
+            return "needs a GPU"
+        return f"needs a GPU (about {format_hours(self.gpu_hours)} estimated)"
+
+    def short(self) -> str:
+        """E.g. "needs the data; needs a GPU (about 0.13 h estimated)"."""
+        parts = ["needs the task" if self.task else "", "needs the data" if self.data else "", self._gpu()]
+        return "; ".join(p for p in parts if p)
+
+    def long(self) -> str:
+        """`short` with the details: which files are missing, how the GPU hours were estimated."""
+        gpu = f"{self._gpu()}: {self.gpu_basis}" if self.gpu_hours is not None else ""
+        return "; ".join(p for p in (self.task, self.data, gpu) if p)
+
+
+def needs(items: list[Item], data_dir: Path) -> dict[str, Needs]:
+    """run_id -> what it needs, for every large item that cannot run here (the data is checked once per
+    task; no CUDA device means every large item needs a GPU)."""
+    import torch
+
+    from prunebench.tasks import get_task
+
+    gpu = torch.cuda.is_available()
+    data: dict[str, str | None] = {}
+    out: dict[str, Needs] = {}
+    for item in items:
+        if not item.large or item.run_id in out:
+            continue
+        try:
+            get_task(item.task)
+        except KeyError:
+            out[item.run_id] = Needs(task=f"needs the task {item.task!r} (not registered in prunebench.tasks yet)")
+            continue
+        if item.task not in data:
+            data[item.task] = data_blocker(item.task, data_dir)
+        hours, basis = None, ""
+        if not gpu:
+            try:
+                estimate = estimate_gpu_hours(item.task, item.method)
+                hours, basis = estimate.hours, estimate.describe()
+            except (KeyError, ValueError) as exc:
+                hours, basis = math.nan, f"no estimate ({exc.args[0] if exc.args else exc})"
+        if data[item.task] or hours is not None:
+            out[item.run_id] = Needs(data=data[item.task], gpu_hours=hours, gpu_basis=basis)
+    return out
 
 
 def _lacks(item: Item, store: ResultStore) -> bool:
@@ -167,13 +285,22 @@ def _lacks(item: Item, store: ResultStore) -> bool:
 
 def execute(items: list[Item], store: ResultStore, data_dir: Path,
             on_start: Callable[[Item, bool], None] | None = None,
-            observer_for: Callable[[Item], Observer] | None = None) -> dict[str, str]:
-    """Run every item not already finished (or finished without what it needs). Returns run_id -> status."""
+            observer_for: Callable[[Item], Observer] | None = None,
+            blocked: dict[str, Needs] | None = None) -> dict[str, str]:
+    """Run every item not already finished (or finished without what it needs). Returns run_id -> status;
+    a large item that cannot run here (`blocked`, default: `needs(items, data_dir)`) is not trained and
+    gets the status "blocked: <what it needs>" (the report lists it)."""
+    blocked = needs(items, data_dir) if blocked is None else blocked
     status: dict[str, str] = {}
     for item in items:
         if item.run_id in status:
             continue
         finished = store.status(item.run_id) == "finished"
+        if item.run_id in blocked and not finished:
+            if on_start is not None:
+                on_start(item, False)
+            status[item.run_id] = f"blocked: {blocked[item.run_id].short()}"
+            continue
         rerun = finished and _lacks(item, store)
         skip = finished and not rerun
         if on_start is not None:
@@ -193,8 +320,9 @@ def execute(items: list[Item], store: ResultStore, data_dir: Path,
 
 # -- the report ---------------------------------------------------------------------------------------
 def _measured_runs(db: Path) -> pd.DataFrame:
-    """Every finished LeNet run with its accuracy loss against dense of the same seed (`run_table`)."""
-    tables = [t for t in (run_table(db, task) for task in TABLE2_TASKS) if not t.empty]
+    """Every finished run of the paper's tasks with its accuracy loss against dense of the same seed
+    (`run_table`)."""
+    tables = [t for t in (run_table(db, task) for task in (*TABLE2_TASKS, *LARGE_TABLE2)) if not t.empty]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["run_id"])
 
 
@@ -211,6 +339,8 @@ def _summary(runs: pd.DataFrame, items: list[Item]) -> dict[str, Any]:
         "loss": stats.mean(rows["accuracy_loss"]) if len(rows) else math.nan,
         "loss_std": stats.std(rows["accuracy_loss"]) if len(rows) else math.nan,
         "train_seconds": stats.mean(rows["train_seconds"]) if len(rows) else math.nan,
+        "accuracy": stats.mean(rows["accuracy"]) if len(rows) else math.nan,
+        "top5": stats.mean(rows["top5"]) if len(rows) and "top5" in rows else math.nan,
     }
 
 
@@ -245,16 +375,20 @@ def _verdict(summary: dict[str, Any], pub_cr: float | None, pub_loss: float | No
 
 
 def _row(label: str, summary: dict[str, Any], pub_cr: float | None, pub_loss: float | None,
-         command: str) -> str:
+         command: str, verdict: str | None = None, exact_published: bool = False) -> str:
+    """One table row; `verdict` replaces the computed one, `exact_published` prints the published
+    compression as published (11.7x) rather than rounded (12x)."""
     diff_cr = (f"{100 * (summary['compression'] / pub_cr - 1):+.0f}%"
                if pub_cr and math.isfinite(summary["compression"]) else "-")
     diff_loss = (f"{summary['loss'] - pub_loss:+.2f}" if pub_loss is not None and math.isfinite(summary["loss"])
                  else "-")
-    return (f"| {label} | {_fmt(pub_cr, 0, 'x') if pub_cr else 'n/p'} | "
+    published_cr = (f"{pub_cr:g}x" if exact_published else _fmt(pub_cr, 0, "x")) if pub_cr else "n/p"
+    return (f"| {label} | {published_cr} | "
             f"{_pm(summary['compression'], summary['compression_std'], 1, 'x')} | {diff_cr} | "
             f"{_fmt(pub_loss, 2, sign=True) if pub_loss is not None else 'n/p'} | "
             f"{_pm(summary['loss'], summary['loss_std'], 2, sign=True)} | {diff_loss} | {summary['seeds']} | "
-            f"{_fmt(summary['train_seconds'], 0)} | {_verdict(summary, pub_cr, pub_loss)} | `{command}` |")
+            f"{_fmt(summary['train_seconds'], 0)} | {verdict or _verdict(summary, pub_cr, pub_loss)} | "
+            + (f"`{command}` |" if command else "- |"))
 
 
 TABLE_HEADER = ("| row | published CR | measured CR | diff | published loss (pp) | measured loss (pp) | diff (pp) | "
@@ -316,14 +450,16 @@ def _finished_runs(db: Path, items: list[Item]) -> pd.DataFrame:
 
 
 def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, command: str,
-                 wall_seconds: float | None = None, figures: bool = True) -> Path:
-    """Write `out_dir/README.md` (and the figures) from the store. Returns the README's path."""
+                 wall_seconds: float | None = None, figures: bool = True,
+                 blocked: dict[str, Needs] | None = None, data_dir: Path | None = None) -> Path:
+    """Write `out_dir/README.md` (and the figures) from the store. Returns the README's path. `blocked`:
+    what the large items that cannot run here need (default: `needs(items, data_dir)`)."""
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = _measured_runs(db)
     devices = ", ".join(sorted(set(_rows_for(runs, items).get("device", pd.Series(dtype=str)).dropna()))) or "?"
-    lines = ["# Dynamic thresholding paper (Park & Lee, ECAI 2020): MNIST results reproduced", ""]
+    lines = ["# Dynamic thresholding paper (Park & Lee, ECAI 2020): results reproduced", ""]
     if quick:
         lines += ["**QUICK VERSION**: few iterations and one seed, to test the pipeline. These numbers say "
                   "nothing about the paper; the full version is `prunebench reproduce dt-paper`.", ""]
@@ -336,9 +472,17 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
               "n/p = not published.", ""]
     finished = _finished_runs(db, items)
     total = float(finished["train_seconds"].sum()) if len(finished) else 0.0
+    if blocked is None:
+        from prunebench.data import default_data_dir
+
+        blocked = needs(items, data_dir if data_dir is not None else default_data_dir())
+    blocked = {rid: n for rid, n in blocked.items() if rid not in set(finished["run_id"])}
+    cannot = (f" {len(blocked)} cannot run on this machine (listed with what they need under \"CIFAR-10 and "
+              "ImageNet columns\")." if blocked else "")
     lines += [f"Runs: {len(finished)} of {len({i.run_id for i in items})} planned are finished; their training "
               f"wall-clock adds up to {total / 3600:.2f} h"
-              + (f" (this invocation: {wall_seconds / 60:.1f} min)" if wall_seconds is not None else "") + ".", ""]
+              + (f" (this invocation: {wall_seconds / 60:.1f} min)" if wall_seconds is not None else "") + "."
+              + cannot, ""]
 
     # Table 1
     lines += ["## Table 1: LeNet-300-100, threshold scales", "", TABLE_HEADER]
@@ -419,9 +563,96 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             lines += ["![Fig. 4](xor-fig4.png)", "", "([SVG](xor-fig4.svg))", ""]
         lines.append(f"Command: `{item.command()}`. Published: 4 of the 15 weights pruned at the end "
                      "(layer 1 weights 1, 2, 6; layer 2 weight 1), some pruned and spliced back during training.")
+
+    lines += _large_section(db, out_dir, items, runs, finished, blocked, quick, figures)
     path = out_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _large_section(db: Path, out_dir: Path, items: list[Item], runs: pd.DataFrame, finished: pd.DataFrame,
+                   blocked: dict[str, Needs], quick: bool, figures: bool) -> list[str]:
+    """The report's Table 2 CIFAR-10 / ImageNet columns and Figs. 5-7: measured rows where the runs are
+    in the store, what each missing run needs otherwise."""
+    lines = ["", "## Table 2: CIFAR-10 (VGG-like) and ImageNet (AlexNet) columns", ""]
+    large = [i for i in items if i.large]
+    if quick or not large:
+        return lines + ["Not part of the quick version: `prunebench reproduce dt-paper` plans them (one seed each, "
+                        "the task's paper protocol); they need the CIFAR-10 / ImageNet data, verified, and a GPU."]
+    lines += [f"Seed {', '.join(map(str, LARGE_SEEDS))}, each task's paper protocol (VGG-like: 100 epochs; AlexNet: "
+              "150 epochs; DT paper sec. 4.2) for every method (`--budget equal`); the published baselines used "
+              "their own schedules (see where each figure comes from).", "", TABLE_HEADER]
+    sources = []
+    for task, methods in LARGE_TABLE2.items():
+        for method in methods:
+            group = _group(items, "table2", task, method)
+            pub = published(method, task, {}) if method != "dense" else None
+            summary = _summary(runs, group)
+            verdict = None
+            pending = [blocked[i.run_id] for i in group if i.run_id in blocked]
+            if pending:
+                verdict = pending[0].short()
+            elif method == "dense" and summary["seeds"]:
+                verdict = "the accuracy reference"
+            lines.append(_row(f"{task} / {method}", summary, pub.compression if pub else None,
+                              pub.accuracy_loss if pub else None, group[0].command() if group else "", verdict,
+                              exact_published=True))
+            if pub and (pub.available or pub.note):
+                sources.append(f"- {task} / {method}: {pub.source}" + (f"; {pub.note}" if pub.note else ""))
+        for (name, other_task), pub in NOT_IMPLEMENTED.items():
+            if other_task == task:
+                lines.append(_row(f"{task} / {name}", _summary(runs, []), pub.compression, pub.accuracy_loss, "",
+                                  f"published only ({pub.note})", exact_published=True))
+                sources.append(f"- {task} / {name}: {pub.source}")
+    measured = _rows_for(runs, [i for i in large if i.task == "alexnet-imagenet"])
+    if len(measured) and measured["top5"].notna().any():
+        lines += ["", "Measured top-1 / top-5 accuracy (AlexNet, deployed network, validation set): " + "; ".join(
+            f"{r['method']} {r['accuracy']:.2f}% / {r['top5']:.2f}%" for r in measured.to_dict("records"))]
+    if sources:
+        lines += ["", "Where each published figure comes from:", "", *sources]
+    waiting = [(i, blocked[i.run_id]) for i in large if i.run_id in blocked and i.purpose == "table2"]
+    if waiting:
+        lines += ["", "Runs that cannot run on this machine, and what each needs (`prunebench reproduce dt-paper` "
+                  "runs them like the MNIST runs where the data is verified and a CUDA device is present):", ""]
+        lines += [f"- {i.task} / {i.method}: {n.short()}; `{i.command()}`" for i, n in waiting]
+        lines += ["", "Why:", ""]
+        for task in dict.fromkeys(i.task for i, _ in waiting):
+            first = next(n for i, n in waiting if i.task == task)
+            for n in dict.fromkeys(x for x in (first.task, first.data) if x):
+                lines.append(f"- {task}: {n}")
+            example = next(((i, n) for i, n in waiting if i.task == task and i.method == "dynthresh"),
+                           next((i, n) for i, n in waiting if i.task == task))
+            if example[1].gpu_hours is not None:
+                others = ", ".join(f"{m} {METHOD_OVERHEAD.get(m, UNKNOWN_OVERHEAD):g}x"
+                                   for m in LARGE_TABLE2.get(task, ()) if m != example[0].method)
+                lines.append(f"- {task}, GPU hours (no CUDA device here), for {example[0].method}: "
+                             f"{example[1].gpu_basis}. The other rows differ by their method's ASSUMED overhead "
+                             f"({others}).")
+
+    lines += ["", "## Figs. 5-7: DT during training (VGG-like thresholds, AlexNet layers and accuracy)", ""]
+    done = set(finished["run_id"])
+    for fig, (task, what) in LARGE_FIGURES.items():
+        item = next(i for i in large if i.purpose == fig)
+        title = f"**Fig. {fig[3:]}** ({task}, {what})"
+        if item.run_id not in done:
+            need = blocked[item.run_id].short() if item.run_id in blocked else "not run yet"
+            lines += [f"{title}: {need}. Command: `{item.command()}`.", ""]
+            continue
+        if not figures:
+            lines += [f"{title}: run finished; figures not drawn. Command: `{item.command()}`.", ""]
+            continue
+        from prunebench.report import plots
+
+        try:
+            figure = getattr(plots, fig)(db, task, run_ids=[item.run_id])
+        except ValueError as exc:
+            lines += [f"{title}: {exc}. Command: `{item.command()}`.", ""]
+            continue
+        name = f"{task}-{fig}"
+        plots.save(figure, out_dir, name)
+        lines += [f"{title}. Command: `{item.command()}`.", "", f"![Fig. {fig[3:]}]({name}.png)", "",
+                  f"([SVG]({name}.svg))", ""]
+    return lines
 
 
 def fig1_figure(db: Path, items: list[Item], markers: pd.DataFrame):
@@ -471,10 +702,11 @@ def reproduce(out_dir: Path, db: Path, data_dir: Path, quick: bool = False, comm
     t0 = time.perf_counter()
     if report_only and not Path(db).exists():
         raise FileNotFoundError(f"no result store at {db}: run without --report-only first")
+    blocked = needs(items, data_dir)
     if not report_only:
         store = ResultStore(db)
         try:
-            execute(items, store, data_dir, on_start, observer_for)
+            execute(items, store, data_dir, on_start, observer_for, blocked=blocked)
         finally:
             store.close()
-    return write_report(db, out_dir, items, quick, command, time.perf_counter() - t0)
+    return write_report(db, out_dir, items, quick, command, time.perf_counter() - t0, blocked=blocked)

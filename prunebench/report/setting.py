@@ -16,7 +16,9 @@ from prunebench.tasks import get_task
 
 #: Protocol fields `prunebench run` / `prunebench sweep` can set from the command line.
 CLI_PROTOCOL_FLAGS = {"iterations": "--iterations", "optimizer": "--optimizer", "lr": "--lr",
-                      "momentum": "--momentum", "weight_decay": "--optimizer-weight-decay"}
+                      "momentum": "--momentum", "weight_decay": "--optimizer-weight-decay", "epochs": "--train-epochs",
+                      "batch_size": "--batch-size",
+                      "autocast": "--autocast", "channels_last": "--channels-last"}
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -245,10 +245,11 @@ def _progress(console: Console) -> Progress:
 
 def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: str | None = None,
               jobs: int = 1, console: Console | None = None,
-              on_outcome: Callable[[Outcome], None] | None = None) -> SweepReport:
+              on_outcome: Callable[[Outcome], None] | None = None,
+              allow_unverified_data: bool = False) -> SweepReport:
     """Run every pending identity of `plan` into the store at `db`; finished ones are reported as skipped.
     Ctrl-C (or SIGTERM) stops the sweep: the run(s) in flight are stored as 'interrupted' and the
-    report comes back with `interrupted=True`."""
+    report comes back with `interrupted=True`. `allow_unverified_data`: as for `harness.train`."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     console = console or Console(stderr=True)
@@ -276,17 +277,20 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
     with progress:
         try:
             if jobs == 1:
-                _run_in_process(pending, Path(db), Path(data_dir), device, progress, overall, record)
+                _run_in_process(pending, Path(db), Path(data_dir), device, progress, overall, record,
+                                allow_unverified_data)
             else:
-                _run_in_workers(pending, Path(db), Path(data_dir), device, jobs, progress, overall, record)
+                _run_in_workers(pending, Path(db), Path(data_dir), device, jobs, progress, overall, record,
+                                allow_unverified_data)
         except KeyboardInterrupt:
             interrupted = True
     return SweepReport(outcomes, time.perf_counter() - t0, interrupted, len(pending))
 
 
 def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device: str | None,
-                    progress: Progress, overall: Any, record: Callable[[Outcome], None]) -> None:
-    datasets: dict[str, TensorDataset] = {}
+                    progress: Progress, overall: Any, record: Callable[[Outcome], None],
+                    allow_unverified_data: bool = False) -> None:
+    datasets: dict[str, TensorDataset | None] = {}  # resident data loaded once per task; None: streamed
     store = ResultStore(db)
     try:
         for done, planned in enumerate(pending):
@@ -294,9 +298,11 @@ def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device:
             start = time.perf_counter()
             try:
                 if spec.task.name not in datasets:
-                    datasets[spec.task.name] = spec.task.load(data_dir)
+                    datasets[spec.task.name] = (None if spec.task.streamed is not None
+                                                else spec.task.load(data_dir, allow_unverified_data))
                 result = harness.train(spec, store, data_dir, device=device, dataset=datasets[spec.task.name],
-                                       observer=_SweepObserver(progress, overall, done, planned.label))
+                                       observer=_SweepObserver(progress, overall, done, planned.label),
+                                       allow_unverified_data=allow_unverified_data)
             except KeyboardInterrupt:
                 record(Outcome(planned, "interrupted", error="interrupted", wall_seconds=time.perf_counter() - start))
                 raise
@@ -313,25 +319,29 @@ def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device:
         store.close()
 
 
-def run_command(planned: PlannedRun, db: Path, data_dir: Path, device: str | None) -> list[str]:
+def run_command(planned: PlannedRun, db: Path, data_dir: Path, device: str | None,
+                allow_unverified_data: bool = False) -> list[str]:
     """The `prunebench run` command line (as a worker process) for one planned run."""
     spec = planned.spec
     cmd = [sys.executable, "-m", "prunebench.cli", "run", "--method", spec.method, "--task", spec.task.name,
            "--seed", str(spec.seed), "--budget", spec.budget, "--iterations", str(spec.protocol.iterations),
            "--eval-every", str(spec.protocol.eval_every), "--db", str(db), "--data-dir", str(data_dir), "--json"]
     for key, flag in CLI_PROTOCOL_FLAGS.items():
-        if key != "iterations":  # given above
-            value = getattr(spec.protocol, key)
+        value = getattr(spec.protocol, key)
+        if key != "iterations" and value is not None:  # iterations: given above; None: not set
             cmd += [flag, value if isinstance(value, str) else repr(value)]
     if device:
         cmd += ["--device", device]
+    if allow_unverified_data:
+        cmd.append("--allow-unverified-data")
     for key, value in planned.overrides.items():
         cmd += [f"--{key.replace('_', '-')}", value]
     return cmd
 
 
 def _run_in_workers(pending: list[PlannedRun], db: Path, data_dir: Path, device: str | None, jobs: int,
-                    progress: Progress, overall: Any, record: Callable[[Outcome], None]) -> None:
+                    progress: Progress, overall: Any, record: Callable[[Outcome], None],
+                    allow_unverified_data: bool = False) -> None:
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # N processes share the cores instead of each taking them all
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -345,7 +355,8 @@ def _run_in_workers(pending: list[PlannedRun], db: Path, data_dir: Path, device:
                     planned = queue.pop(0)
                     log = Path(tmp) / f"{planned.spec.run_id}.log"
                     with open(log, "wb") as fh:
-                        proc = subprocess.Popen(run_command(planned, db, data_dir, device), stdout=fh,
+                        proc = subprocess.Popen(run_command(planned, db, data_dir, device, allow_unverified_data),
+                                                stdout=fh,
                                                 stderr=subprocess.STDOUT, env=env)
                     live.append((planned, proc, log, time.perf_counter()))
                 progress.update(overall, current=escape(", ".join(p.label for p, *_ in live)))
