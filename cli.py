@@ -169,8 +169,9 @@ def main() -> None:
       prunebench run --method dynthresh --task lenet300 train, measure, store
       prunebench sweep --methods dynthresh,magnitude --tasks lenet300 --seeds 0-2
       prunebench leaderboard --task lenet300            ranked table (+ leaderboards/lenet300.md, .csv)
-      prunebench plot --task lenet300 --kind fig1       Fig. 1 (also: pareto, time)
+      prunebench plot --task lenet300 --kind fig1       Fig. 1 (also: pareto, time, fig5, fig6, fig7)
       prunebench check                                  regression check against leaderboards/regression.toml
+      prunebench data status                            MNIST, CIFAR-10 and ImageNet: present, verified, where
     """
 
 
@@ -468,10 +469,12 @@ def check(methods: str | None, update: bool, speed: bool | None, baseline_path: 
 @db_option
 def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data_dir: Path | None,
               db: Path | None) -> None:
-    """Reproduce a paper's MNIST results with every method on this harness (dt-paper: the dynamic
-    thresholding paper's Tables 1-2, Fig. 1 and Fig. 4) and write a report comparing each published
-    figure with the measured one. Runs already in the store are reused; an interrupted reproduction
-    continues where it stopped."""
+    """Reproduce a paper's results with every method on this harness (dt-paper: the dynamic thresholding
+    paper's Tables 1-2, Figs. 1 and 4 on MNIST and XOR; the CIFAR-10 and ImageNet columns and Figs. 5-7
+    when the data is verified under --data-dir and a GPU is present, else each is listed as "needs the
+    data" / "needs a GPU (about N h estimated)") and write a report comparing each published figure with
+    the measured one. Runs already in the store are reused; an interrupted reproduction continues where
+    it stopped."""
     from prunebench.report.reproduce import plan
     from prunebench.report.reproduce import reproduce as run_reproduction
     from prunebench.report.sweep import _progress, _SweepObserver

@@ -18,9 +18,9 @@ have m = 1, and the boundary unit's fraction is what carries the ratio's gradien
 The mask multiplies the layer's output (pre-activation, bias included), or the output of its BatchNorm
 when it has one (a masked unit then outputs exactly 0, not BatchNorm's shift), so a deployed network
 folds it into the kept units' weights and biases (BatchNorm: its weight and bias) exactly. A grouped
-layer, or one that feeds a grouped conv, is ranked and masked within each of its G groups (G the larger
-of the two group counts, AlexNet: 2), ceil(r_l * C_l / G) units per group, so that the smaller conv keeps
-its groups.
+layer, or one that feeds a grouped conv, is ranked and masked within each of its G groups (G the least
+common multiple of the two group counts, AlexNet: 2), ceil(r_l * C_l / G) units per group, so that the
+smaller conv keeps its groups.
 
 Which networks [I]: layers whose outputs reach the network output, a residual addition (ResNet-56: the
 stem and every block's second conv) or a channel-mixing op (AlexNet's LRN after conv1 and conv2) are not
@@ -34,8 +34,8 @@ FLOPs target is met and then lets the task loss decide.
 
 Alternation [I]: steps alternate between weight steps (the harness's optimizer; the ratios are
 detached, so they get no gradient) and ratio steps (weights and biases, BatchNorm's included, detached,
-so the harness's optimizer skips them; rho takes one step of its own Adam at `arch_lr` on the task loss plus the FLOPs
-hinge). The paper's alternation is "in the style of AutoML", which would use held-out batches for the
+so the harness's optimizer skips them; rho takes one step of its own Adam at `arch_lr` on the task loss
+plus the FLOPs hinge). The paper's alternation is "in the style of AutoML", which would use held-out batches for the
 ratio steps; the suite's harness has one training batch stream, so ratio steps use training batches.
 
 Deployed network: physically smaller (prunebench.structured.shrink): the kept units only, with the
@@ -43,8 +43,8 @@ boundary unit's fraction folded in, their BatchNorm features, and the next layer
 harness measures its weight compression, parameter and FLOPs reduction against the dense architecture.
 
 Method card (every value is ours [I]; the paper published no LeNet setting):
-- ranking by L1 norm of a unit's weights; soft boundary mask; hinge FLOPs loss; alternation every step
-  (`arch_every` = 2: odd steps weights, even steps ratios).
+- ranking by L1 norm of a unit's weights (|gamma| of its BatchNorm where it has one); soft boundary
+  mask; hinge FLOPs loss; alternation every step (`arch_every` = 2: odd steps weights, even steps ratios).
 - rho_init = 3 (r = 0.95), arch_lr = 1e-2 (Adam), mu = 1, flops_target = 0.1 (keep 10% of the MACs).
 - one phase from scratch; budget "paper" is the same as "equal" (no published schedule).
 """
@@ -134,6 +134,7 @@ class AutoPruning(Pruner):
     def __init__(self, hparams: AutoPruneHparams, task: Task, budget: str = "equal") -> None:
         super().__init__(hparams, task, budget)
         self.layers: list[tuple[str, nn.Module]] = []
+        self.layer_of: dict[str, nn.Module] = {}
         #: How the layers connect (traced on the plain model at `attach`).
         self.structure: Structure | None = None
         #: name -> logit of the layer's remaining ratio (masked layers only: those that feed another).
@@ -153,7 +154,7 @@ class AutoPruning(Pruner):
         if len(self.layers) < 2:
             raise ValueError("autoprune needs at least two prunable layers (the last one is never masked)")
         self.structure = network_structure(model)
-        modules = dict(self.layers)
+        self.layer_of = modules = dict(self.layers)
         masked = [name for name, _ in self.layers if name in self.structure.feeds]
         if not masked:
             raise ValueError(f"autoprune: no prunable layer of {type(model).__name__} has outputs that one next "
@@ -169,9 +170,13 @@ class AutoPruning(Pruner):
         for name in masked:
             self.rho[name] = torch.tensor(float(self.hp.rho_init))
             reader = modules[self.structure.feeds[name]]
-            self.blocks[name] = max(getattr(modules[name], "groups", 1), getattr(reader, "groups", 1))
+            self.blocks[name] = math.lcm(getattr(modules[name], "groups", 1), getattr(reader, "groups", 1))
             if name in self.structure.norms:
-                self.norms[name] = model.get_submodule(self.structure.norms[name])
+                norm = model.get_submodule(self.structure.norms[name])
+                if not norm.affine:
+                    raise ValueError(f"autoprune: the BatchNorm after {name} has no affine parameters to fold the "
+                                     "channel mask into")
+                self.norms[name] = norm
         for name, module in self.layers:
             module.register_forward_hook(self._hook(name, name in self.rho and name not in self.norms))
         for name, norm in self.norms.items():
@@ -191,7 +196,7 @@ class AutoPruning(Pruner):
         return channel_mask(norms, ratio if self.ratio_step else ratio.detach(), self.blocks[name])
 
     def _apply_mask(self, name: str, output: torch.Tensor) -> torch.Tensor:
-        m = self.mask(name, dict(self.layers)[name])
+        m = self.mask(name, self.layer_of[name])
         return output * m.view(1, -1, *([1] * (output.dim() - 2)))
 
     def _hook(self, name: str, masks_output: bool) -> Callable:

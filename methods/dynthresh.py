@@ -121,18 +121,6 @@ def layer_thresholds(model: nn.Module) -> dict[str, torch.Tensor] | None:
     return out or None
 
 
-class ThresholdParams(list):
-    """The threshold parameters as (s, number of weights each element of s serves) pairs, the terms of
-    the sparsity loss; each shared s appears once.
-
-    The pruner keeps this list as its `thresholds` attribute (which predates the `Pruner.thresholds`
-    hook). An attribute of the instance hides the class's method of the same name, so the list is
-    callable too: `pruner.thresholds(model)` is the hook, `layer_thresholds(model)`."""
-
-    def __call__(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
-        return layer_thresholds(model)
-
-
 @dataclass
 class DynThreshHparams(Hyperparameters):
     lam: float = field(default=5e-4, metadata={"help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)"})
@@ -161,19 +149,19 @@ class DynamicThresholding(Pruner):
     def attach(self, model: nn.Module) -> nn.Module:
         layers = prunable_layers(model)
         # (s, number of weights each element of s serves): the penalty weight of a shared threshold.
-        self.thresholds: ThresholdParams = ThresholdParams()
+        self.threshold_params: list[tuple[nn.Parameter, float]] = []
         shared = None
         if self.hp.scale == "global":
             total = sum(m.weight.numel() for _, m in layers)
             shared = nn.Parameter(torch.full((1,), self.hp.s_init))
-            self.thresholds.append((shared, float(total)))
+            self.threshold_params.append((shared, float(total)))
         for _, module in layers:
             if self.hp.scale == "individual":
                 s = nn.Parameter(torch.full_like(module.weight, self.hp.s_init))
-                self.thresholds.append((s, 1.0))
+                self.threshold_params.append((s, 1.0))
             elif self.hp.scale == "layer":
                 s = nn.Parameter(torch.full((1,), self.hp.s_init))
-                self.thresholds.append((s, float(module.weight.numel())))
+                self.threshold_params.append((s, float(module.weight.numel())))
             else:
                 s = shared
             parametrize.register_parametrization(module, "weight", ThresholdedWeight(s, self.hp.tau, self.hp.t_max))
@@ -183,7 +171,7 @@ class DynamicThresholding(Pruner):
         if self.hp.lam == 0:
             return None
         # -log(t_max * sigmoid(s)) = softplus(-s) - log(t_max); the constant has no gradient and is dropped.
-        total = sum(weight * F.softplus(-s).sum() for s, weight in self.thresholds)
+        total = sum(weight * F.softplus(-s).sum() for s, weight in self.threshold_params)
         return self.hp.lam * total
 
     def threshold_of(self, module: nn.Module) -> torch.Tensor:
@@ -195,5 +183,5 @@ class DynamicThresholding(Pruner):
 
     def thresholds(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """t = t_max * sigmoid(s) per prunable layer (`layer_thresholds`; for shared scales the shared
-        value, shape (1,)). After `attach` the instance's `ThresholdParams` list answers this call."""
+        value, shape (1,))."""
         return layer_thresholds(model)

@@ -32,6 +32,10 @@ Method card (where each value comes from):
   inside the phase [I]; the optimizer state carries across these phases (one Adam run, as in the
   code).
 - budget "equal": one phase of the protocol's iterations at its lr; the warm-up still counts epochs.
+- grouped convolutions (AlexNet conv2, conv4, conv5): mean and variance are both computed by the layer's
+  own grouped convolution (each output reads only its group's inputs, so the local reparameterisation
+  is unchanged); BatchNorm after a layer (VGG-like, ResNet-56) sees the sampled pre-activations in
+  training and is copied into the deployed network as trained [I].
 """
 
 from __future__ import annotations

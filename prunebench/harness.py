@@ -314,7 +314,7 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
             at = accuracy_at_compressions(pruner, model, lambda n: accuracy(n)[0], at_compressions)
             if at is not None:
                 extra["at_compression"] = at
-        thresholds = type(pruner).thresholds(pruner, model)  # the hook, even where an attribute shadows it
+        thresholds = pruner.thresholds(model)
         if thresholds is not None:
             from prunebench.metrics import threshold_distribution
 

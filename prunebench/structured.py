@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -161,9 +161,10 @@ def trace_structure(net: nn.Module, example: torch.Tensor) -> Structure:
         for module, mode in modes.items():
             module.training = mode
     order = tuple(name for name, _, _ in calls if name in prunable)
+    called = Counter(name for name, _, _ in calls)
     for name in prunable:
-        if order.count(name) != 1:
-            raise ValueError(f"{name} is called {order.count(name)} times in one forward pass: cannot trace")
+        if called[name] != 1:
+            raise ValueError(f"{name} is called {called[name]} times in one forward pass: cannot trace")
     owner = {output.grad_fn: name for name, _, output in calls}
     reads = {name: _sources(inp, owner, x) for name, inp, _ in calls}
     reads[OUTPUT] = _sources(out, owner, x)
@@ -177,7 +178,7 @@ def trace_structure(net: nn.Module, example: torch.Tensor) -> Structure:
         if name in prunable:
             continue
         source = owner.get(inp.grad_fn)
-        if (source in prunable and readers[source] == {name}
+        if (source in prunable and readers[source] == {name} and called[name] == 1
                 and modules[name].num_features == modules[source].weight.shape[0]):
             norms[source] = name
     feeds = {}
@@ -250,11 +251,13 @@ def _resized(layer: nn.Module, in_units: int, out_units: int) -> nn.Module:
     raise TypeError(f"cannot resize {type(layer).__name__}")
 
 
+@torch.no_grad()
 def _shrunk_norm(norm: _BatchNorm, index: torch.Tensor) -> _BatchNorm:
     """A copy of `norm` with only the features `index` (affine parameters and running statistics)."""
     new = type(norm)(index.numel(), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
                      track_running_stats=norm.track_running_stats)
-    new.to(index.device, (norm.weight if norm.affine else norm.running_mean).dtype)
+    state = [t for t in (norm.weight, norm.running_mean) if t is not None]
+    new.to(index.device, state[0].dtype if state else None)
     for key in ("weight", "bias", "running_mean", "running_var"):
         source = getattr(norm, key)
         if source is not None:

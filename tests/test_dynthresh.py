@@ -68,7 +68,7 @@ def _attached(scale: str, lam: float = 1e-3):
 def test_penalty_value_and_gradient(scale, n_thresholds):
     lam = 1e-3
     pruner, model = _attached(scale, lam)
-    params = {id(s): s for s, _ in pruner.thresholds}
+    params = {id(s): s for s, _ in pruner.threshold_params}
     assert sum(s.numel() for s in params.values()) == n_thresholds
     # s = -5 everywhere: L_p = -lam * N * log(sigmoid(-5)) whatever the scale (literal Eq. 3).
     expected = -lam * 266_200 * math.log(1 / (1 + math.exp(5)))
@@ -77,7 +77,7 @@ def test_penalty_value_and_gradient(scale, n_thresholds):
     penalty.backward()
     # dL_p/ds = -lam * (1 - t) * (weights served by s)
     t0 = 1 / (1 + math.exp(5))
-    for s, served in pruner.thresholds:
+    for s, served in pruner.threshold_params:
         torch.testing.assert_close(s.grad, torch.full_like(s, -lam * (1 - t0) * served))
 
 

@@ -74,7 +74,7 @@ def test_record_thresholds_raw_signed_weights_and_broadcast_thresholds(scale):
     t0 = 20.0 / (1 + np.exp(5.0))
     assert np.allclose(extra["thresholds"]["fc2"], t0)
     with torch.no_grad():
-        pruner.thresholds[0][0].fill_(0.0)  # t = t_max / 2 for the first threshold parameter
+        pruner.threshold_params[0][0].fill_(0.0)  # t = t_max / 2 for the first threshold parameter
     assert np.allclose(record_thresholds(pruner, model, None)["thresholds"]["fc1"], 10.0)
 
 
