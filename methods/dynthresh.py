@@ -47,6 +47,8 @@ _compiled_grads = None
 
 
 COMPILE_MIN_NUMEL = 16_384
+#: Distinct weight shapes the compiled surrogate keeps static kernels for (ResNet-56 and AlexNet have fewer).
+COMPILE_SHAPE_LIMIT = 64
 
 
 def _grads_fn(numel: int):
@@ -58,6 +60,14 @@ def _grads_fn(numel: int):
         return surrogate_grads
     if _compiled_grads is None:
         try:
+            # One static kernel per weight shape (what LeNet's numbers were measured with). VGG-like has
+            # 15 prunable layers: past dynamo's default of 8 recompiles it would fall back to eager, so
+            # the limit is raised for this function's shapes.
+            import torch._dynamo.config as dynamo_config
+
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, name):
+                    setattr(dynamo_config, name, max(getattr(dynamo_config, name), COMPILE_SHAPE_LIMIT))
             candidate = torch.compile(surrogate_grads, dynamic=False)
             probe = torch.ones(2, 2)
             candidate(probe, probe * 0.5, probe, 0.1)

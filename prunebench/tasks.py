@@ -294,6 +294,21 @@ IMAGENET_CHOICES = {
 DT_VGG = {"lam": 1.8e-4, "tau": 0.03}
 DT_ALEXNET = {"lam": 2e-5, "tau": 0.03}
 
+# magnitude / dns on the large nets: UNCALIBRATED starting points [I]. Keep ratios recalled from the papers
+# [R] (Han et al.'s AlexNet 84/38/35/37/37/9/9/25%; VGG-16 conv1_1 58%, other convs ~34%, fc 4%, last 23%;
+# DNS's AlexNet 53.8/40.6/29.0/32.3/32.5/3.7/6.6/4.6%) turned into q = Phi^-1(1 - keep/2) (magnitude) and
+# c = (q - 0.798) / 0.603 (dns, Gaussian weights); on LeNet-5 the calibrated c came out 1.2-2.4 above such
+# estimates. With layer_rule "first-conv-fc-last" four values cover the first layer, the other convs, the
+# other fc layers and the last layer. iter_stop 10,000 conv / 8,000 fc: caffe.proto's defaults [V].
+MAGNITUDE_VGG = {"rounds": 5, "quality": (0.553, 0.961, 2.054, 1.2), "layer_rule": "first-conv-fc-last"}
+DNS_VGG = {"gamma": 1e-4, "power": 1.0, "c_rate": (-0.3, 0.27, 1.91, 1.99), "iter_stop": (10_000, 10_000, 8_000, 8_000),
+           "layer_rule": "first-conv-fc-last"}
+MAGNITUDE_ALEXNET = {"rounds": 5, "quality": (0.202, 0.878, 0.935, 0.896, 0.896, 1.695, 1.695, 1.15)}
+DNS_ALEXNET = {"gamma": 1e-4, "power": 1.0, "c_rate": (-0.3, 0.05, 0.43, 0.32, 0.31, 2.14, 1.73, 1.99),
+               "iter_stop": (10_000, 10_000, 10_000, 10_000, 10_000, 8_000, 8_000, 8_000)}
+# ResNet-56: nothing published; AlexNet's pattern (first 84%, convs 37%, last 25%) [I].
+MAGNITUDE_RESNET56 = {"rounds": 5, "quality": (0.202, 0.896, 1.15, 1.15), "layer_rule": "first-conv-fc-last"}
+
 LARGE_TASKS: dict[str, Task] = {
     "vgg-cifar10": Task(
         name="vgg-cifar10",
@@ -307,7 +322,7 @@ LARGE_TASKS: dict[str, Task] = {
                           init="default", eval_every=CIFAR10_TRAIN // CIFAR10_BATCH),
         loss_kind="cross_entropy",
         open_choices=VGG_CHOICES,
-        method_defaults={"dynthresh": dict(DT_VGG)},
+        method_defaults={"dynthresh": dict(DT_VGG), "magnitude": dict(MAGNITUDE_VGG), "dns": dict(DNS_VGG)},
         train_size=CIFAR10_TRAIN,
         augment=_cifar10_augment,
         data_verified=_cifar10_verified,
@@ -325,7 +340,7 @@ LARGE_TASKS: dict[str, Task] = {
                           init="default", eval_every=CIFAR10_TRAIN // CIFAR10_BATCH),
         loss_kind="cross_entropy",
         open_choices=RESNET56_CHOICES,
-        method_defaults={"dynthresh": dict(DT_VGG)},
+        method_defaults={"dynthresh": dict(DT_VGG), "magnitude": dict(MAGNITUDE_RESNET56), "dns": dict(DNS_VGG)},
         train_size=CIFAR10_TRAIN,
         augment=_cifar10_augment,
         data_verified=_cifar10_verified,
@@ -343,7 +358,8 @@ LARGE_TASKS: dict[str, Task] = {
                           init="default", eval_every=IMAGENET_TRAIN // IMAGENET_BATCH),
         loss_kind="cross_entropy",
         open_choices=IMAGENET_CHOICES,
-        method_defaults={"dynthresh": dict(DT_ALEXNET)},
+        method_defaults={"dynthresh": dict(DT_ALEXNET), "magnitude": dict(MAGNITUDE_ALEXNET),
+                         "dns": dict(DNS_ALEXNET)},
         train_size=IMAGENET_TRAIN,
         streamed=_imagenet,
         data_verified=_imagenet_verified,

