@@ -12,8 +12,8 @@ CIFAR-10 augmentation runs on the device and is small; ImageNet's JPEG decoding 
 beside the training). Each repeat times every method once, in a rotating order, after `--warmup` steps;
 images/s is the median over repeats, and the ratio to dense is the median of the per-repeat ratios, so
 slow drifts of a shared machine cancel out. Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on
-CPU the peak resident set of a fresh process that runs the same steps (`ru_maxrss`), which includes
-the Python and PyTorch baseline of about 0.4 GB.
+CPU the peak resident set of a fresh process that runs the same steps (VmHWM), which includes the
+Python and PyTorch baseline.
 
 The measured numbers are of THIS machine; the paper-protocol estimate beside them is
 `prunebench.report.estimate` (an ASSUMED GPU throughput), with this table's measured method/dense
@@ -83,6 +83,15 @@ class Stepper:
         return time.perf_counter() - start
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak resident set (VmHWM): per address space, so it starts afresh at exec, unlike
+    `ru_maxrss`, which a child inherits from the parent it was forked from."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: an upper bound
+
+
 def peak_memory_child(task: str, method: str, steps: int, batch_size: int | None) -> int:
     """Peak resident bytes of a fresh process taking `steps` steps on the CPU."""
     args = [sys.executable, __file__, "--child", task, method, str(steps), str(batch_size or 0)]
@@ -108,7 +117,7 @@ def main() -> None:
         task, method, steps, batch = args.child
         stepper = Stepper(task, method, torch.device("cpu"), int(batch) or None)
         stepper.steps(int(steps))
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        print(peak_resident_bytes())
         return
 
     from prunebench.report.estimate import estimate_gpu_hours
