@@ -252,6 +252,9 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         console.print(f"[red]run {result.run_id} failed:[/] {result.error}")
     else:
         console.print(summary_table(result))
+        if allow_unverified_data and not spec.task.verified(data_dir or default_data_dir()):
+            console.print("[yellow]unverified data[/]: the files failed their published checksums; the run is "
+                          "marked in the store and leaderboards, and is not a result of this task")
     if as_json:
         click.echo(json.dumps(result.as_json()))
     if result.status != "finished":
