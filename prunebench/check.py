@@ -246,8 +246,7 @@ def run_suite(configs: Sequence[CheckConfig], data_dir: Path, device: str | torc
     dev = pick_device(str(device) if device is not None else None)
     datasets: dict[str, TensorDataset | None] = {}
     for task in dict.fromkeys(c.task for c in configs):  # load each dataset once, before anything trains
-        task_obj = get_task(task)  # a streamed task (ImageNet) has no resident tensors: its source loads it
-        datasets[task] = task_obj.load(Path(data_dir)) if task_obj.streamed is None else None
+        datasets[task] = get_task(task).resident_data(Path(data_dir))
     threads = torch.get_num_threads()
     torch.set_num_threads(CHECK_THREADS)
     store = ResultStore(":memory:")

@@ -9,14 +9,13 @@ augmentation are the task's business, done on the device.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from prunebench.data import DataUnavailableError, TensorDataset, UnverifiedDataError
+from prunebench.data import DataUnavailableError, TensorDataset, UnverifiedDataError, checksum_status, file_digest
 
 # Per-channel mean and standard deviation of the 50,000 CIFAR-10 training images' pixels scaled to [0, 1]
 # (the std over all pixels of a channel): the commonly quoted values, computed once on the real training set
@@ -51,24 +50,12 @@ def cifar10_archive() -> tuple[str, str]:
 
 
 def md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def cifar10_status(data_dir: Path) -> dict[str, str]:
     """For each file torchvision lists: 'ok', 'missing' or 'bad checksum'."""
-    folder = cifar10_dir(data_dir)
-    status = {}
-    for name, expected in cifar10_md5().items():
-        path = folder / name
-        if not path.is_file():
-            status[name] = "missing"
-        else:
-            status[name] = "ok" if md5_file(path) == expected else "bad checksum"
-    return status
+    return checksum_status(cifar10_dir(data_dir), cifar10_md5(), "md5")
 
 
 def _placement_help(data_dir: Path) -> str:

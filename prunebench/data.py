@@ -59,25 +59,34 @@ def mnist_raw_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (`algorithm`: a hashlib name, e.g. "sha256", "md5")."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def mnist_status(data_dir: Path) -> dict[str, str]:
-    """For each raw file: 'ok', 'missing' or 'bad checksum'."""
-    raw = mnist_raw_dir(data_dir)
+def sha256_file(path: Path) -> str:
+    return file_digest(path, "sha256")
+
+
+def checksum_status(folder: Path, expected: dict[str, str], algorithm: str = "sha256") -> dict[str, str]:
+    """For each file name in `expected` (name -> hex digest) under `folder`: 'ok', 'missing' or 'bad checksum'."""
     status = {}
-    for name, expected in MNIST_SHA256.items():
-        path = raw / name
+    for name, digest in expected.items():
+        path = Path(folder) / name
         if not path.is_file():
             status[name] = "missing"
         else:
-            status[name] = "ok" if sha256_file(path) == expected else "bad checksum"
+            status[name] = "ok" if file_digest(path, algorithm) == digest else "bad checksum"
     return status
+
+
+def mnist_status(data_dir: Path) -> dict[str, str]:
+    """For each raw file: 'ok', 'missing' or 'bad checksum'."""
+    return checksum_status(mnist_raw_dir(data_dir), MNIST_SHA256)
 
 
 def _fetch_torchvision(data_dir: Path) -> None:

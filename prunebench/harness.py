@@ -16,7 +16,13 @@ import torch
 from prunebench.checkpoint import Checkpoint, delete_checkpoint, load_checkpoint, save_checkpoint
 from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
-from prunebench.metrics import accuracy_at_compressions, count_flops, evaluate_batches, measure_compression
+from prunebench.metrics import (
+    accuracy_at_compressions,
+    count_flops,
+    evaluate_batches,
+    measure_compression,
+    threshold_distribution,
+)
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
 from prunebench.sources import DataSource
@@ -316,8 +322,6 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
                 extra["at_compression"] = at
         thresholds = pruner.thresholds(model)
         if thresholds is not None:
-            from prunebench.metrics import threshold_distribution
-
             extra["thresholds"] = threshold_distribution(thresholds)
         if evaluate_extra is not None:
             extra.update(evaluate_extra(pruner, model, source.resident))
@@ -367,8 +371,8 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
                 while phase_steps < phase.iterations:
                     step += 1
                     phase_steps += 1
-                    if scheduled and protocol.lr_factor(step) != factor:
-                        factor = protocol.lr_factor(step)
+                    if scheduled and (now := protocol.lr_factor(step)) != factor:
+                        factor = now
                         set_lr(optimizer, factor)
                     x, y = source.next_batch()
                     if channels_last:

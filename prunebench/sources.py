@@ -164,9 +164,14 @@ class ResidentSource(DataSource):
         self.order.load_state_dict(state)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's order: a function of the run and the epoch only."""
+    return seed * 1_000_003 + epoch
+
+
 def sample_seed(seed: int, epoch: int, index: int, size: int) -> int:
     """The seed of one sample's augmentation: a function of the run, the epoch and the index only."""
-    return (seed * 1_000_003 + epoch) * max(size, 1) + index
+    return epoch_seed(seed, epoch) * max(size, 1) + index
 
 
 class _EpochSampler(Sampler):
@@ -178,7 +183,7 @@ class _EpochSampler(Sampler):
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator).tolist()
         for index in order[self.start:]:
             yield index, sample_seed(self.seed, self.epoch, index, self.size)

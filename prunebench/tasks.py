@@ -77,6 +77,11 @@ class Task:
         augment = self.augment() if self.augment is not None else None
         return ResidentSource(data, batch_size, seed, device, augment=augment, eval_batch_size=self.eval_batch_size)
 
+    def resident_data(self, data_dir: Path, allow_unverified: bool = False) -> TensorDataset | None:
+        """The task's tensors, loaded once to share between runs (`make_source(dataset=...)`); None for a
+        streamed task, whose source reads its files itself."""
+        return None if self.streamed is not None else self.load(Path(data_dir), allow_unverified)
+
     def verified(self, data_dir: Path) -> bool:
         """Whether the task's files under `data_dir` match their published checksums (or counts)."""
         return True if self.data_verified is None else self.data_verified(Path(data_dir))

@@ -298,8 +298,7 @@ def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device:
             start = time.perf_counter()
             try:
                 if spec.task.name not in datasets:
-                    datasets[spec.task.name] = (None if spec.task.streamed is not None
-                                                else spec.task.load(data_dir, allow_unverified_data))
+                    datasets[spec.task.name] = spec.task.resident_data(data_dir, allow_unverified_data)
                 result = harness.train(spec, store, data_dir, device=device, dataset=datasets[spec.task.name],
                                        observer=_SweepObserver(progress, overall, done, planned.label),
                                        allow_unverified_data=allow_unverified_data)
