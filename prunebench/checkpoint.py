@@ -4,8 +4,11 @@ A checkpoint holds everything the next step depends on: the model's, the optimiz
 state (`Pruner.state_dict`), the random number generators (the global one, which noisy methods draw
 from, and the data-order one with its position in the current epoch) and the harness's counters. A run
 continued from one is bit-for-bit the run that was never stopped (on the same device and thread count;
-`tests/test_resume.py` checks every method). Checkpoints live beside the result store, in
-`<store>.checkpoints/<run_id>.pt`, are written atomically and are deleted when the run finishes.
+`tests/test_resume.py` checks every method). Checkpoints live in a directory, by default beside the
+result store (`<store>.checkpoints/<run_id>.pt`; a sweep over several machines puts them where every
+worker sees them, `--checkpoint-dir`), are written atomically and are deleted when the run finishes.
+Each also carries the run's record so far (its row and trajectory points, `prunebench.records`), so a
+worker that takes up a run another worker left behind continues it without reading the store.
 """
 
 from __future__ import annotations
@@ -39,25 +42,26 @@ class Checkpoint:
     #: empty and no non-finite loss is pending (the evaluation would have raised): neither is stored.
     counters: dict[str, Any]
     phases: list[list[Any]]      #: [name, iterations, lr] of every phase: a checkpoint of another schedule is not used
+    record: dict[str, Any] | None = None  #: the run's row and points so far (`records.snapshot`)
 
 
-def checkpoint_path(store_path: Path, run_id: str) -> Path:
-    return checkpoint_dir(store_path) / f"{run_id}.pt"
+def checkpoint_path(directory: Path, run_id: str) -> Path:
+    return Path(directory) / f"{run_id}.pt"
 
 
-def save_checkpoint(store_path: Path, checkpoint: Checkpoint) -> Path:
+def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     """Write atomically (a stop while writing leaves the previous checkpoint intact)."""
-    path = checkpoint_path(store_path, checkpoint.run_id)
+    path = checkpoint_path(directory, checkpoint.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
+    tmp = path.with_suffix(f".pt.{os.getpid()}.tmp")  # two writers never share a temporary file
     torch.save({"format": FORMAT, **checkpoint.__dict__}, tmp)
     os.replace(tmp, path)
     return path
 
 
-def load_checkpoint(store_path: Path, run_id: str) -> Checkpoint | None:
+def load_checkpoint(directory: Path, run_id: str) -> Checkpoint | None:
     """The run's checkpoint, or None when there is none (or it is of another format or run)."""
-    path = checkpoint_path(store_path, run_id)
+    path = checkpoint_path(directory, run_id)
     if not path.exists():
         return None
     blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -66,5 +70,5 @@ def load_checkpoint(store_path: Path, run_id: str) -> Checkpoint | None:
     return Checkpoint(**blob)
 
 
-def delete_checkpoint(store_path: Path, run_id: str) -> None:
-    checkpoint_path(store_path, run_id).unlink(missing_ok=True)
+def delete_checkpoint(directory: Path, run_id: str) -> None:
+    checkpoint_path(directory, run_id).unlink(missing_ok=True)

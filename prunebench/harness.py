@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-from prunebench.checkpoint import Checkpoint, delete_checkpoint, load_checkpoint, save_checkpoint
+from prunebench.checkpoint import (
+    Checkpoint,
+    checkpoint_dir,
+    delete_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from prunebench.data import TensorDataset
 from prunebench.environment import environment, pick_device
 from prunebench.metrics import (
@@ -25,6 +31,7 @@ from prunebench.metrics import (
 )
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
+from prunebench.records import RecordingStore, snapshot
 from prunebench.sources import DataSource
 from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
@@ -182,17 +189,18 @@ def check_device_options(protocol: Protocol, device: torch.device) -> None:
                          f"{device.type}")
 
 
-def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch.device | None = None,
+def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, device: str | torch.device | None = None,
           observer: Observer | None = None, force: bool = False,
           dataset: TensorDataset | None = None,
           evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
           at_compressions: tuple[float, ...] = (), checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
-          resume: bool = True, allow_unverified_data: bool = False, workers: int | None = None) -> RunResult:
+          resume: bool = True, allow_unverified_data: bool = False, workers: int | None = None,
+          checkpoints: Path | None = None) -> RunResult:
     """Train one run and store it. A run whose identity already finished is skipped unless `force`.
 
     At an evaluation, once `checkpoint_seconds` of wall-clock have passed since the last checkpoint
-    (0: at every evaluation; None: never), the run is checkpointed beside the store
-    (`prunebench.checkpoint`). A run that stopped (interrupted, or killed while 'running') continues
+    (0: at every evaluation; None: never), the run is checkpointed into `checkpoints` (default: beside
+    the store; `prunebench.checkpoint`). A run that stopped (interrupted, or killed while 'running') continues
     from its checkpoint when `resume`, bit for bit as if it had not stopped; its stored points after
     the checkpoint are evaluated again, and `train_seconds` counts the steps of the final network only.
     `force` starts from scratch.
@@ -209,14 +217,18 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     identity."""
     observer = observer or Observer()
     run_id, identity = spec.identity
+    if checkpoints is None:
+        if not isinstance(store, ResultStore):
+            raise ValueError("a run recorded in memory needs a checkpoint directory")
+        checkpoints = checkpoint_dir(store.path)
     status = store.status(run_id)
     if not force and status == "finished":
         return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
     checkpoint = None
     if resume and not force and status in ("interrupted", "running"):
-        checkpoint = load_checkpoint(store.path, run_id)
+        checkpoint = load_checkpoint(checkpoints, run_id)
     if checkpoint is None:
-        delete_checkpoint(store.path, run_id)
+        delete_checkpoint(checkpoints, run_id)
 
     device = pick_device(str(device) if device is not None else None)
     task, protocol = spec.task, spec.protocol
@@ -242,7 +254,7 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     schedule = [[p.name, p.iterations, p.lr] for p in phases]
     if checkpoint is not None and checkpoint.phases != schedule:
         checkpoint = None  # the method's schedule changed since (new code): start again
-        delete_checkpoint(store.path, run_id)
+        delete_checkpoint(checkpoints, run_id)
 
     def run_environment() -> dict[str, Any]:
         env: dict[str, Any] = environment(device)
@@ -282,9 +294,9 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
         rng = {"torch": torch.get_rng_state(), "data": source.state_dict(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         counters = {"train_seconds": train_seconds, "eval_seconds": eval_seconds, "last_point": last_point}
-        save_checkpoint(store.path, Checkpoint(run_id, step, phase_index, phase_steps, model.state_dict(),
-                                               optimizer.state_dict(), pruner.state_dict(), rng, counters,
-                                               schedule))
+        save_checkpoint(checkpoints, Checkpoint(run_id, step, phase_index, phase_steps, model.state_dict(),
+                                                optimizer.state_dict(), pruner.state_dict(), rng, counters,
+                                                schedule, snapshot(store, run_id)))
         last_saved = time.perf_counter()
 
     def accuracy(net: torch.nn.Module) -> tuple[float, float | None]:
@@ -404,7 +416,7 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
                 train_seconds += time.perf_counter() - t0
     except NonFiniteLoss as exc:
         store.mark(run_id, "failed", str(exc), exc.step)
-        delete_checkpoint(store.path, run_id)
+        delete_checkpoint(checkpoints, run_id)
         observer.end()
         return RunResult(run_id, "failed", spec, error=str(exc), failed_step=exc.step)
     except KeyboardInterrupt as exc:
@@ -431,5 +443,5 @@ def train(spec: RunSpec, store: ResultStore, data_dir: Path, device: str | torch
     if "extra" in last_point:
         final["extra"] = last_point["extra"]
     store.finish(run_id, final)
-    delete_checkpoint(store.path, run_id)
+    delete_checkpoint(checkpoints, run_id)
     return RunResult(run_id, "finished", spec, final)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.protocol import Protocol
+from prunebench.records import RUN_COLUMNS, RunRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -214,6 +215,23 @@ class ResultStore:
         with self._tx() as c:
             c.execute("UPDATE runs SET status = ?, finished_at = ?, error = ?, failed_step = ? WHERE run_id = ?",
                       (status, time.time(), error, failed_step, run_id))
+
+    def apply(self, record: RunRecord) -> None:
+        """Write a worker's record of one run (the driver is the store's only writer): in one
+        transaction, the run's row, points and final row replace whatever the store held for that
+        identity. Applying the same record twice leaves the same single run."""
+        run = {k: record.run.get(k) for k in RUN_COLUMNS}
+        if run["status"] == "finished" and record.final is None:
+            raise ValueError(f"run {record.run_id} is marked finished but its record has no final row")
+        with self._tx() as c:
+            c.execute("DELETE FROM trajectory WHERE run_id = ?", (record.run_id,))
+            c.execute("DELETE FROM final WHERE run_id = ?", (record.run_id,))
+            c.execute(f"INSERT OR REPLACE INTO runs ({', '.join(run)}) VALUES ({', '.join('?' * len(run))})",
+                      tuple(run.values()))
+            for point in record.points:
+                self._insert(c, "trajectory", record.run_id, point)
+            if record.final is not None:
+                self._insert(c, "final", record.run_id, record.final)
 
     def run_row(self, run_id: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -11,7 +11,7 @@ import torch
 from test_deployed import METHODS  # the XOR overrides under which every method prunes within 300 steps
 from torch import nn
 
-from prunebench.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from prunebench.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
 from prunebench.harness import Observer, make_spec, train
 from prunebench.pruner import Pruner
 from prunebench.store import ResultStore
@@ -52,7 +52,7 @@ def test_a_run_stopped_twice_continues_bit_for_bit(method, tmp_path):
     spec = make_spec("xor", method, seed=0, hparams=METHODS[method], iterations=300, eval_every=50)
     straight = ResultStore(tmp_path / "straight.sqlite")
     train(spec, straight, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=None)
-    assert not checkpoint_path(straight.path, spec.run_id).exists()
+    assert not checkpoint_path(checkpoint_dir(straight.path), spec.run_id).exists()
 
     stopped = ResultStore(tmp_path / "stopped.sqlite")
     for stop in (130, 230):  # checkpoints at every evaluation: continues from 100, then from 200
@@ -60,7 +60,7 @@ def test_a_run_stopped_twice_continues_bit_for_bit(method, tmp_path):
             train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests,
                   observer=StopAt(stop), checkpoint_seconds=0)
         assert stopped.status(spec.run_id) == "interrupted"
-        assert checkpoint_path(stopped.path, spec.run_id).exists()
+        assert checkpoint_path(checkpoint_dir(stopped.path), spec.run_id).exists()
     result = train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=0)
 
     assert result.status == "finished" and not result.skipped
@@ -70,7 +70,7 @@ def test_a_run_stopped_twice_continues_bit_for_bit(method, tmp_path):
     environment = json.loads(stopped.run_row(spec.run_id)["environment"])
     assert [r["step"] for r in environment["resumed"]] == [100, 200]
     assert result.final["accuracy"] == straight.final_row(spec.run_id)["accuracy"]
-    assert not checkpoint_path(stopped.path, spec.run_id).exists()  # deleted once finished
+    assert not checkpoint_path(checkpoint_dir(stopped.path), spec.run_id).exists()  # deleted once finished
     straight.close()
     stopped.close()
 
@@ -102,10 +102,10 @@ def test_a_checkpoint_of_another_schedule_is_not_used(store, tmp_path):
     spec = make_spec("xor", "dense", seed=2, iterations=200, eval_every=50)
     with pytest.raises(KeyboardInterrupt):
         train(spec, store, tmp_path, observer=StopAt(120), checkpoint_seconds=0)
-    saved = load_checkpoint(store.path, spec.run_id)
+    saved = load_checkpoint(checkpoint_dir(store.path), spec.run_id)
     assert saved is not None and saved.step == 100 and saved.phases == [["train", 200, spec.protocol.lr]]
     saved.phases = [["train", 150, spec.protocol.lr]]  # as if the method's schedule had changed since
-    save_checkpoint(store.path, saved)
+    save_checkpoint(checkpoint_dir(store.path), saved)
     steps: list[int] = []
 
     class Record(Observer):

@@ -9,19 +9,15 @@
   `with_dense=False`.
 - Identities already finished in the store are skipped; running (left over from a killed process),
   interrupted ones continue from their last checkpoint and failed ones run again from the start.
-- `jobs=1` trains in this process; `jobs=N` runs N worker processes at once, each `python -m
-  prunebench.cli run ... --json` (its stdout/stderr kept in a log file, its result read back from the store).
+- `jobs=1` trains in this process; otherwise an executor (`prunebench.executors`: N local worker
+  processes, Ray, or submitit) trains the runs and sends back their records, which this process alone
+  writes to the store.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,11 +37,15 @@ from rich.progress import (
 from rich.table import Table
 
 from prunebench import harness
+from prunebench.checkpoint import checkpoint_dir
 from prunebench.data import DataUnavailableError, TensorDataset
+from prunebench.executors import Executor, LocalExecutor, Tracker
 from prunebench.harness import Observer, RunSpec, make_spec
 from prunebench.pruner import REGISTRY, method_names
-from prunebench.report.setting import CLI_PROTOCOL_FLAGS, setting_items, setting_string
+from prunebench.records import RunRecord
+from prunebench.report.setting import setting_items, setting_string
 from prunebench.store import ResultStore
+from prunebench.worker import RunJob, discard_finished_record
 
 GRID_ALIASES = {"lambda": "lam"}
 
@@ -123,6 +123,7 @@ class PlannedRun:
     overrides: dict[str, str]   # grid values as given, for `prunebench run` flags
     setting: str
     status_before: str | None   # the store's status before the sweep: None (new) or its status
+    spec_args: dict[str, Any] = field(default_factory=dict)  # make_spec's arguments (a worker rebuilds the spec)
 
     @property
     def to_run(self) -> bool:
@@ -180,14 +181,16 @@ def plan_sweep(methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int
                     overrides = dict(zip(keys, combo, strict=True))
                     fields = {k: _hparam_field(k) for k in keys}
                     values = {k: convert_value(fields[k], v) for k, v in overrides.items()}
-                    spec = make_spec(task, method, seed, values, iterations, eval_every, budget, protocol=protocol)
+                    args = {"task": task, "method": method, "seed": seed, "hparams": values, "iterations": iterations,
+                            "eval_every": eval_every, "budget": budget, "protocol": dict(protocol or {})}
+                    spec = make_spec(**args)
                     run_id, identity = spec.identity
                     if run_id in seen:
                         continue
                     seen.add(run_id)
                     hp, proto = setting_items(task, method, identity)
                     status = store.status(run_id) if store is not None else None
-                    runs.append(PlannedRun(spec, overrides, setting_string(hp, proto), status))
+                    runs.append(PlannedRun(spec, overrides, setting_string(hp, proto), status, args))
     return SweepPlan(runs, notes)
 
 
@@ -246,13 +249,21 @@ def _progress(console: Console) -> Progress:
 def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: str | None = None,
               jobs: int = 1, console: Console | None = None,
               on_outcome: Callable[[Outcome], None] | None = None,
-              allow_unverified_data: bool = False) -> SweepReport:
+              allow_unverified_data: bool = False, executor: Executor | None = None,
+              checkpoints: Path | str | None = None,
+              checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS) -> SweepReport:
     """Run every pending identity of `plan` into the store at `db`; finished ones are reported as skipped.
-    Ctrl-C (or SIGTERM) stops the sweep: the run(s) in flight are stored as 'interrupted' and the
+
+    `executor` None with `jobs=1` trains in this process; otherwise the runs go to `executor` (default:
+    `LocalExecutor(jobs)`), whose workers send back records that this process alone writes to the store.
+    `checkpoints`: the directory every worker checkpoints into (default beside the store; on a cluster
+    it must be one that every worker sees). Ctrl-C (or SIGTERM) stops the sweep: the run(s) in flight
+    are stored as 'interrupted' (or, when their worker could not say, keep their checkpoints), and the
     report comes back with `interrupted=True`. `allow_unverified_data`: as for `harness.train`."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     console = console or Console(stderr=True)
+    checkpoints = Path(checkpoints) if checkpoints is not None else checkpoint_dir(Path(db))
     t0 = time.perf_counter()
     outcomes = []
     if plan.finished_before:
@@ -276,20 +287,63 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
 
     with progress:
         try:
-            if jobs == 1:
+            if executor is None and jobs == 1:
                 _run_in_process(pending, Path(db), Path(data_dir), device, progress, overall, record,
-                                allow_unverified_data)
+                                allow_unverified_data, checkpoints, checkpoint_seconds)
             else:
-                _run_in_workers(pending, Path(db), Path(data_dir), device, jobs, progress, overall, record,
-                                allow_unverified_data)
+                jobs_of = {p.spec.run_id: p for p in pending}
+                work = [RunJob(p.spec.run_id, p.label, p.spec_args, str(data_dir), str(checkpoints), device,
+                               allow_unverified_data, checkpoint_seconds) for p in pending]
+                store = ResultStore(db)
+                try:
+                    (executor or LocalExecutor(jobs)).run(work, _Driver(store, jobs_of, progress, overall, record))
+                finally:
+                    store.close()
         except KeyboardInterrupt:
             interrupted = True
     return SweepReport(outcomes, time.perf_counter() - t0, interrupted, len(pending))
 
 
+class _Driver(Tracker):
+    """The sweep's side of an executor: applies each worker's record to the store (the only writer)."""
+
+    def __init__(self, store: ResultStore, planned: dict[str, PlannedRun], progress: Progress, overall: Any,
+                 record: Callable[[Outcome], None]) -> None:
+        self.store, self.planned, self.progress, self.overall, self.record = store, planned, progress, overall, record
+        self.live: dict[str, str] = {}
+        self.done = 0
+
+    def started(self, job: RunJob) -> None:
+        self.live[job.run_id] = job.label
+        self.progress.update(self.overall, current=escape(", ".join(self.live.values())))
+
+    def _end(self, job: RunJob) -> PlannedRun:
+        self.live.pop(job.run_id, None)
+        self.done += 1
+        self.progress.update(self.overall, completed=self.done, current=escape(", ".join(self.live.values())))
+        return self.planned[job.run_id]
+
+    def finished(self, job: RunJob, result: RunRecord | str, wall: float) -> None:
+        planned = self._end(job)
+        if isinstance(result, str):  # the run could not start, or its worker died for good: nothing to store
+            self.record(Outcome(planned, "failed", error=result, wall_seconds=wall))
+            return
+        if result.run_id != job.run_id:
+            self.record(Outcome(planned, "failed", error=f"worker returned run {result.run_id}, expected "
+                                f"{job.run_id}", wall_seconds=wall))
+            return
+        self.store.apply(result)
+        discard_finished_record(job)
+        self.record(Outcome(planned, result.status, result.summary(), result.run.get("error"), wall))
+
+    def interrupted(self, job: RunJob, wall: float) -> None:
+        self.record(Outcome(self._end(job), "interrupted", error="interrupted", wall_seconds=wall))
+
+
 def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device: str | None,
                     progress: Progress, overall: Any, record: Callable[[Outcome], None],
-                    allow_unverified_data: bool = False) -> None:
+                    allow_unverified_data: bool = False, checkpoints: Path | None = None,
+                    checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS) -> None:
     datasets: dict[str, TensorDataset | None] = {}  # resident data loaded once per task; None: streamed
     store = ResultStore(db)
     try:
@@ -301,7 +355,8 @@ def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device:
                     datasets[spec.task.name] = spec.task.resident_data(data_dir, allow_unverified_data)
                 result = harness.train(spec, store, data_dir, device=device, dataset=datasets[spec.task.name],
                                        observer=_SweepObserver(progress, overall, done, planned.label),
-                                       allow_unverified_data=allow_unverified_data)
+                                       allow_unverified_data=allow_unverified_data, checkpoints=checkpoints,
+                                       checkpoint_seconds=checkpoint_seconds)
             except KeyboardInterrupt:
                 record(Outcome(planned, "interrupted", error="interrupted", wall_seconds=time.perf_counter() - start))
                 raise
@@ -316,94 +371,6 @@ def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device:
             progress.update(overall, completed=done + 1)
     finally:
         store.close()
-
-
-def run_command(planned: PlannedRun, db: Path, data_dir: Path, device: str | None,
-                allow_unverified_data: bool = False) -> list[str]:
-    """The `prunebench run` command line (as a worker process) for one planned run."""
-    spec = planned.spec
-    cmd = [sys.executable, "-m", "prunebench.cli", "run", "--method", spec.method, "--task", spec.task.name,
-           "--seed", str(spec.seed), "--budget", spec.budget, "--iterations", str(spec.protocol.iterations),
-           "--eval-every", str(spec.protocol.eval_every), "--db", str(db), "--data-dir", str(data_dir), "--json"]
-    for key, flag in CLI_PROTOCOL_FLAGS.items():
-        value = getattr(spec.protocol, key)
-        if key != "iterations" and value is not None:  # iterations: given above; None: not set
-            cmd += [flag, value if isinstance(value, str) else repr(value)]
-    if device:
-        cmd += ["--device", device]
-    if allow_unverified_data:
-        cmd.append("--allow-unverified-data")
-    for key, value in planned.overrides.items():
-        cmd += [f"--{key.replace('_', '-')}", value]
-    return cmd
-
-
-def _run_in_workers(pending: list[PlannedRun], db: Path, data_dir: Path, device: str | None, jobs: int,
-                    progress: Progress, overall: Any, record: Callable[[Outcome], None],
-                    allow_unverified_data: bool = False) -> None:
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:  # N processes share the cores instead of each taking them all
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    queue = list(pending)
-    live: list[tuple[PlannedRun, subprocess.Popen, Path, float]] = []
-    done = 0
-    with tempfile.TemporaryDirectory(prefix="prunebench-sweep-") as tmp:
-        try:
-            while queue or live:
-                while queue and len(live) < jobs:
-                    planned = queue.pop(0)
-                    log = Path(tmp) / f"{planned.spec.run_id}.log"
-                    with open(log, "wb") as fh:
-                        proc = subprocess.Popen(run_command(planned, db, data_dir, device, allow_unverified_data),
-                                                stdout=fh,
-                                                stderr=subprocess.STDOUT, env=env)
-                    live.append((planned, proc, log, time.perf_counter()))
-                progress.update(overall, current=escape(", ".join(p.label for p, *_ in live)))
-                time.sleep(0.2)
-                still = []
-                for planned, proc, log, start in live:
-                    if proc.poll() is None:
-                        still.append((planned, proc, log, start))
-                        continue
-                    done += 1
-                    record(_worker_outcome(planned, proc.returncode, log, db, time.perf_counter() - start))
-                    progress.update(overall, completed=done)
-                live = still
-        except KeyboardInterrupt:
-            for _planned, proc, _log, _start in live:
-                if proc.poll() is None:
-                    proc.terminate()  # SIGTERM: the harness stores the run as 'interrupted'
-            for planned, proc, _log, start in live:
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                record(Outcome(planned, "interrupted", error="interrupted", wall_seconds=time.perf_counter() - start))
-            raise
-
-
-def _worker_outcome(planned: PlannedRun, returncode: int, log: Path, db: Path, wall: float) -> Outcome:
-    text = log.read_text(errors="replace")
-    result: dict[str, Any] = {}
-    for line in reversed(text.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                result = json.loads(line)
-                break
-            except ValueError:
-                continue
-    if result.get("run_id") and result["run_id"] != planned.spec.run_id:
-        return Outcome(planned, "failed", error=f"worker ran identity {result['run_id']}, expected "
-                       f"{planned.spec.run_id}", wall_seconds=wall)
-    status = result.get("status") or ("interrupted" if returncode == 130 else "failed")
-    if result.get("skipped"):
-        status = "skipped"
-    error = result.get("error")
-    if status != "finished" and status != "skipped" and not error:
-        tail = " | ".join(text.strip().splitlines()[-3:])
-        error = f"exit code {returncode}: {tail[-400:]}"
-    final = {k: result.get(k) for k in ("accuracy", "compression", "train_seconds", "iterations")} if result else {}
-    return Outcome(planned, status, final, error, wall)
 
 
 def summary_table(report: SweepReport) -> Table:

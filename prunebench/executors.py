@@ -1,0 +1,298 @@
+"""Where a sweep's runs train: local worker processes, a Ray cluster, or Slurm through submitit.
+
+Every executor hands `RunJob`s to `prunebench.worker.execute` somewhere and gives each result back to
+the driver (`prunebench.report.sweep.run_sweep`), which alone writes the store. Results arrive as they
+finish, through `Tracker.finished(job, record_or_error, wall_seconds)`.
+
+- `LocalExecutor` (`--executor local --jobs N`, N > 1): one `python -m prunebench.worker` process per
+  run, N at a time; Ctrl-C sends them SIGTERM and their runs come back as 'interrupted'.
+- `RayExecutor` (`--executor ray`, extra `prunebench[ray]`): one Ray task per run with the resources
+  asked for (`--cpus-per-run`, fractional `--gpus-per-run`), on a local Ray instance or the cluster
+  at `--ray-address` / `$RAY_ADDRESS`. A task whose worker or node dies is retried by Ray
+  (`max_retries`) and continues from the run's checkpoint.
+- `SubmititExecutor` (`--executor submitit`, extra `prunebench[slurm]`): submitit's AutoExecutor,
+  Slurm where `sbatch` exists and local processes elsewhere (or `cluster` forced), one job-array task
+  per `runs_per_job` runs (packing short runs into one job). A preempted or timed-out Slurm job is
+  requeued by submitit (the packed runs are checkpointable) and a job that died is resubmitted up to
+  `retries` times; either way its runs continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prunebench.records import RunRecord
+from prunebench.worker import RunJob, execute, execute_all
+
+EXECUTORS = ("local", "ray", "submitit")
+#: The extra that installs each optional executor's engine.
+EXTRAS = {"ray": ("ray", "ray"), "submitit": ("submitit", "slurm")}
+
+
+class MissingExtraError(RuntimeError):
+    """An optional engine is not installed; the message says which command installs it."""
+
+
+def require(executor: str) -> Any:
+    """Import the engine of `executor` ('ray' or 'submitit') or say how to install it."""
+    module, extra = EXTRAS[executor]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"--executor {executor} needs {module}: pip install 'prunebench[{extra}]'") from None
+
+
+class Tracker:
+    """What an executor reports to the driver."""
+
+    def started(self, job: RunJob) -> None: ...
+    def finished(self, job: RunJob, result: RunRecord | str, wall: float) -> None: ...
+    def interrupted(self, job: RunJob, wall: float) -> None: ...
+
+
+class Executor:
+    name = "executor"
+
+    def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
+        """Run every job, reporting each result as it comes; on Ctrl-C stop the runs in flight (they keep
+        their checkpoints), report them as interrupted and re-raise."""
+        raise NotImplementedError
+
+
+class LocalExecutor(Executor):
+    """N worker processes on this machine, each `python -m prunebench.worker JOB OUT`; CPU threads are
+    shared out between them (OMP_NUM_THREADS, unless set)."""
+
+    name = "local"
+
+    def __init__(self, jobs: int) -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {jobs}")
+        self.jobs = jobs
+
+    def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
+        env = dict(os.environ)
+        if "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
+        queue = list(jobs)
+        live: list[tuple[RunJob, subprocess.Popen, Path, Path, float]] = []
+        with tempfile.TemporaryDirectory(prefix="prunebench-sweep-") as tmp:
+            try:
+                while queue or live:
+                    while queue and len(live) < self.jobs:
+                        job = queue.pop(0)
+                        job_file, out = Path(tmp) / f"{job.run_id}.job", Path(tmp) / f"{job.run_id}.out"
+                        job_file.write_bytes(pickle.dumps(job))
+                        command = [sys.executable, "-m", "prunebench.worker", str(job_file), str(out)]
+                        with open(Path(tmp) / f"{job.run_id}.log", "wb") as log:
+                            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                        live.append((job, proc, out, Path(tmp) / f"{job.run_id}.log", time.perf_counter()))
+                        tracker.started(job)
+                    time.sleep(0.2)
+                    still = []
+                    for item in live:
+                        job, proc, out, log, start = item
+                        if proc.poll() is None:
+                            still.append(item)
+                        else:
+                            tracker.finished(job, _read_result(out, log, proc.returncode), time.perf_counter() - start)
+                    live = still
+            except KeyboardInterrupt:
+                for _job, proc, *_ in live:
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)  # the harness stores the run as 'interrupted'
+                for job, proc, out, log, start in live:
+                    try:
+                        proc.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    result = _read_result(out, log, proc.returncode)
+                    if isinstance(result, RunRecord):
+                        tracker.finished(job, result, time.perf_counter() - start)
+                    else:
+                        tracker.interrupted(job, time.perf_counter() - start)
+                raise
+
+
+def _read_result(out: Path, log: Path, returncode: int) -> RunRecord | str:
+    if out.exists():
+        return pickle.loads(out.read_bytes())
+    tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:]) if log.exists() else ""
+    return f"worker exited with code {returncode}: {tail[-400:]}"
+
+
+class RayExecutor(Executor):
+    """One Ray task per run. `address` None: `$RAY_ADDRESS` if set, else a local Ray instance started
+    for the sweep (and stopped after it)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
+                 max_retries: int = 3) -> None:
+        if cpus_per_run <= 0 or gpus_per_run < 0:
+            raise ValueError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+        self.ray = require("ray")
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.cpus_per_run, self.gpus_per_run, self.max_retries = cpus_per_run, gpus_per_run, max_retries
+
+    def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
+        ray = self.ray
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     logging_level="warning", configure_logging=True)
+        threads = max(1, int(self.cpus_per_run))
+        remote = ray.remote(execute).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+                                             max_retries=self.max_retries, retry_exceptions=False)
+        pending: dict[Any, tuple[RunJob, float]] = {}
+        try:
+            for job in jobs:
+                job = _with_threads(job, threads)
+                pending[remote.remote(job)] = (job, time.perf_counter())
+                tracker.started(job)
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    job, start = pending.pop(ref)
+                    try:
+                        result: RunRecord | str = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:
+                        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                        result = f"{type(cause).__name__}: {cause}"
+                    except ray.exceptions.RayError as exc:  # worker or node lost beyond max_retries
+                        result = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    tracker.finished(job, result, time.perf_counter() - start)
+        except KeyboardInterrupt:
+            for ref, (job, start) in pending.items():
+                ray.cancel(ref)  # the run keeps its checkpoint; the next sweep continues it
+                tracker.interrupted(job, time.perf_counter() - start)
+            raise
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+def _with_threads(job: RunJob, threads: int) -> RunJob:
+    if job.threads is None:
+        job = RunJob(**{**job.__dict__, "threads": threads})
+    return job
+
+
+class PackedRuns:
+    """A submitit job: several runs one after another. Checkpointable: when Slurm preempts or times out
+    the job, submitit calls `checkpoint` and requeues the same call; in the requeued job, runs that had
+    finished return their kept records (`worker.finished_record_path`) and the others continue from
+    their checkpoints."""
+
+    def __init__(self, jobs: list[RunJob]) -> None:
+        self.jobs = jobs
+
+    def __call__(self) -> list[RunRecord | str]:
+        return execute_all(self.jobs)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        submitit = require("submitit")
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+class SubmititExecutor(Executor):
+    """Slurm (or local processes) through submitit's AutoExecutor; one job-array task per pack of
+    `runs_per_job` runs."""
+
+    name = "submitit"
+
+    def __init__(self, folder: Path, cluster: str | None = None, partition: str | None = None,
+                 time_limit_min: int = 240, cpus_per_run: int = 1, gpus_per_run: int = 0, runs_per_job: int = 1,
+                 array_parallelism: int = 64, retries: int = 1, poll_seconds: float = 1.0) -> None:
+        if runs_per_job < 1 or time_limit_min < 1 or cpus_per_run < 1 or gpus_per_run < 0:
+            raise ValueError("--runs-per-job, --time-limit and --cpus-per-run must be >= 1, --gpus-per-run >= 0")
+        self.submitit = require("submitit")
+        self.folder, self.cluster, self.runs_per_job = Path(folder), cluster, runs_per_job
+        self.retries, self.poll_seconds = retries, poll_seconds
+        self.cpus_per_run = cpus_per_run
+        self.parameters: dict[str, Any] = {"timeout_min": time_limit_min, "cpus_per_task": cpus_per_run,
+                                           "name": "prunebench"}
+        if gpus_per_run:
+            self.parameters["gpus_per_node"] = gpus_per_run
+        self.slurm_parameters: dict[str, Any] = {"slurm_array_parallelism": array_parallelism}
+        if partition:
+            self.slurm_parameters["slurm_partition"] = partition
+
+    def _executor(self) -> Any:
+        executor = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        parameters = dict(self.parameters)
+        if executor.cluster == "slurm":
+            parameters.update(self.slurm_parameters)
+        executor.update_parameters(**parameters)
+        return executor
+
+    def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
+        executor = self._executor()
+        jobs = [_with_threads(job, self.cpus_per_run) for job in jobs]
+        packs = [jobs[i:i + self.runs_per_job] for i in range(0, len(jobs), self.runs_per_job)]
+        live: list[tuple[Any, list[RunJob], int, float]] = []  # (submitit job, its runs, attempt, start)
+
+        def submit(batch: list[tuple[list[RunJob], int]]) -> None:
+            with executor.batch():  # one Slurm job array
+                handles = [(executor.submit(PackedRuns(pack)), pack, attempt) for pack, attempt in batch]
+            now = time.perf_counter()
+            for handle, pack, attempt in handles:
+                live.append((handle, pack, attempt, now))
+                for job in pack:
+                    tracker.started(job)
+
+        try:
+            submit([(pack, 0) for pack in packs])
+            while live:
+                time.sleep(self.poll_seconds)
+                still, again = [], []
+                for handle, pack, attempt, start in live:
+                    if not handle.done():
+                        still.append((handle, pack, attempt, start))
+                        continue
+                    wall = time.perf_counter() - start
+                    try:
+                        results = handle.result()
+                    except Exception as exc:  # noqa: BLE001 - the job died: resubmit or report its runs
+                        if attempt < self.retries:
+                            again.append((pack, attempt + 1))
+                            continue
+                        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}"
+                        results = [f"submitit job {handle.job_id} failed: {message}"] * len(pack)
+                    for job, result in zip(pack, results, strict=True):
+                        tracker.finished(job, result, wall / len(pack))
+                live = still
+                if again:
+                    submit(again)
+        except KeyboardInterrupt:
+            for handle, pack, _attempt, start in live:
+                handle.cancel(check=False)  # the runs keep their checkpoints
+                for job in pack:
+                    tracker.interrupted(job, time.perf_counter() - start)
+            raise
+
+
+def make_executor(name: str, *, jobs: int = 1, folder: Path | None = None, **options: Any) -> Executor:
+    """The executor called `name` with the sweep's options (those of other executors are ignored)."""
+    if name == "local":
+        return LocalExecutor(jobs)
+    if name == "ray":
+        keys = ("address", "cpus_per_run", "gpus_per_run", "max_retries")
+        return RayExecutor(**{k: v for k, v in options.items() if k in keys and v is not None})
+    if name == "submitit":
+        keys = ("cluster", "partition", "time_limit_min", "cpus_per_run", "gpus_per_run", "runs_per_job",
+                "array_parallelism", "retries")
+        return SubmititExecutor(folder or Path("prunebench.submitit"),
+                                **{k: v for k, v in options.items() if k in keys and v is not None})
+    raise ValueError(f"unknown executor {name!r}; choose from: {', '.join(EXECUTORS)}")

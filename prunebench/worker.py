@@ -1,0 +1,131 @@
+"""A sweep worker: trains one planned run and returns its record; it never opens the SQLite store.
+
+The same function serves every executor: a local worker process (`python -m prunebench.worker JOB
+OUT`), a Ray task and a submitit job (`prunebench.executors`). A `RunJob` carries only plain values
+(the arguments of `make_spec`), so it pickles to any machine that has prunebench installed; the
+worker rebuilds the spec there and checks that it has the identity the driver planned (a node with
+another version of the code would otherwise store a different run under the planned name).
+
+A run whose checkpoint is in the shared checkpoint directory continues from it, whichever worker left
+it there: the checkpoint carries the run's record so far. A finished run's record is also kept there
+(`finished_record_path`) until the driver has stored it, so a worker asked for it again (a requeued
+Slurm job, a Ray task re-executed after its result was lost with its node) returns it instead of
+training again.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunebench import harness
+from prunebench.checkpoint import load_checkpoint
+from prunebench.records import RecordingStore, RunRecord
+
+
+@dataclass
+class RunJob:
+    """One run for a worker: `spec_args` are `make_spec`'s arguments; paths must be visible to it."""
+
+    run_id: str
+    label: str
+    spec_args: dict[str, Any]
+    data_dir: str
+    checkpoints: str
+    device: str | None = None
+    allow_unverified_data: bool = False
+    checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS
+    threads: int | None = None            #: torch CPU threads for the run (None: as the process has them)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def finished_record_path(checkpoints: Path | str, run_id: str) -> Path:
+    return Path(checkpoints) / f"{run_id}.finished.pkl"
+
+
+def discard_finished_record(job: RunJob) -> None:
+    """The driver has stored the run: its kept record is no longer needed."""
+    finished_record_path(job.checkpoints, job.run_id).unlink(missing_ok=True)
+
+
+def _keep(record: RunRecord, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(record))
+    os.replace(tmp, path)
+
+
+class WorkerError(RuntimeError):
+    """The run could not start (data missing, another code version): nothing to record."""
+
+
+def execute(job: RunJob) -> RunRecord:
+    """Train `job` and return its record (finished, failed or interrupted). Raises `WorkerError` when
+    the run could not start at all."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    spec = harness.make_spec(**job.spec_args)
+    if spec.run_id != job.run_id:
+        raise WorkerError(f"this worker resolves {job.label} to identity {spec.run_id}, the driver planned "
+                          f"{job.run_id}: is the same prunebench version installed on every node?")
+    kept = finished_record_path(job.checkpoints, job.run_id)
+    if kept.exists():
+        return pickle.loads(kept.read_bytes())
+    store = RecordingStore()
+    checkpoint = load_checkpoint(Path(job.checkpoints), job.run_id)
+    if checkpoint is not None and checkpoint.record:
+        store.restore(checkpoint.record)  # another worker's run: continue it
+    try:
+        harness.train(spec, store, Path(job.data_dir), device=job.device, checkpoints=Path(job.checkpoints),
+                      checkpoint_seconds=job.checkpoint_seconds, allow_unverified_data=job.allow_unverified_data)
+    except KeyboardInterrupt:
+        if store.status(job.run_id) is None:
+            raise
+    except Exception as exc:  # noqa: BLE001 - stored as the run's failure when the run had started
+        if store.status(job.run_id) is None:
+            raise WorkerError(f"{type(exc).__name__}: {exc}") from exc
+    record = store.record(job.run_id)
+    if record.status == "finished":
+        _keep(record, kept)
+    return record
+
+
+def execute_all(jobs: list[RunJob]) -> list[RunRecord | str]:
+    """Several short runs one after another in one worker (packing); a run that cannot start gives its
+    error text in its place and the next run goes on."""
+    out: list[RunRecord | str] = []
+    for job in jobs:
+        try:
+            out.append(execute(job))
+        except WorkerError as exc:
+            out.append(str(exc))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`python -m prunebench.worker JOB.pkl OUT.pkl`: the local executor's worker process. Exit code 0
+    with a record, 130 when the run was interrupted (SIGTERM), 3 when it could not start (the error in
+    OUT)."""
+    job_path, out_path = Path(argv[0]), Path(argv[1])
+    job: RunJob = pickle.loads(job_path.read_bytes())
+    code = 0
+    try:
+        result: RunRecord | str = execute(job)
+        if result.status == "interrupted":
+            code = 130
+    except (WorkerError, KeyboardInterrupt) as exc:
+        result, code = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyboardInterrupt) else str(exc), 3
+    tmp = out_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(result))
+    os.replace(tmp, out_path)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
