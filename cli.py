@@ -13,10 +13,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from prunebench.checkpoint import checkpoint_dir
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
+from prunebench.distributed import close as close_processes
+from prunebench.distributed import from_environment as join_processes
+from prunebench.executors import EXECUTORS, Executor, MissingExtraError, make_executor
 from prunebench.harness import CHECKPOINT_SECONDS, Observer, RunResult, RunSpec, make_spec, train
 from prunebench.protocol import AUTOCAST, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner, method_names
+from prunebench.records import RecordingStore
 from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.report.sweep import summary_table as sweep_summary_table
@@ -216,8 +221,18 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     crash the same command continues it, bit for bit, from the last checkpoint.
 
     Method hyperparameters default to the task's calibrated values (see `prunebench list`); a flag
-    that the chosen method does not have is an error."""
-    console = Console(stderr=as_json)
+    that the chosen method does not have is an error.
+
+    \b
+    On several processes (DistributedDataParallel; NCCL on GPUs, gloo on CPU):
+      torchrun --nproc_per_node 2 -m prunebench run --method dynthresh --task lenet300
+    The batch size stays the global batch, split across the processes; rank 0 writes the store."""
+    try:
+        context, device = join_processes(device)
+    except (ValueError, RuntimeError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    console = Console(stderr=as_json, quiet=not context.is_writer)
     protocol = _protocol_overrides(hparams)
     given = {k: v for k, v in hparams.items() if v is not None}
     try:
@@ -228,14 +243,17 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         if record_thresholds and method != "dynthresh":
             raise ValueError("--record-thresholds applies to dynthresh only")
     except (KeyError, ValueError) as exc:
+        close_processes(context)
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
-    store = ResultStore(db or default_db_path())
+    db_path = db or default_db_path()
+    store = ResultStore(db_path) if context.is_writer else RecordingStore()  # rank 0 alone writes
     try:
         result = train(spec, store, data_dir or default_data_dir(), device=device,
-                       observer=RichObserver(console), force=force, at_compressions=ratios,
-                       checkpoint_seconds=checkpoint_seconds,
+                       observer=RichObserver(console) if context.is_writer else None, force=force,
+                       at_compressions=ratios, checkpoint_seconds=checkpoint_seconds,
                        evaluate_extra=_threshold_recorder() if record_thresholds else None,
-                       allow_unverified_data=allow_unverified_data, workers=workers)
+                       allow_unverified_data=allow_unverified_data, workers=workers,
+                       checkpoints=checkpoint_dir(db_path), distributed=context)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -243,11 +261,12 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {store.path}; "
+        console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {db_path}; "
                       "the same command continues it from its last checkpoint")
         sys.exit(130)
     finally:
         store.close()
+        close_processes(context)
     if result.status == "failed":
         console.print(f"[red]run {result.run_id} failed:[/] {result.error}")
     else:
@@ -255,7 +274,7 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         if allow_unverified_data and not spec.task.verified(data_dir or default_data_dir()):
             console.print("[yellow]unverified data[/]: the files failed their published checksums; the run is "
                           "marked in the store and leaderboards, and is not a result of this task")
-    if as_json:
+    if as_json and context.is_writer:
         click.echo(json.dumps(result.as_json()))
     if result.status != "finished":
         sys.exit(1)
@@ -287,6 +306,43 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
     return names
 
 
+#: sweep options that only some executors take: parameter -> (flag, those executors)
+EXECUTOR_ONLY = {
+    "ray_address": ("--ray-address", ("ray",)),
+    "cpus_per_run": ("--cpus-per-run", ("ray", "submitit")),
+    "gpus_per_run": ("--gpus-per-run", ("ray", "submitit")),
+    "retries": ("--retries", ("ray", "submitit")),
+    "submitit_cluster": ("--submitit-cluster", ("submitit",)),
+    "partition": ("--partition", ("submitit",)),
+    "time_limit_min": ("--time-limit", ("submitit",)),
+    "runs_per_job": ("--runs-per-job", ("submitit",)),
+    "array_parallelism": ("--array-parallelism", ("submitit",)),
+    "submitit_folder": ("--submitit-folder", ("submitit",)),
+}
+
+
+def sweep_executor(name: str, jobs: int, db_path: Path, options: dict[str, Any]) -> Executor | None:
+    """The executor of `prunebench sweep --executor NAME` (None: local, `--jobs` as given). Options of
+    another executor are a usage error; a missing extra raises MissingExtraError."""
+    if jobs > 1 and name != "local":
+        hint = ("Ray runs as many at once as the cluster has CPUs / --cpus-per-run (and GPUs / --gpus-per-run)"
+                if name == "ray" else "submitit runs --array-parallelism jobs at once")
+        raise click.UsageError(f"--jobs is for --executor local; {hint}")
+    for key, (flag, owners) in EXECUTOR_ONLY.items():
+        if options.get(key) is not None and name not in owners:
+            raise click.UsageError(f"{flag} applies to --executor {' or '.join(owners)}, not {name}")
+    if name == "local":
+        return None
+    folder = options["submitit_folder"] or db_path.with_name(db_path.stem + ".submitit")
+    try:
+        return make_executor(name, jobs=jobs, folder=folder, address=options["ray_address"],
+                             cluster=options["submitit_cluster"],
+                             **{k: options[k] for k in ("cpus_per_run", "gpus_per_run", "retries", "partition",
+                                                        "time_limit_min", "runs_per_job", "array_parallelism")})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.command()
 @click.option("--methods", required=True, help="Comma-separated methods, e.g. dynthresh,magnitude,dns,sparse-vd.")
 @click.option("--tasks", required=True, help="Comma-separated tasks, e.g. lenet300,lenet5.")
@@ -300,7 +356,47 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
 @click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
               help="Training budget mode, as for `prunebench run`.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs at once, each in its own worker process (1: in this process).")
+              help="--executor local: runs at once, each in its own worker process (1: in this process).")
+@click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
+              help="Where the runs train: local (this machine: this process, or --jobs worker processes), ray "
+              "(a Ray cluster; pip install 'prunebench[ray]') or submitit (Slurm jobs, or local processes where "
+              "there is no Slurm; pip install 'prunebench[slurm]'). This process alone writes the store.")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="--executor ray: the cluster to run on, e.g. 'auto' or 'ray://head:10001' (default: "
+              "$RAY_ADDRESS, else a local Ray instance started for the sweep).")
+@click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--executor ray/submitit: CPUs reserved for each run, which are its torch threads; Ray runs "
+              "as many at once as fit the cluster. Whole numbers for submitit.  [default: 1]")
+@click.option("--gpus-per-run", type=click.FloatRange(min=0), default=None,
+              help="--executor ray/submitit: GPUs reserved for each run; Ray takes fractions (0.25: four runs "
+              "share a GPU), submitit whole numbers. 0: the runs train on the CPU.  [default: 0]")
+@click.option("--submitit-cluster", type=click.Choice(["slurm", "local", "debug"]), default=None,
+              help="--executor submitit: slurm, local (processes on this machine) or debug (in this process, "
+              "one job after another) (default: slurm where `sbatch` exists, else local).")
+@click.option("--partition", default=None,
+              help="--executor submitit: the Slurm partition to submit to (default: the cluster's default).")
+@click.option("--time-limit", "time_limit_min", type=click.IntRange(min=1), default=None, metavar="MINUTES",
+              help="--executor submitit: time limit of each job; a job that reaches it is requeued and its runs "
+              "continue from their checkpoints.  [default: 240]")
+@click.option("--runs-per-job", type=click.IntRange(min=1), default=None,
+              help="--executor submitit: runs packed into one job, one after another (fewer, longer Slurm jobs "
+              "for short runs).  [default: 1]")
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=None,
+              help="--executor submitit: jobs running at once: the Slurm job array's limit (default: "
+              "submitit's), or local processes (default: CPUs / --cpus-per-run).")
+@click.option("--retries", type=click.IntRange(min=0), default=None,
+              help="--executor ray/submitit: times a run whose worker died or was stopped (lost node, dead or "
+              "preempted job) is started again; it continues from its checkpoint.  [default: Ray 3, submitit 1]")
+@click.option("--checkpoint-dir", "checkpoints", type=click.Path(path_type=Path), default=None,
+              help="Where every run's checkpoints go; with Ray or Slurm on several machines, a directory all "
+              "workers see (shared filesystem) (default: beside the store, <store>.checkpoints/).")
+@click.option("--checkpoint-every", "checkpoint_seconds", type=click.FloatRange(min=0), default=CHECKPOINT_SECONDS,
+              show_default=True, metavar="SECONDS",
+              help="Checkpoint each run at the first evaluation after this much wall-clock (0: at every "
+              "evaluation); a run stopped or retried continues from its last checkpoint.")
+@click.option("--submitit-folder", type=click.Path(path_type=Path), default=None,
+              help="--executor submitit: submitit's job files and logs; on Slurm, a directory the nodes see "
+              "(default: beside the store, <store>.submitit/).")
 @click.option("--dense/--no-dense", "with_dense", default=True, show_default=True,
               help="Add `dense` (the accuracy reference of every leaderboard row) for each task and seed.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
@@ -310,17 +406,31 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
 @data_dir_option
 @db_option
 def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iterations: int | None,
-          eval_every: int | None, budget: str, jobs: int, with_dense: bool, device: str | None, dry_run: bool,
+          eval_every: int | None, budget: str, jobs: int, executor: str, checkpoints: Path | None,
+          checkpoint_seconds: float, with_dense: bool, device: str | None, dry_run: bool,
           allow_unverified_data: bool, data_dir: Path | None, db: Path | None, **protocol_values: Any) -> None:
     """Run methods x tasks x seeds x grid into the store, skipping identities already finished.
 
     Interrupted and stale 'running' identities continue from their last checkpoint; failed ones run
     again. Ctrl-C stops the sweep; the runs in flight are stored as 'interrupted' and the next sweep
-    picks them up."""
+    picks them up.
+
+    \b
+    On a cluster:
+      prunebench sweep ... --executor ray --ray-address auto --cpus-per-run 2 --gpus-per-run 0.5
+      prunebench sweep ... --executor submitit --partition gpu --gpus-per-run 1 --time-limit 120
+    The workers send their runs back to this process, which alone writes the store; --checkpoint-dir
+    must then be a directory every worker sees."""
     console = Console()
     method_list = _names(methods, method_names(), "method(s)")
     task_list = _names(tasks, task_names(), "task(s)")
     db_path = db or default_db_path()
+    options = {key: protocol_values.pop(key) for key in EXECUTOR_ONLY}
+    try:
+        runner = sweep_executor(executor, jobs, db_path, options)
+    except MissingExtraError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     store = ResultStore(db_path)
     try:
         plan = plan_sweep(method_list, task_list, parse_seeds(seeds), parse_grid(grid), store,
@@ -345,7 +455,8 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
         return
     try:
         report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console,
-                           allow_unverified_data=allow_unverified_data)
+                           allow_unverified_data=allow_unverified_data, executor=runner,
+                           checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

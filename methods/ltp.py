@@ -133,7 +133,8 @@ class LearnedThreshold(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.s = nn.Parameter(torch.zeros(()))
+        # Frozen until `activate`: a parameter that takes no part in the loss would stall DDP's reducer.
+        self.s = nn.Parameter(torch.zeros(()), requires_grad=False)
         self.unit = 1.0  # u_l = Var(|w_l|) of the pretrained layer, set by `activate`
         self.temperature = 1.0  # T_l = T0 * u_l, set by `activate`
         self.active = False
@@ -142,6 +143,7 @@ class LearnedThreshold(nn.Module):
         self.unit = magnitude_variance(weight)
         self.temperature = t0 * self.unit
         self.active = True
+        self.s.requires_grad_(True)
 
     def tau(self) -> torch.Tensor:
         return self.unit * self.s
@@ -243,6 +245,7 @@ class LearnedThresholdPruning(Pruner):
         self.active = state["active"]
         for (_, _, threshold), (unit, temperature, active) in zip(self.layers, state["thresholds"], strict=True):
             threshold.unit, threshold.temperature, threshold.active = unit, temperature, active
+            threshold.s.requires_grad_(active)
 
     def penalty(self) -> torch.Tensor | None:
         if not self.active or self.hp.lam == 0:

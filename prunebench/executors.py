@@ -9,17 +9,25 @@ finish, through `Tracker.finished(job, record_or_error, wall_seconds)`.
 - `RayExecutor` (`--executor ray`, extra `prunebench[ray]`): one Ray task per run with the resources
   asked for (`--cpus-per-run`, fractional `--gpus-per-run`), on a local Ray instance or the cluster
   at `--ray-address` / `$RAY_ADDRESS`. A task whose worker or node dies is retried by Ray
-  (`max_retries`) and continues from the run's checkpoint.
+  (`max_retries`) and continues from the run's checkpoint. A run without GPUs trains on the CPU
+  (Ray leaves a GPU node's devices visible to tasks that asked for none).
 - `SubmititExecutor` (`--executor submitit`, extra `prunebench[slurm]`): submitit's AutoExecutor,
   Slurm where `sbatch` exists and local processes elsewhere (or `cluster` forced), one job-array task
   per `runs_per_job` runs (packing short runs into one job). A preempted or timed-out Slurm job is
   requeued by submitit (the packed runs are checkpointable) and a job that died is resubmitted up to
-  `retries` times; either way its runs continue from their checkpoints.
+  `retries` times; either way its runs continue from their checkpoints. Off Slurm (local processes)
+  at most `array_parallelism` jobs run at once (default: the CPUs / `cpus_per_run`).
+
+A run that comes back 'interrupted' although the sweep was not stopped (its worker got SIGTERM: a
+drained Ray node, a Slurm preemption) is submitted again (Ray: up to `max_retries` times, submitit:
+`retries`) and continues from its checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import logging
 import os
 import pickle
 import signal
@@ -132,49 +140,63 @@ def _read_result(out: Path, log: Path, returncode: int) -> RunRecord | str:
     return f"worker exited with code {returncode}: {tail[-400:]}"
 
 
+def _came_back_interrupted(result: RunRecord | str) -> bool:
+    """The worker stopped the run (SIGTERM) and returned its record: it continues from its checkpoint."""
+    return isinstance(result, RunRecord) and result.status == "interrupted"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
 class RayExecutor(Executor):
     """One Ray task per run. `address` None: `$RAY_ADDRESS` if set, else a local Ray instance started
-    for the sweep (and stopped after it)."""
+    for the sweep (and stopped after it). A Ray session this process already holds is used as it is."""
 
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
                  max_retries: int = 3) -> None:
-        if cpus_per_run <= 0 or gpus_per_run < 0:
-            raise ValueError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+        if cpus_per_run <= 0 or gpus_per_run < 0 or max_retries < 0:
+            raise ValueError("--cpus-per-run must be > 0, --gpus-per-run and --retries >= 0")
         self.ray = require("ray")
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus_per_run, self.gpus_per_run, self.max_retries = cpus_per_run, gpus_per_run, max_retries
+
+    def prepare(self, job: RunJob) -> RunJob:
+        """The job as a task runs it: torch threads = its CPUs; on the CPU unless it was given GPUs
+        (Ray leaves a node's GPUs visible to a task that asked for none)."""
+        job = _with_threads(job, max(1, int(self.cpus_per_run)))
+        if job.device is None and self.gpus_per_run == 0:
+            job = dataclasses.replace(job, device="cpu")
+        return job
 
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         ray = self.ray
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     logging_level="warning", configure_logging=True)
-        threads = max(1, int(self.cpus_per_run))
+                     logging_level=logging.WARNING)
         remote = ray.remote(execute).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
                                              max_retries=self.max_retries, retry_exceptions=False)
-        pending: dict[Any, tuple[RunJob, float]] = {}
+        pending: dict[Any, tuple[RunJob, int, float]] = {}  # task -> (job, attempt, first start)
         try:
             for job in jobs:
-                job = _with_threads(job, threads)
-                pending[remote.remote(job)] = (job, time.perf_counter())
+                job = self.prepare(job)
+                pending[remote.remote(job)] = (job, 0, time.perf_counter())
                 tracker.started(job)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
-                    job, start = pending.pop(ref)
-                    try:
-                        result: RunRecord | str = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                        result = f"{type(cause).__name__}: {cause}"
-                    except ray.exceptions.RayError as exc:  # worker or node lost beyond max_retries
-                        result = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    job, attempt, start = pending.pop(ref)
+                    result = self._result(ref)
+                    if _came_back_interrupted(result) and attempt < self.max_retries:
+                        pending[remote.remote(job)] = (job, attempt + 1, start)
+                        continue
                     tracker.finished(job, result, time.perf_counter() - start)
         except KeyboardInterrupt:
-            for ref, (job, start) in pending.items():
+            for ref, (job, _attempt, start) in pending.items():
                 ray.cancel(ref)  # the run keeps its checkpoint; the next sweep continues it
                 tracker.interrupted(job, time.perf_counter() - start)
             raise
@@ -182,10 +204,20 @@ class RayExecutor(Executor):
             if started_here:
                 ray.shutdown()
 
+    def _result(self, ref: Any) -> RunRecord | str:
+        ray = self.ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the run could not start (WorkerError)
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            return _first_line(cause)
+        except ray.exceptions.RayError as exc:  # worker or node lost more than max_retries times
+            return _first_line(exc)
+
 
 def _with_threads(job: RunJob, threads: int) -> RunJob:
     if job.threads is None:
-        job = RunJob(**{**job.__dict__, "threads": threads})
+        job = dataclasses.replace(job, threads=threads)
     return job
 
 
@@ -206,26 +238,37 @@ class PackedRuns:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def _whole(value: float, name: str, minimum: int) -> int:
+    if float(value) != int(value) or int(value) < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum} for submitit, got {value:g}")
+    return int(value)
+
+
 class SubmititExecutor(Executor):
     """Slurm (or local processes) through submitit's AutoExecutor; one job-array task per pack of
-    `runs_per_job` runs."""
+    `runs_per_job` runs. `cluster` None: submitit's choice (Slurm where `sbatch` exists, else local).
+    `array_parallelism`: the job array's running tasks at once on Slurm (default: submitit's); off Slurm
+    the jobs running at once (default: the CPUs / `cpus_per_run`)."""
 
     name = "submitit"
 
-    def __init__(self, folder: Path, cluster: str | None = None, partition: str | None = None,
-                 time_limit_min: int = 240, cpus_per_run: int = 1, gpus_per_run: int = 0, runs_per_job: int = 1,
-                 array_parallelism: int = 64, retries: int = 1, poll_seconds: float = 1.0) -> None:
-        if runs_per_job < 1 or time_limit_min < 1 or cpus_per_run < 1 or gpus_per_run < 0:
-            raise ValueError("--runs-per-job, --time-limit and --cpus-per-run must be >= 1, --gpus-per-run >= 0")
+    def __init__(self, folder: Path | str, cluster: str | None = None, partition: str | None = None,
+                 time_limit_min: int = 240, cpus_per_run: float = 1, gpus_per_run: float = 0, runs_per_job: int = 1,
+                 array_parallelism: int | None = None, retries: int = 1, poll_seconds: float = 1.0) -> None:
+        cpus, gpus = _whole(cpus_per_run, "--cpus-per-run", 1), _whole(gpus_per_run, "--gpus-per-run", 0)
+        if runs_per_job < 1 or time_limit_min < 1 or retries < 0 or (array_parallelism is not None
+                                                                       and array_parallelism < 1):
+            raise ValueError("--runs-per-job, --time-limit and --array-parallelism must be >= 1, --retries >= 0")
         self.submitit = require("submitit")
         self.folder, self.cluster, self.runs_per_job = Path(folder), cluster, runs_per_job
-        self.retries, self.poll_seconds = retries, poll_seconds
-        self.cpus_per_run = cpus_per_run
-        self.parameters: dict[str, Any] = {"timeout_min": time_limit_min, "cpus_per_task": cpus_per_run,
-                                           "name": "prunebench"}
-        if gpus_per_run:
-            self.parameters["gpus_per_node"] = gpus_per_run
-        self.slurm_parameters: dict[str, Any] = {"slurm_array_parallelism": array_parallelism}
+        self.retries, self.poll_seconds, self.array_parallelism = retries, poll_seconds, array_parallelism
+        self.cpus_per_run, self.gpus_per_run = cpus, gpus
+        self.parameters: dict[str, Any] = {"timeout_min": time_limit_min, "cpus_per_task": cpus, "name": "prunebench"}
+        if gpus:
+            self.parameters["gpus_per_node"] = gpus
+        self.slurm_parameters: dict[str, Any] = {}
+        if array_parallelism is not None:
+            self.slurm_parameters["slurm_array_parallelism"] = array_parallelism
         if partition:
             self.slurm_parameters["slurm_partition"] = partition
 
@@ -237,26 +280,42 @@ class SubmititExecutor(Executor):
         executor.update_parameters(**parameters)
         return executor
 
+    def prepare(self, job: RunJob) -> RunJob:
+        """torch threads = the job's CPUs; on the CPU unless it was given GPUs."""
+        job = _with_threads(job, self.cpus_per_run)
+        if job.device is None and self.gpus_per_run == 0:
+            job = dataclasses.replace(job, device="cpu")
+        return job
+
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         executor = self._executor()
-        jobs = [_with_threads(job, self.cpus_per_run) for job in jobs]
-        packs = [jobs[i:i + self.runs_per_job] for i in range(0, len(jobs), self.runs_per_job)]
-        live: list[tuple[Any, list[RunJob], int, float]] = []  # (submitit job, its runs, attempt, start)
+        limit = None if executor.cluster == "slurm" else (
+            self.array_parallelism or max(1, (os.cpu_count() or 1) // self.cpus_per_run))
+        jobs = [self.prepare(job) for job in jobs]
+        # packs waiting to be submitted: (runs, attempt, first start or None)
+        queue: list[tuple[list[RunJob], int, float | None]] = [
+            (jobs[i:i + self.runs_per_job], 0, None) for i in range(0, len(jobs), self.runs_per_job)]
+        live: list[tuple[Any, list[RunJob], int, float]] = []  # (submitit job, its runs, attempt, first start)
 
-        def submit(batch: list[tuple[list[RunJob], int]]) -> None:
+        def submit() -> None:
+            count = len(queue) if limit is None else max(0, limit - len(live))
+            batch, queue[:] = queue[:count], queue[count:]
+            if not batch:
+                return
             with executor.batch():  # one Slurm job array
-                handles = [(executor.submit(PackedRuns(pack)), pack, attempt) for pack, attempt in batch]
+                handles = [executor.submit(PackedRuns(pack)) for pack, _attempt, _first in batch]
             now = time.perf_counter()
-            for handle, pack, attempt in handles:
-                live.append((handle, pack, attempt, now))
-                for job in pack:
-                    tracker.started(job)
+            for handle, (pack, attempt, first) in zip(handles, batch, strict=True):
+                live.append((handle, pack, attempt, now if first is None else first))
+                if first is None:
+                    for job in pack:
+                        tracker.started(job)
 
         try:
-            submit([(pack, 0) for pack in packs])
-            while live:
+            submit()
+            while live or queue:
                 time.sleep(self.poll_seconds)
-                still, again = [], []
+                still = []
                 for handle, pack, attempt, start in live:
                     if not handle.done():
                         still.append((handle, pack, attempt, start))
@@ -266,33 +325,45 @@ class SubmititExecutor(Executor):
                         results = handle.result()
                     except Exception as exc:  # noqa: BLE001 - the job died: resubmit or report its runs
                         if attempt < self.retries:
-                            again.append((pack, attempt + 1))
+                            queue.append((pack, attempt + 1, start))
                             continue
-                        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}"
-                        results = [f"submitit job {handle.job_id} failed: {message}"] * len(pack)
+                        results = [f"submitit job {handle.job_id} failed: {_first_line(exc)}"] * len(pack)
+                    again = [job for job, result in zip(pack, results, strict=True)
+                             if _came_back_interrupted(result) and attempt < self.retries]
+                    if again:
+                        queue.append((again, attempt + 1, start))
+                    retried = {job.run_id for job in again}
                     for job, result in zip(pack, results, strict=True):
-                        tracker.finished(job, result, wall / len(pack))
-                live = still
-                if again:
-                    submit(again)
+                        if job.run_id not in retried:
+                            tracker.finished(job, result, wall / len(pack))
+                live[:] = still
+                submit()
         except KeyboardInterrupt:
             for handle, pack, _attempt, start in live:
                 handle.cancel(check=False)  # the runs keep their checkpoints
                 for job in pack:
                     tracker.interrupted(job, time.perf_counter() - start)
+            for pack, _attempt, start in queue:
+                if start is not None:  # resubmissions: their runs had started
+                    for job in pack:
+                        tracker.interrupted(job, time.perf_counter() - start)
             raise
 
 
 def make_executor(name: str, *, jobs: int = 1, folder: Path | None = None, **options: Any) -> Executor:
-    """The executor called `name` with the sweep's options (those of other executors are ignored)."""
+    """The executor called `name` with the sweep's options; those of other executors, and None values,
+    are ignored. `retries` is Ray's `max_retries` and submitit's resubmissions."""
+    options = {k: v for k, v in options.items() if v is not None}
     if name == "local":
         return LocalExecutor(jobs)
     if name == "ray":
+        if "retries" in options:
+            options["max_retries"] = options.pop("retries")
         keys = ("address", "cpus_per_run", "gpus_per_run", "max_retries")
-        return RayExecutor(**{k: v for k, v in options.items() if k in keys and v is not None})
+        return RayExecutor(**{k: v for k, v in options.items() if k in keys})
     if name == "submitit":
         keys = ("cluster", "partition", "time_limit_min", "cpus_per_run", "gpus_per_run", "runs_per_job",
                 "array_parallelism", "retries")
-        return SubmititExecutor(folder or Path("prunebench.submitit"),
-                                **{k: v for k, v in options.items() if k in keys and v is not None})
+        chosen = {k: v for k, v in options.items() if k in keys}
+        return SubmititExecutor(folder or Path("prunebench.submitit"), **chosen)
     raise ValueError(f"unknown executor {name!r}; choose from: {', '.join(EXECUTORS)}")

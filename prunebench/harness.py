@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from prunebench import distributed as ddp
 from prunebench.checkpoint import (
     Checkpoint,
     checkpoint_dir,
@@ -32,7 +33,7 @@ from prunebench.metrics import (
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
 from prunebench.records import RecordingStore, snapshot
-from prunebench.sources import DataSource
+from prunebench.sources import DataSource, Shard
 from prunebench.store import ResultStore, run_identity
 from prunebench.tasks import Task, get_task
 
@@ -195,7 +196,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
           evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
           at_compressions: tuple[float, ...] = (), checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
           resume: bool = True, allow_unverified_data: bool = False, workers: int | None = None,
-          checkpoints: Path | None = None) -> RunResult:
+          checkpoints: Path | None = None, distributed: ddp.Context | None = None) -> RunResult:
     """Train one run and store it. A run whose identity already finished is skipped unless `force`.
 
     At an evaluation, once `checkpoint_seconds` of wall-clock have passed since the last checkpoint
@@ -214,29 +215,40 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
     the accuracy of the trained weights cut to exactly that compression by the method's `scores`
     ("at_compression") are stored in each evaluation's `extra`, as is the distribution of the method's
     learned thresholds (`Pruner.thresholds`, "thresholds"). All are evaluation-only: not part of the
-    identity."""
+    identity.
+
+    `distributed`: this process's rank in a DDP run (`prunebench.distributed`; default: one process).
+    Every rank calls `train` with the same spec; rank 0 passes the real store, the others a
+    `RecordingStore`. Rank 0's store decides whether the run is skipped, resumed or started."""
     observer = observer or Observer()
+    ctx = distributed or ddp.SINGLE
     run_id, identity = spec.identity
     if checkpoints is None:
         if not isinstance(store, ResultStore):
             raise ValueError("a run recorded in memory needs a checkpoint directory")
         checkpoints = checkpoint_dir(store.path)
-    status = store.status(run_id)
+    status = ctx.broadcast(store.status(run_id) if ctx.is_writer else None)
     if not force and status == "finished":
         return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
     checkpoint = None
     if resume and not force and status in ("interrupted", "running"):
         checkpoint = load_checkpoint(checkpoints, run_id)
-    if checkpoint is None:
+    if checkpoint is None and ctx.is_writer:
         delete_checkpoint(checkpoints, run_id)
 
     device = pick_device(str(device) if device is not None else None)
     task, protocol = spec.task, spec.protocol
     check_device_options(protocol, device)
+    if ctx.active:
+        ctx.local_batch(protocol.batch_size)  # raises when the batch does not split evenly
+        refusal = get_method(spec.method).ddp_refusal
+        if refusal:
+            raise ValueError(f"{spec.method} does not run on several processes: {refusal}")
     unverified = not task.verified(Path(data_dir))
     source: DataSource = task.make_source(
         Path(data_dir), protocol.batch_size, spec.seed, device, allow_unverified=allow_unverified_data,
-        dataset=dataset, workers=default_workers(device) if workers is None else workers)
+        dataset=dataset, workers=default_workers(device) if workers is None else workers,
+        shard=Shard(ctx.rank, ctx.world_size))
     if evaluate_extra is not None and source.resident is None:
         raise ValueError(f"evaluation extras need resident data; {task.name} streams its data")
     channels_last = protocol.channels_last and device.type == "cuda"
@@ -254,7 +266,11 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
     schedule = [[p.name, p.iterations, p.lr] for p in phases]
     if checkpoint is not None and checkpoint.phases != schedule:
         checkpoint = None  # the method's schedule changed since (new code): start again
-        delete_checkpoint(checkpoints, run_id)
+        if ctx.is_writer:
+            delete_checkpoint(checkpoints, run_id)
+    ctx.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+    if checkpoint is not None and not ctx.is_writer and isinstance(store, RecordingStore):
+        store.restore(checkpoint.record or {"run": {"run_id": run_id, "environment": "{}"}, "points": []})
 
     def run_environment() -> dict[str, Any]:
         env: dict[str, Any] = environment(device)
@@ -262,6 +278,8 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
             env["unverified_data"] = True
         if channels_last or protocol.autocast != "off":
             env["device_options"] = {"autocast": protocol.autocast, "channels_last": channels_last}
+        if ctx.active:
+            env["distributed"] = ctx.describe()
         return env
 
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -289,7 +307,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
 
     def save(phase_index: int, phase_steps: int, optimizer: torch.optim.Optimizer) -> None:
         nonlocal last_saved
-        if checkpoint_seconds is None or time.perf_counter() - last_saved < checkpoint_seconds:
+        if not ctx.is_writer or checkpoint_seconds is None or time.perf_counter() - last_saved < checkpoint_seconds:
             return
         rng = {"torch": torch.get_rng_state(), "data": source.state_dict(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
@@ -306,10 +324,12 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
     def evaluate(phase_name: str, steps_since: int) -> dict[str, Any]:
         nonlocal eval_seconds
         t0 = time.perf_counter()
-        bad = int(first_bad.item())
+        bad = int(ctx.maximum(first_bad.clone()).item())
         if bad >= 0:
             raise NonFiniteLoss(bad)
+        ctx.mean(loss_sum)  # the loss over the global batch
         net = pruner.deployed(model)
+        mask = ddp.check_masks_agree(ctx, net) if ctx.active else None
         counts = measure_compression(net, reference)
         flops = count_flops(net, example)
         if channels_last:
@@ -337,6 +357,8 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
             extra["thresholds"] = threshold_distribution(thresholds)
         if evaluate_extra is not None:
             extra.update(evaluate_extra(pruner, model, source.resident))
+        if mask is not None:
+            extra["mask_hash"] = mask  # the same on every rank (checked)
         if extra:
             point["extra"] = extra
         _sync(device)
@@ -377,6 +399,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
                 else:
                     pruner.on_phase_start(phase, model, optimizer)
                     steps_since = 0
+                forward = ddp.wrap(model, ctx, device)  # after the phase start: it may change the parameters
                 factor = None
                 _sync(device)
                 t0 = time.perf_counter()
@@ -390,7 +413,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
                     if channels_last:
                         x = x.contiguous(memory_format=memory_format)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                        loss = task.loss(model(x), y)
+                        loss = task.loss(forward(x), y)
                     penalty = pruner.penalty()
                     total = loss if penalty is None else loss + penalty
                     optimizer.zero_grad(set_to_none=True)
@@ -416,7 +439,8 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
                 train_seconds += time.perf_counter() - t0
     except NonFiniteLoss as exc:
         store.mark(run_id, "failed", str(exc), exc.step)
-        delete_checkpoint(checkpoints, run_id)
+        if ctx.is_writer:
+            delete_checkpoint(checkpoints, run_id)
         observer.end()
         return RunResult(run_id, "failed", spec, error=str(exc), failed_step=exc.step)
     except KeyboardInterrupt as exc:
@@ -443,5 +467,6 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
     if "extra" in last_point:
         final["extra"] = last_point["extra"]
     store.finish(run_id, final)
-    delete_checkpoint(checkpoints, run_id)
+    if ctx.is_writer:
+        delete_checkpoint(checkpoints, run_id)
     return RunResult(run_id, "finished", spec, final)

@@ -76,6 +76,11 @@ class Pruner:
     #: True when the network as trained (e.g. with noise or soft masks, in eval mode) is not the deployed
     #: one; the harness then also records its test accuracy ("trained_accuracy") at every evaluation.
     trained_network_differs: ClassVar[bool] = False
+    #: Why the method cannot run on several processes (DDP), as one line; None: it can. A method runs
+    #: under DDP when its decisions depend only on state that is identical on every rank (weights,
+    #: gradients after the all-reduce, its own state, the global generator); the harness checks the
+    #: masks agree at every evaluation.
+    ddp_refusal: ClassVar[str | None] = None
 
     def __init__(self, hparams: Hyperparameters, task: Task, budget: str = "equal") -> None:
         hparams.validate()

@@ -14,6 +14,11 @@ does not care which kind it has.
   its epoch with exactly the images and crops it would have seen.
 
 Both keep their position in `state_dict()`, which goes into the run's checkpoint.
+
+Under DDP (`prunebench.distributed`) both take a `Shard` (rank, world size): each rank gets its contiguous
+slice of the global batch that one process would train on, and random augmentation is drawn for the
+whole global batch, so every rank's generator stays in step and the slices together are the
+one-process batch exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +34,24 @@ from prunebench.data import TensorDataset
 
 #: Samples per evaluation batch of a resident dataset (MNIST's evaluation has always used 2,000).
 RESIDENT_EVAL_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of every global batch: slice `rank` of `world` equal slices."""
+
+    rank: int = 0
+    world: int = 1
+
+    def take(self, batch: torch.Tensor) -> torch.Tensor:
+        """Rows [rank * b, (rank + 1) * b) of a global batch of world * b rows."""
+        if self.world == 1:
+            return batch
+        size = batch.shape[0] // self.world
+        return batch[self.rank * size:(self.rank + 1) * size]
+
+
+WHOLE = Shard()
 
 
 class BatchOrder:
@@ -79,19 +102,22 @@ class ImageAugment:
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x.float().div_(255.0) - mean) / std
 
-    def train(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def train(self, x: torch.Tensor, generator: torch.Generator, shard: Shard = WHOLE) -> torch.Tensor:
+        """`x` is this shard's slice of the global batch; the random draws are made for the whole global
+        batch (world * b) and sliced, so they match a one-process run's."""
         b, _, h, w = x.shape
+        n = b * shard.world
         if self.pad:
             padded = torch.nn.functional.pad(x, (self.pad,) * 4)
-            dy = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator, device=x.device)
-            dx = torch.randint(0, 2 * self.pad + 1, (b,), generator=generator, device=x.device)
+            dy = shard.take(torch.randint(0, 2 * self.pad + 1, (n,), generator=generator, device=x.device))
+            dx = shard.take(torch.randint(0, 2 * self.pad + 1, (n,), generator=generator, device=x.device))
             rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (b, 1, h, 1)
             cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (b, 1, 1, w)
             batch = torch.arange(b, device=x.device)[:, None, None, None]
             channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
             x = padded[batch, channel, rows, cols]
         if self.flip:
-            flip = torch.rand(b, generator=generator, device=x.device) < 0.5
+            flip = shard.take(torch.rand(n, generator=generator, device=x.device)) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return self.normalise(x)
 
@@ -129,9 +155,10 @@ class ResidentSource(DataSource):
     as stored (MNIST: floats in [0, 1]), exactly as before this seam existed."""
 
     def __init__(self, data: TensorDataset, batch_size: int, seed: int, device: torch.device,
-                 augment: ImageAugment | None = None, eval_batch_size: int = RESIDENT_EVAL_BATCH) -> None:
+                 augment: ImageAugment | None = None, eval_batch_size: int = RESIDENT_EVAL_BATCH,
+                 shard: Shard = WHOLE) -> None:
         self.data = data.to(device)
-        self.augment = augment
+        self.augment, self.shard = augment, shard
         self.eval_batch_size = eval_batch_size
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.order = BatchOrder(self.data.x_train.shape[0], batch_size, self.generator, device)
@@ -142,10 +169,10 @@ class ResidentSource(DataSource):
         return self.augment.normalise(x) if self.augment is not None else x
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = next(self.order)
+        idx = self.shard.take(next(self.order))
         x = self.data.x_train[idx]
         if self.augment is not None:
-            x = self.augment.train(x, self.generator)
+            x = self.augment.train(x, self.generator, self.shard)
         return x, self.data.y_train[idx]
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -177,19 +204,34 @@ def sample_seed(seed: int, epoch: int, index: int, size: int) -> int:
 class _EpochSampler(Sampler):
     """One epoch's order (a permutation drawn from the run's seed and the epoch number), from a
     position on, as (index, augmentation seed) pairs; batches of the epoch that were already trained
-    on are skipped without loading them."""
+    on are skipped without loading them. With a `shard`, only this rank's slice of each global batch of
+    `batch_size` (the last partial global batch is dropped, as a one-process run drops it)."""
 
-    def __init__(self, size: int, seed: int, epoch: int, start: int) -> None:
+    def __init__(self, size: int, seed: int, epoch: int, start: int, batch_size: int = 1,
+                 shard: Shard = WHOLE) -> None:
         self.size, self.seed, self.epoch, self.start = size, seed, epoch, start
+        self.batch_size, self.shard = batch_size, shard
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=generator).tolist()[self.start:]
+        if self.shard.world == 1:
+            return order
+        part = self.batch_size // self.shard.world
+        mine = []
+        for first in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            begin = first + self.shard.rank * part
+            mine += order[begin:begin + part]
+        return mine
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.size, generator=generator).tolist()
-        for index in order[self.start:]:
+        for index in self._order():
             yield index, sample_seed(self.seed, self.epoch, index, self.size)
 
     def __len__(self) -> int:
-        return self.size - self.start
+        if self.shard.world == 1:
+            return self.size - self.start
+        return (self.size - self.start) // self.batch_size * (self.batch_size // self.shard.world)
 
 
 class _SeededSamples(Dataset):
@@ -213,9 +255,9 @@ class StreamedSource(DataSource):
     """A map-style dataset of (image tensor, label) pairs, streamed through DataLoader workers."""
 
     def __init__(self, train: Dataset, test: Dataset, batch_size: int, seed: int, device: torch.device,
-                 workers: int = 0, eval_batch_size: int = 250) -> None:
+                 workers: int = 0, eval_batch_size: int = 250, shard: Shard = WHOLE) -> None:
         self.train, self.test = train, test
-        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.batch_size, self.seed, self.device, self.shard = batch_size, seed, device, shard
         self.workers, self.eval_batch_size = workers, eval_batch_size
         self.train_size = len(train)  # type: ignore[arg-type]
         if self.train_size < batch_size:
@@ -234,8 +276,10 @@ class StreamedSource(DataSource):
         return tensor.to(self.device, non_blocking=True)
 
     def _start_epoch(self) -> None:
-        sampler = _EpochSampler(self.train_size, self.seed, self.epoch, self.batch_in_epoch * self.batch_size)
-        self._iterator = iter(self._loader(_SeededSamples(self.train), self.batch_size, sampler, drop_last=True))
+        sampler = _EpochSampler(self.train_size, self.seed, self.epoch, self.batch_in_epoch * self.batch_size,
+                                self.batch_size, self.shard)
+        local = self.batch_size // self.shard.world
+        self._iterator = iter(self._loader(_SeededSamples(self.train), local, sampler, drop_last=True))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_in_epoch >= self.batches_per_epoch:

@@ -15,7 +15,15 @@ from torch.utils.data import Dataset
 from prunebench.data import TensorDataset, load_mnist, make_xor
 from prunebench.models import LeNet5, LeNet300, XorNet
 from prunebench.protocol import Protocol
-from prunebench.sources import RESIDENT_EVAL_BATCH, DataSource, ImageAugment, ResidentSource, StreamedSource
+from prunebench.sources import (
+    RESIDENT_EVAL_BATCH,
+    WHOLE,
+    DataSource,
+    ImageAugment,
+    ResidentSource,
+    Shard,
+    StreamedSource,
+)
 
 
 @dataclass(frozen=True)
@@ -67,15 +75,17 @@ class Task:
 
     def make_source(self, data_dir: Path, batch_size: int, seed: int, device: torch.device, *,
                     allow_unverified: bool = False, dataset: TensorDataset | None = None,
-                    workers: int = 0) -> DataSource:
-        """The run's data source: resident tensors on `device` (`dataset` when given), or a stream."""
+                    workers: int = 0, shard: Shard = WHOLE) -> DataSource:
+        """The run's data source: resident tensors on `device` (`dataset` when given), or a stream;
+        `shard`: this process's slice of every global batch under DDP."""
         if self.streamed is not None and dataset is None:
             train, test = self.streamed(Path(data_dir), allow_unverified)
             return StreamedSource(train, test, batch_size, seed, device, workers=workers,
-                                  eval_batch_size=self.eval_batch_size)
+                                  eval_batch_size=self.eval_batch_size, shard=shard)
         data = dataset if dataset is not None else self.load(Path(data_dir), allow_unverified)
         augment = self.augment() if self.augment is not None else None
-        return ResidentSource(data, batch_size, seed, device, augment=augment, eval_batch_size=self.eval_batch_size)
+        return ResidentSource(data, batch_size, seed, device, augment=augment, eval_batch_size=self.eval_batch_size,
+                              shard=shard)
 
     def resident_data(self, data_dir: Path, allow_unverified: bool = False) -> TensorDataset | None:
         """The task's tensors, loaded once to share between runs (`make_source(dataset=...)`); None for a

@@ -315,12 +315,18 @@ class _Driver(Tracker):
 
     def started(self, job: RunJob) -> None:
         self.live[job.run_id] = job.label
-        self.progress.update(self.overall, current=escape(", ".join(self.live.values())))
+        self.progress.update(self.overall, current=self._current())
+
+    def _current(self, shown: int = 2) -> str:
+        """The runs in flight (an executor may start all of them at once: a few named, then a count)."""
+        labels = list(self.live.values())
+        more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+        return escape(", ".join(labels[:shown]) + more)
 
     def _end(self, job: RunJob) -> PlannedRun:
         self.live.pop(job.run_id, None)
         self.done += 1
-        self.progress.update(self.overall, completed=self.done, current=escape(", ".join(self.live.values())))
+        self.progress.update(self.overall, completed=self.done, current=self._current())
         return self.planned[job.run_id]
 
     def finished(self, job: RunJob, result: RunRecord | str, wall: float) -> None:

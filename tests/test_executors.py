@@ -1,0 +1,264 @@
+"""Executors: the same small sweep (XOR dense + dynthresh, a short lenet300 run) through Ray (a cluster of
+a head and two nodes on this machine, one of them lost mid-sweep) and submitit (local processes, one run
+per job and two packed), each compared with the sweep trained in this process; the `--executor` CLI and
+its missing-extra error; the store's one-writer `apply`; a worker continuing another worker's run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from test_resume import StopAt, comparable
+
+from prunebench import executors, harness
+from prunebench.checkpoint import checkpoint_dir, checkpoint_path
+from prunebench.cli import main
+from prunebench.executors import MissingExtraError, RayExecutor, SubmititExecutor, require
+from prunebench.harness import make_spec
+from prunebench.records import RecordingStore
+from prunebench.report.sweep import SweepPlan, SweepReport, plan_sweep, run_sweep
+from prunebench.store import ResultStore
+from prunebench.worker import RunJob, execute, finished_record_path
+
+pytestmark = pytest.mark.cluster
+
+TIMINGS = ("train_seconds", "eval_seconds")
+NODE_MEMORY = 100 * 1024**2  # each Ray node's object store (the default takes 30% of the machine's memory)
+
+
+def sweep_plan(store: ResultStore | None = None) -> SweepPlan:
+    """XOR dense + dynthresh (a few hundred steps) and lenet300 dense for 300 steps (a few seconds),
+    evaluated (and, with checkpoint_seconds=0, checkpointed) every 50-100 steps."""
+    xor = plan_sweep(["dynthresh"], ["xor"], [0], {}, store, iterations=200, eval_every=100)
+    mnist = plan_sweep(["dense"], ["lenet300"], [0], {}, store, iterations=300, eval_every=50, with_dense=False)
+    return SweepPlan(xor.runs + mnist.runs)
+
+
+def contents(db: Path) -> dict[str, dict[str, Any]]:
+    """What the store holds of each run, timings left out (the only thing that differs between machines
+    and executors): status, final row, trajectory."""
+    store = ResultStore(db)
+    try:
+        out = {}
+        for row in store.conn.execute("SELECT run_id, status FROM runs ORDER BY run_id").fetchall():
+            final = store.final_row(row["run_id"])
+            out[row["run_id"]] = {
+                "status": row["status"],
+                "final": {k: v for k, v in final.items() if k not in TIMINGS} if final else None,
+                "points": comparable(store.trajectory(row["run_id"]))}
+        return out
+    finally:
+        store.close()
+
+
+def assert_each_finished_once(report: SweepReport, plan: SweepPlan) -> None:
+    assert not report.interrupted
+    outcomes = [(o.run.spec.run_id, o.status, o.error) for o in report.outcomes]
+    assert sorted(outcomes) == sorted((r.spec.run_id, "finished", None) for r in plan.runs), outcomes
+
+
+@pytest.fixture(scope="module")
+def local_result(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict[str, dict[str, Any]]:
+    """The sweep trained in this process, one torch thread (as every executor below gives each run)."""
+    db = tmp_path_factory.mktemp("local") / "local.sqlite"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plan = sweep_plan()
+        report = run_sweep(plan, db, mnist_dir, checkpoint_seconds=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert_each_finished_once(report, plan)
+    result = contents(db)
+    assert sorted(result) == sorted(r.spec.run_id for r in plan.runs)
+    return result
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[dict[str, Any]]:
+    """A Ray cluster on this machine: a head that runs no tasks (the cluster's control plane and this
+    process's connection) and two 1-CPU nodes, shared by the Ray tests; `nodes` are the task nodes."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": NODE_MEMORY,
+                                                            "include_dashboard": False})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY) for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+        yield {"cluster": cluster, "nodes": nodes}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_ray_cluster_fills_the_store_as_this_process_does(ray_cluster, local_result, mnist_dir, tmp_path):
+    db = tmp_path / "ray.sqlite"
+    plan = sweep_plan()
+    report = run_sweep(plan, db, mnist_dir, executor=RayExecutor(cpus_per_run=1), checkpoint_seconds=0)
+    assert_each_finished_once(report, plan)
+    assert contents(db) == local_result
+    assert not list(checkpoint_dir(db).iterdir())  # checkpoints and kept records are gone once stored
+
+
+def test_a_node_lost_mid_sweep_leaves_every_run_finished_once(ray_cluster, local_result, mnist_dir, tmp_path,
+                                                              monkeypatch):
+    """A node is removed (its raylet and workers killed) while one of its runs is past a checkpoint:
+    Ray runs the task again on the other node, which continues the run from that checkpoint."""
+    import ray
+
+    cluster, nodes = ray_cluster["cluster"], ray_cluster["nodes"]
+    db, markers = tmp_path / "lost.sqlite", tmp_path / "markers"
+    markers.mkdir()
+    checkpoints = checkpoint_dir(db)
+    real, where = executors.execute, str(markers)
+
+    def execute_noting_node(job: RunJob):  # pickled by value into the Ray task: notes which node runs it
+        Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}").touch()
+        return real(job)
+
+    monkeypatch.setattr(executors, "execute", execute_noting_node)
+    removed: list[tuple[str, Any]] = []
+    done = threading.Event()
+
+    def remove_a_node_mid_run() -> None:
+        by_id = {node.node_id: node for node in nodes}
+        while not done.is_set():
+            for marker in markers.iterdir():
+                run_id, node_id = marker.name.split("@")
+                if (node_id in by_id and checkpoint_path(checkpoints, run_id).exists()
+                        and not finished_record_path(checkpoints, run_id).exists()):
+                    cluster.remove_node(by_id[node_id], allow_graceful=False)  # as a machine that dies
+                    removed.append((run_id, by_id[node_id]))
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=remove_a_node_mid_run, daemon=True)
+    thread.start()
+    plan = sweep_plan()
+    try:
+        report = run_sweep(plan, db, mnist_dir, executor=RayExecutor(cpus_per_run=1), checkpoint_seconds=0)
+    finally:
+        done.set()
+        thread.join()
+        for _run_id, node in removed:  # the next tests get a cluster of two task nodes again
+            nodes[nodes.index(node)] = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
+    assert removed, "no run was seen past a checkpoint on a task node"
+    assert_each_finished_once(report, plan)
+    assert contents(db) == local_result  # one row per run, no duplicate steps, the same numbers
+    run_id = removed[0][0]
+    assert len({m.name for m in markers.iterdir() if m.name.startswith(run_id)}) == 2  # ran on both nodes
+    store = ResultStore(db)
+    resumed = json.loads(store.run_row(run_id)["environment"]).get("resumed")
+    store.close()
+    assert resumed and resumed[0]["step"] > 0  # continued from the checkpoint the lost node left
+
+
+def test_cli_sweep_on_ray(ray_cluster, tmp_path):
+    db = tmp_path / "cli.sqlite"
+    args = ["sweep", "--methods", "magnitude", "--tasks", "xor", "--iterations", "200", "--eval-every", "100",
+            "--db", str(db), "--data-dir", str(tmp_path), "--executor", "ray",
+            "--ray-address", ray_cluster["cluster"].address, "--cpus-per-run", "1", "--checkpoint-every", "0"]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "2 run, 0 skipped" in result.output
+    store = ResultStore(db)
+    assert [r["status"] for r in store.conn.execute("SELECT status FROM runs")] == ["finished", "finished"]
+    store.close()
+
+
+@pytest.mark.parametrize("runs_per_job", [1, 2])
+def test_submitit_local_jobs_fill_the_store_as_this_process_does(runs_per_job, local_result, mnist_dir, tmp_path):
+    pytest.importorskip("submitit")
+    db = tmp_path / "submitit.sqlite"
+    plan = sweep_plan()
+    executor = SubmititExecutor(tmp_path / "jobs", cluster="local", runs_per_job=runs_per_job, time_limit_min=10,
+                                poll_seconds=0.2)
+    report = run_sweep(plan, db, mnist_dir, executor=executor, checkpoint_seconds=0)
+    assert_each_finished_once(report, plan)
+    assert contents(db) == local_result
+    assert len(list((tmp_path / "jobs").glob("*_submitted.pkl"))) == -(-len(plan.runs) // runs_per_job)
+
+
+def test_cli_executor_errors(tmp_path, monkeypatch):
+    base = ["sweep", "--methods", "dense", "--tasks", "xor", "--db", str(tmp_path / "e.sqlite")]
+    result = CliRunner().invoke(main, [*base, "--executor", "ray", "--jobs", "4"])
+    assert result.exit_code == 2 and "--jobs is for --executor local; Ray runs as many" in result.output
+    assert "--cpus-per-run" in result.output
+    result = CliRunner().invoke(main, [*base, "--executor", "ray", "--partition", "gpu"])
+    assert result.exit_code == 2 and "--partition applies to --executor submitit, not ray" in result.output
+    result = CliRunner().invoke(main, [*base, "--cpus-per-run", "2"])
+    assert result.exit_code == 2 and "--cpus-per-run applies to --executor ray or submitit, not local" in result.output
+    result = CliRunner().invoke(main, [*base, "--executor", "submitit", "--cpus-per-run", "0.5"])
+    assert result.exit_code == 2 and "--cpus-per-run must be a whole number >= 1 for submitit" in result.output
+
+    real = executors.importlib.import_module
+
+    def without_extras(name: str, *args: Any, **kwargs: Any):
+        if name in ("ray", "submitit"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(executors.importlib, "import_module", without_extras)
+    with pytest.raises(MissingExtraError, match=r"pip install 'prunebench\[slurm\]'"):
+        require("submitit")
+    for executor, extra in (("ray", "ray"), ("submitit", "slurm")):
+        result = CliRunner().invoke(main, [*base, "--executor", executor])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"error: --executor {executor} needs {executor}: "
+                                         f"pip install 'prunebench[{extra}]'")  # one line, no traceback
+
+
+def xor_record(directory: Path, seed: int = 0):
+    spec = make_spec("xor", "dynthresh", seed, iterations=100, eval_every=50)
+    recording = RecordingStore()
+    harness.train(spec, recording, directory, checkpoints=directory, checkpoint_seconds=None)
+    return recording.record(spec.run_id)
+
+
+def test_apply_twice_is_one_run_and_finished_needs_a_final_row(store, tmp_path):
+    record = xor_record(tmp_path)
+    store.apply(record)
+    store.apply(record)
+    count = {t: store.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("runs", "trajectory", "final")}
+    assert count == {"runs": 1, "trajectory": 2, "final": 1}
+    assert store.status(record.run_id) == "finished" and store.final_row(record.run_id)["iterations"] == 100
+
+    other = xor_record(tmp_path, seed=1)
+    other.final = None
+    with pytest.raises(ValueError, match="marked finished but its record has no final row"):
+        store.apply(other)
+    assert store.status(other.run_id) is None  # nothing of it was written
+
+
+def test_a_worker_continues_a_run_another_worker_left(tmp_path):
+    args = {"task": "xor", "method": "dynthresh", "seed": 0, "hparams": {}, "iterations": 300, "eval_every": 50,
+            "budget": "equal", "protocol": {}}
+    spec = make_spec(**args)
+    straight = execute(RunJob(spec.run_id, "straight", args, str(tmp_path), str(tmp_path / "a"), threads=1,
+                              checkpoint_seconds=None))
+
+    shared = tmp_path / "shared"
+    with pytest.raises(KeyboardInterrupt):  # the first worker stops at step 180, after the checkpoint at 150
+        harness.train(spec, RecordingStore(), tmp_path, checkpoints=shared, observer=StopAt(180), checkpoint_seconds=0)
+    job = RunJob(spec.run_id, "continued", args, str(tmp_path), str(shared), threads=1, checkpoint_seconds=0)
+    continued = execute(job)  # another worker, with nothing but the shared checkpoint directory
+
+    assert continued.status == "finished"
+    assert [r["step"] for r in json.loads(continued.run["environment"])["resumed"]] == [150]
+    assert comparable(continued.points) == comparable(straight.points)
+    assert [p["step"] for p in continued.points] == [50, 100, 150, 200, 250, 300]
+    strip = {k: v for k, v in continued.final.items() if k not in TIMINGS}
+    assert strip == {k: v for k, v in straight.final.items() if k not in TIMINGS}
+    assert not checkpoint_path(shared, spec.run_id).exists()
+    # its record is kept until the driver has stored it: asked again (a retried task), the worker returns it
+    assert finished_record_path(shared, spec.run_id).exists()
+    assert execute(job).final == continued.final
