@@ -175,9 +175,9 @@ class RayExecutor(Executor):
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         ray = self.ray
         started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+        if started_here:  # a local instance without its dashboard, or a connection to the cluster
+            local = {"include_dashboard": False} if self.address is None else {}
+            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **local)
         remote = ray.remote(execute).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
                                              max_retries=self.max_retries, retry_exceptions=False)
         pending: dict[Any, tuple[RunJob, int, float]] = {}  # task -> (job, attempt, first start)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -109,10 +111,13 @@ def test_ray_cluster_fills_the_store_as_this_process_does(ray_cluster, local_res
     assert not list(checkpoint_dir(db).iterdir())  # checkpoints and kept records are gone once stored
 
 
-def test_a_node_lost_mid_sweep_leaves_every_run_finished_once(ray_cluster, local_result, mnist_dir, tmp_path,
-                                                              monkeypatch):
-    """A node is removed (its raylet and workers killed) while one of its runs is past a checkpoint:
-    Ray runs the task again on the other node, which continues the run from that checkpoint."""
+@pytest.mark.parametrize("death", ["node", "sigterm"])
+def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, local_result, mnist_dir, tmp_path,
+                                                         monkeypatch):
+    """Once lenet300 is past a checkpoint, its node dies ('node': the worker process and the raylet killed)
+    or its worker is stopped ('sigterm': a drained node; the run comes back 'interrupted'). Either way
+    the run is started again (by Ray; by the executor) and continues from that checkpoint, on the other
+    node when its own is gone."""
     import ray
 
     cluster, nodes = ray_cluster["cluster"], ray_cluster["nodes"]
@@ -121,53 +126,71 @@ def test_a_node_lost_mid_sweep_leaves_every_run_finished_once(ray_cluster, local
     checkpoints = checkpoint_dir(db)
     real, where = executors.execute, str(markers)
 
-    def execute_noting_node(job: RunJob):  # pickled by value into the Ray task: notes which node runs it
-        Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}").touch()
+    def execute_noting_node(job: RunJob):  # pickled by value into the Ray task: notes where it runs
+        Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}@{os.getpid()}").touch()
         return real(job)
 
     monkeypatch.setattr(executors, "execute", execute_noting_node)
-    removed: list[tuple[str, Any]] = []
+    plan = sweep_plan()
+    victim = next(r.spec.run_id for r in plan.runs if r.spec.task.name == "lenet300")  # seconds past a checkpoint
+    stopped: list[tuple[str, Any]] = []  # (node id, the node object when it was removed)
     done = threading.Event()
 
-    def remove_a_node_mid_run() -> None:
+    def stop_the_run_mid_way() -> None:
         by_id = {node.node_id: node for node in nodes}
         while not done.is_set():
-            for marker in markers.iterdir():
-                run_id, node_id = marker.name.split("@")
-                if (node_id in by_id and checkpoint_path(checkpoints, run_id).exists()
-                        and not finished_record_path(checkpoints, run_id).exists()):
-                    cluster.remove_node(by_id[node_id], allow_graceful=False)  # as a machine that dies
-                    removed.append((run_id, by_id[node_id]))
+            for marker in markers.glob(f"{victim}@*"):
+                _run_id, node_id, pid = marker.name.split("@")
+                if (node_id in by_id and checkpoint_path(checkpoints, victim).exists()
+                        and not finished_record_path(checkpoints, victim).exists()):
+                    if death == "node":  # as a machine that dies: its worker, then the rest of the node
+                        os.kill(int(pid), signal.SIGKILL)
+                        cluster.remove_node(by_id[node_id], allow_graceful=False)
+                        stopped.append((node_id, by_id[node_id]))
+                    else:
+                        os.kill(int(pid), signal.SIGTERM)
+                        stopped.append((node_id, None))
                     return
             time.sleep(0.01)
 
-    thread = threading.Thread(target=remove_a_node_mid_run, daemon=True)
+    thread = threading.Thread(target=stop_the_run_mid_way, daemon=True)
     thread.start()
-    plan = sweep_plan()
     try:
         report = run_sweep(plan, db, mnist_dir, executor=RayExecutor(cpus_per_run=1), checkpoint_seconds=0)
     finally:
         done.set()
         thread.join()
-        for _run_id, node in removed:  # the next tests get a cluster of two task nodes again
-            nodes[nodes.index(node)] = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
-    assert removed, "no run was seen past a checkpoint on a task node"
+        for _node_id, node in stopped:  # the next tests get a cluster of two task nodes again
+            if node is not None:
+                nodes[nodes.index(node)] = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
+    assert stopped, "the lenet300 run was never seen past a checkpoint"
     assert_each_finished_once(report, plan)
     assert contents(db) == local_result  # one row per run, no duplicate steps, the same numbers
-    run_id = removed[0][0]
-    assert len({m.name for m in markers.iterdir() if m.name.startswith(run_id)}) == 2  # ran on both nodes
+    ran = [m.name.split("@") for m in markers.glob(f"{victim}@*")]
+    assert len(ran) == 2  # started twice: the second time on the other node when the first is gone
+    if death == "node":
+        assert len({node_id for _, node_id, _ in ran}) == 2 and stopped[0][0] in {node_id for _, node_id, _ in ran}
     store = ResultStore(db)
-    resumed = json.loads(store.run_row(run_id)["environment"]).get("resumed")
+    resumed = json.loads(store.run_row(victim)["environment"]).get("resumed")
     store.close()
-    assert resumed and resumed[0]["step"] > 0  # continued from the checkpoint the lost node left
+    assert resumed and resumed[0]["step"] > 0  # continued from the checkpoint the stopped worker left
 
 
 def test_cli_sweep_on_ray(ray_cluster, tmp_path):
+    """`--executor ray --ray-address ADDRESS`: the sweep connects to the cluster itself, and disconnects."""
+    import ray
+
     db = tmp_path / "cli.sqlite"
+    address = ray_cluster["cluster"].address
     args = ["sweep", "--methods", "magnitude", "--tasks", "xor", "--iterations", "200", "--eval-every", "100",
-            "--db", str(db), "--data-dir", str(tmp_path), "--executor", "ray",
-            "--ray-address", ray_cluster["cluster"].address, "--cpus-per-run", "1", "--checkpoint-every", "0"]
-    result = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
+            "--db", str(db), "--data-dir", str(tmp_path), "--executor", "ray", "--ray-address", address,
+            "--cpus-per-run", "1", "--checkpoint-every", "0"]
+    ray.shutdown()
+    try:
+        result = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
+        assert not ray.is_initialized()
+    finally:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)  # for the other tests
     assert result.exit_code == 0, result.output
     assert "2 run, 0 skipped" in result.output
     store = ResultStore(db)
