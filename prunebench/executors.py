@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -175,6 +176,7 @@ class RayExecutor(Executor):
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         ray = self.ray
         started_here = not ray.is_initialized()
+        handlers = _signal_handlers()
         if started_here:  # a local instance without its dashboard, or a connection to the cluster
             local = {"include_dashboard": False} if self.address is None else {}
             ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **local)
@@ -203,6 +205,7 @@ class RayExecutor(Executor):
         finally:
             if started_here:
                 ray.shutdown()
+                _restore_signal_handlers(handlers)  # ray.init replaces SIGTERM's, and shutdown leaves it
 
     def _result(self, ref: Any) -> RunRecord | str:
         ray = self.ray
@@ -213,6 +216,18 @@ class RayExecutor(Executor):
             return _first_line(cause)
         except ray.exceptions.RayError as exc:  # worker or node lost more than max_retries times
             return _first_line(exc)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _with_threads(job: RunJob, threads: int) -> RunJob:

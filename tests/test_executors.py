@@ -91,6 +91,7 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": NODE_MEMORY,
                                                             "include_dashboard": False})
     try:
@@ -100,6 +101,8 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+        for sig, handler in handlers.items():  # Ray's head node and ray.init install SIGTERM handlers and leave them
+            signal.signal(sig, handler)
 
 
 def test_ray_cluster_fills_the_store_as_this_process_does(ray_cluster, local_result, mnist_dir, tmp_path):
@@ -186,9 +189,11 @@ def test_cli_sweep_on_ray(ray_cluster, tmp_path):
             "--db", str(db), "--data-dir", str(tmp_path), "--executor", "ray", "--ray-address", address,
             "--cpus-per-run", "1", "--checkpoint-every", "0"]
     ray.shutdown()
+    before = signal.getsignal(signal.SIGTERM)
     try:
         result = CliRunner().invoke(main, args, env={"COLUMNS": "250"})
         assert not ray.is_initialized()
+        assert signal.getsignal(signal.SIGTERM) is before  # the sweep gives back the handler ray.init replaced
     finally:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)  # for the other tests
     assert result.exit_code == 0, result.output
