@@ -12,6 +12,17 @@ Method card (where each value comes from):
 - lam: not in the paper for MNIST; calibrated by sweep on lenet300 (README, "Calibration").
 - tau: not in the paper (tau = 0.1 only draws Fig. 2); calibrated with lam.
 - biases are not thresholded: our reading (the paper is silent).
+
+Cost (issue 18). The floor beyond a dense step, per prunable weight: in the forward pass one sigmoid and
+one compare-and-multiply; in the backward pass the surrogate's two erfs and two Gaussians and the chain
+through the sigmoid, with the penalty's gradient -lambda * (1 - t) per s in closed form; the optimizer
+over twice the parameters. Individual thresholds take that path fused (`DTIndividual`): one compiled
+pass forward (which keeps sigmoid(s) for the backward), one compiled pass backward that also adds the
+penalty's gradient (so no penalty term enters the loss), erf by `erf_and_gaussian` sharing the
+Gaussian's exponential, and torch's fused Adam/SGD (`Protocol.make_optimizer`). Layer and global
+thresholds keep the plain path (`DTPruning`, autograd's sigmoid, `plain_penalty`), which is also the
+reference the tests compare the fused path with (PRUNEBENCH_DT_FUSED=0 forces it). On one CPU thread the
+transcendental functions dominate: the fused backward is compute-bound, not memory-bound.
 """
 
 from __future__ import annotations
@@ -43,39 +54,101 @@ def surrogate_grads(weight: torch.Tensor, threshold: torch.Tensor, grad: torch.T
     return grad * d_weight, grad * d_threshold
 
 
-_compiled_grads = None
-
-
-COMPILE_MIN_NUMEL = 16_384
+COMPILE_MIN_NUMEL = 512
 #: Distinct weight shapes the compiled surrogate keeps static kernels for (ResNet-56 and AlexNet have fewer).
 COMPILE_SHAPE_LIMIT = 64
+_compiled: dict[str, object] = {}
 
 
-def _grads_fn(numel: int):
-    """`surrogate_grads`, fused by torch.compile for large tensors when it works here (about 20x
-    faster on CPU: the eager version is ~25 memory-bound passes over each weight tensor); eager for
-    small tensors, when compiling fails, or when PRUNEBENCH_COMPILE=0."""
-    global _compiled_grads
+def _fast(fn, numel: int):
+    """`fn`, fused by torch.compile for large tensors when it works here (the eager versions are
+    several memory-bound passes over each weight tensor); eager for small tensors, when compiling
+    fails, or when PRUNEBENCH_COMPILE=0."""
     if numel < COMPILE_MIN_NUMEL or os.environ.get("PRUNEBENCH_COMPILE", "1") == "0":
-        return surrogate_grads
-    if _compiled_grads is None:
+        return fn
+    if fn.__name__ not in _compiled:
         try:
             # One static kernel per weight shape (what LeNet's numbers were measured with). VGG-like has
             # 15 prunable layers: past dynamo's default of 8 recompiles it would fall back to eager, so
-            # the limit is raised for this function's shapes.
+            # the limit is raised for these functions' shapes.
             import torch._dynamo.config as dynamo_config
 
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dynamo_config, name):
                     setattr(dynamo_config, name, max(getattr(dynamo_config, name), COMPILE_SHAPE_LIMIT))
-            candidate = torch.compile(surrogate_grads, dynamic=False)
-            probe = torch.ones(2, 2)
-            candidate(probe, probe * 0.5, probe, 0.1)
-            _compiled_grads = candidate
+            candidate = torch.compile(fn, dynamic=False)
+            candidate(*_probe(fn.__name__))  # fails here, not mid-run, where no compiler toolchain exists
+            _compiled[fn.__name__] = candidate
         except Exception as exc:  # noqa: BLE001 - no compiler toolchain: fall back, say so once
             warnings.warn(f"torch.compile unavailable ({type(exc).__name__}); dynthresh runs eager", stacklevel=2)
-            _compiled_grads = surrogate_grads
-    return _compiled_grads
+            _compiled[fn.__name__] = fn
+    return _compiled[fn.__name__]
+
+
+def _grads_fn(numel: int):
+    """`surrogate_grads`, compiled for large tensors (`_fast`)."""
+    return _fast(surrogate_grads, numel)
+
+
+#: Abramowitz & Stegun 7.1.26: erf(x) = 1 - (a1 k + ... + a5 k^5) exp(-x^2), k = 1 / (1 + p x), x >= 0.
+ERF_P = 0.3275911
+ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def erf_and_gaussian(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """erf(x) and exp(-x^2), sharing the exponential: erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7
+    in exact arithmetic, 5.7e-7 in float32 against torch.erf's 5.6e-8). The surrogate needs both at
+    (w - t) / tau and (w + t) / tau: two exponentials per weight instead of two erfs and two exponentials."""
+    gaussian = torch.exp(-x * x)
+    k = 1.0 / (1.0 + ERF_P * x.abs())
+    poly = k * (ERF_A[0] + k * (ERF_A[1] + k * (ERF_A[2] + k * (ERF_A[3] + k * ERF_A[4]))))
+    return torch.copysign(1.0 - poly * gaussian, x), gaussian
+
+
+def pruned_forward(weight: torch.Tensor, s: torch.Tensor, t_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phi(w, t) with t = t_max * sigmoid(s), in one pass; also sigmoid(s), which the backward reuses."""
+    sig = torch.sigmoid(s)
+    return weight * (weight.abs() >= t_max * sig), sig
+
+
+def pruned_backward(weight: torch.Tensor, sig: torch.Tensor, grad: torch.Tensor, t_max: float, tau: float,
+                    lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dw and dL/ds of one layer with individual thresholds, in one pass, from sig = sigmoid(s) of
+    the forward: the surrogate's derivatives (as `surrogate_grads`, erf by `erf_and_gaussian`) chained
+    through t = t_max * sig, plus the penalty's gradient in closed form,
+    d(-lam * log t)/ds = -lam * (1 - sig)."""
+    threshold = t_max * sig
+    erf_minus, e_minus = erf_and_gaussian((weight - threshold) / tau)
+    erf_plus, e_plus = erf_and_gaussian((weight + threshold) / tau)
+    scale = weight / (tau * SQRT_PI)
+    grad_weight = grad * (0.5 * (erf_minus - erf_plus + 2.0) + scale * (e_minus - e_plus))
+    grad_threshold = grad * (-scale * (e_minus + e_plus))
+    return grad_weight, grad_threshold * (t_max * sig * (1 - sig)) - lam * (1 - sig)
+
+
+def _probe(name: str) -> tuple:
+    """Small arguments of the compiled function `name`."""
+    x = torch.ones(2, 2)
+    return {"surrogate_grads": (x, x * 0.5, x, 0.1), "pruned_forward": (x, x, 1.0),
+            "pruned_backward": (x, x, x, 1.0, 0.1, 0.0)}[name]
+
+
+class DTIndividual(torch.autograd.Function):
+    """Individual thresholds, fused: forward `pruned_forward`, backward `pruned_backward` (which also
+    carries the sparsity penalty's gradient, so the method adds no penalty term to the loss)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, s: torch.Tensor, t_max: float, tau: float, lam: float) -> torch.Tensor:
+        out, sig = _fast(pruned_forward, weight.numel())(weight, s, t_max)
+        ctx.save_for_backward(weight, sig)
+        ctx.constants = (t_max, tau, lam)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, sig = ctx.saved_tensors
+        grad_weight, grad_s = _fast(pruned_backward, weight.numel())(weight, sig, grad.contiguous(), *ctx.constants)
+        return grad_weight, grad_s, None, None, None
 
 
 class DTPruning(torch.autograd.Function):
@@ -103,16 +176,21 @@ def smooth_pruning(weight: torch.Tensor, threshold: torch.Tensor, tau: float) ->
 class ThresholdedWeight(nn.Module):
     """Parametrisation of a layer's weight: returns Phi(w, sigmoid(s)). `s` may be shared."""
 
-    def __init__(self, s: nn.Parameter, tau: float, t_max: float = 1.0) -> None:
+    def __init__(self, s: nn.Parameter, tau: float, t_max: float = 1.0, fused_lam: float | None = None) -> None:
         super().__init__()
         self.s = s
         self.tau = tau
         self.t_max = t_max
+        #: Individual thresholds: the fused path (`DTIndividual`), whose backward also adds the penalty's
+        #: gradient lam * d(-log t)/ds; None: the plain path (`DTPruning` through autograd's sigmoid).
+        self.fused_lam = fused_lam
 
     def threshold(self) -> torch.Tensor:
         return self.t_max * torch.sigmoid(self.s)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.fused_lam is not None:
+            return DTIndividual.apply(weight, self.s, self.t_max, self.tau, self.fused_lam)
         return DTPruning.apply(weight, self.threshold(), self.tau)
 
 
@@ -174,10 +252,22 @@ class DynamicThresholding(Pruner):
                 self.threshold_params.append((s, float(module.weight.numel())))
             else:
                 s = shared
-            parametrize.register_parametrization(module, "weight", ThresholdedWeight(s, self.hp.tau, self.hp.t_max))
+            fused = self.hp.lam if self.fused else None
+            parametrize.register_parametrization(module, "weight",
+                                                 ThresholdedWeight(s, self.hp.tau, self.hp.t_max, fused))
         return model
 
+    @property
+    def fused(self) -> bool:
+        """Individual thresholds take the fused path (`DTIndividual`), unless PRUNEBENCH_DT_FUSED=0."""
+        return self.hp.scale == "individual" and os.environ.get("PRUNEBENCH_DT_FUSED", "1") != "0"
+
     def penalty(self) -> torch.Tensor | None:
+        """None on the fused path: there the weights' backward adds the penalty's gradient itself."""
+        return None if self.fused else self.plain_penalty()
+
+    def plain_penalty(self) -> torch.Tensor | None:
+        """L_p = -lam * sum_i log t_i as a tensor (the plain path's loss term; tests and reports)."""
         if self.hp.lam == 0:
             return None
         # -log(t_max * sigmoid(s)) = softplus(-s) - log(t_max); the constant has no gradient and is dropped.

@@ -72,7 +72,7 @@ def test_penalty_value_and_gradient(scale, n_thresholds):
     assert sum(s.numel() for s in params.values()) == n_thresholds
     # s = -5 everywhere: L_p = -lam * N * log(sigmoid(-5)) whatever the scale (literal Eq. 3).
     expected = -lam * 266_200 * math.log(1 / (1 + math.exp(5)))
-    penalty = pruner.penalty()
+    penalty = pruner.plain_penalty()
     assert penalty.item() == pytest.approx(expected, rel=1e-5)
     penalty.backward()
     # dL_p/ds = -lam * (1 - t) * (weights served by s)
@@ -130,3 +130,39 @@ def test_scale_choices_and_ranges_rejected():
     for bad in (dict(lam=-1e-4), dict(tau=0.0), dict(tau=-1.0), dict(scale="row"), dict(t_max=0.0)):
         with pytest.raises(ValueError):
             DynThreshHparams(**bad).validate()
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-3])
+def test_fused_individual_path_equals_the_plain_formulas(lam, monkeypatch):
+    """The fused path (one pass forward, one pass backward with the penalty's gradient in closed form,
+    no penalty term in the loss) gives the plain path's outputs and gradients: DTPruning through
+    autograd's sigmoid, plus autograd of -lam * sum(log t)."""
+    task = get_task("lenet300")
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 784), torch.randint(0, 10, (32,))
+    grads = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("PRUNEBENCH_DT_FUSED", fused)
+        pruner = DynamicThresholding(DynThreshHparams(lam=lam, s_init=-3.0), task)
+        model = pruner.attach(task.build_model(0))
+        with torch.no_grad():  # thresholds spread around the weights' magnitudes
+            for s, _ in pruner.threshold_params:
+                s.copy_(torch.empty_like(s).uniform_(-6.0, -3.5, generator=torch.Generator().manual_seed(1)))
+        loss = task.loss(model(x), y)
+        penalty = pruner.penalty()
+        assert (penalty is None) == (fused == "1" or lam == 0)
+        (loss if penalty is None else loss + penalty).backward()
+        grads[fused] = {name: p.grad.clone() for name, p in model.named_parameters()}
+        grads[fused]["out"] = model(x).detach()
+    assert grads["1"].keys() == grads["0"].keys()
+    for name in grads["0"]:
+        torch.testing.assert_close(grads["1"][name], grads["0"][name], rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_erf_of_the_fused_path_is_within_float32_reach_of_erf():
+    from prunebench.methods.dynthresh import erf_and_gaussian
+
+    x = torch.linspace(-8, 8, 200_001, dtype=torch.float64)
+    erf, gaussian = erf_and_gaussian(x.float())
+    assert (erf.double() - torch.erf(x)).abs().max().item() < 1e-6  # A&S 7.1.26: 1.5e-7 exact, ~6e-7 in float32
+    torch.testing.assert_close(gaussian.double(), torch.exp(-x * x), rtol=1e-6, atol=1e-7)

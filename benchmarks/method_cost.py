@@ -1,0 +1,137 @@
+"""What each method costs per training step, against a dense step, on LeNet-300-100 and LeNet-5 (issue 18).
+
+    python benchmarks/method_cost.py --repeats 5
+
+Every method trains through the real harness (`harness.train`, the task's protocol, the method's defaults,
+its phases under the 'equal' budget scaled to the iterations given, evaluated once at the end) into an
+in-memory store, in this one process. Step time = the run's `train_seconds` / iterations: what a user's
+run pays, phase starts and the method's per-step work included, evaluation excluded. Within a repeat the
+methods run one after another, in reversed order on odd repeats; the ratio to dense is taken within each
+repeat and the table gives the median over repeats (the machine is shared: one process, alternating,
+medians). Each method runs once untimed first (torch.compile's kernels, caches). One torch thread by
+default, as `prunebench check` measures. Writes `leaderboards/method-cost.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from prunebench import harness
+from prunebench.data import default_data_dir
+from prunebench.pruner import method_names
+from prunebench.records import RecordingStore
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Step time over dense step time that issue 18 sets for each method (sparse-vd's local reparameterisation
+#: doubles the matrix products).
+TARGETS = {"sparse-vd": 2.5}
+DEFAULT_TARGET = 1.5
+#: Each method's floor: the work it must do per step beyond a dense step (the method cards say more).
+FLOORS = {
+    "dense": "-",
+    "dynthresh": "forward: one fused pass w * 1[|w| >= t]; backward: one fused pass giving dw and ds (penalty's "
+                 "-lambda(1 - t) included); Adam over weights + thresholds (2x parameters)",
+    "magnitude": "a mask multiply per prunable weight per step (forward) and on its gradient; a sort per pruning "
+                 "event",
+    "dns": "a mask multiply per prunable weight per step; every few steps a mask update (two compares per weight)",
+    "sparse-vd": "a second matrix product per layer (the variance of the local reparameterisation), one "
+                 "noise draw per output, the KL term over the log-sigma2s; Adam over 2x parameters",
+    "dst": "one fused pass per weight for the threshold mask and its step-function gradient, a reduction for "
+           "each threshold's gradient; the sparsity penalty over thresholds",
+    "ltp": "one fused pass per weight for the sigmoid soft mask (forward) and its gradient, the soft L0 penalty "
+           "(a second pass) after the pretraining phase",
+    "autoprune": "one gate multiply per unit; the gate's straight-through gradient",
+    "l0": "one hard-concrete draw per gate (units, not weights) and a gate multiply; the expected-L0 penalty "
+          "per gate",
+}
+
+
+def step_seconds(task: str, method: str, iterations: int, data_dir: Path, work: Path) -> float:
+    spec = harness.make_spec(task, method, 0, None, iterations, iterations)
+    store = RecordingStore()
+    result = harness.train(spec, store, data_dir, device="cpu", checkpoints=work, checkpoint_seconds=None)
+    if result.status != "finished":
+        raise RuntimeError(f"{method} on {task}: {result.status} ({result.error})")
+    return result.final["train_seconds"] / result.final["iterations"]
+
+
+def measure(task: str, methods: list[str], iterations: int, repeats: int, data_dir: Path,
+            work: Path) -> dict[str, list[float]]:
+    """Seconds per step of each method, one value per repeat."""
+    for method in methods:  # warm-up: compiled kernels, allocator, data on the device
+        step_seconds(task, method, max(20, iterations // 10), data_dir, work)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for repeat in range(repeats):
+        for method in (methods if repeat % 2 == 0 else list(reversed(methods))):
+            seconds = step_seconds(task, method, iterations, data_dir, work)
+            times[method].append(seconds)
+            print(f"{task} repeat {repeat} {method:10s} {1000 * seconds:7.3f} ms/step", flush=True)
+    return times
+
+
+def table(task: str, times: dict[str, list[float]], iterations: int) -> list[str]:
+    dense = times["dense"]
+    lines = [f"## {task} ({iterations:,} iterations per run)", "",
+             "| method | ms per step (median) | steps/s | x dense step (median over repeats) | per repeat | target "
+             "| within | the method's floor beyond a dense step |",
+             "|---|---:|---:|---:|---|---:|---|---|"]
+    for method, values in times.items():
+        ratios = [v / d for v, d in zip(values, dense, strict=True)]
+        ratio = statistics.median(ratios)
+        median = statistics.median(values)
+        target = TARGETS.get(method, DEFAULT_TARGET) if method != "dense" else None
+        within = "-" if target is None else ("yes" if ratio <= target else "**no**")
+        lines.append(f"| {method} | {1000 * median:.2f} | {1 / median:.0f} | {ratio:.2f} | "
+                     f"{', '.join(f'{r:.2f}' for r in ratios)} | {target or '-'} | {within} | {FLOORS.get(method, '')} |")
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="lenet300,lenet5")
+    parser.add_argument("--methods", default=",".join(method_names()))
+    parser.add_argument("--iterations", type=int, default=1000, help="iterations per lenet300 run")
+    parser.add_argument("--lenet5-iterations", type=int, default=300, help="iterations per lenet5 run")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "leaderboards" / "method-cost.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = ["dense", *[m for m in args.methods.split(",") if m and m != "dense"]]
+    data_dir = args.data_dir or default_data_dir()
+    started = time.time()
+    sections = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in args.tasks.split(","):
+            iterations = args.lenet5_iterations if task == "lenet5" else args.iterations
+            times = measure(task, methods, iterations, args.repeats, data_dir, Path(tmp))
+            sections += table(task, times, iterations)
+    command = (f"python benchmarks/method_cost.py --tasks {args.tasks} --iterations {args.iterations} "
+               f"--lenet5-iterations {args.lenet5_iterations} --repeats {args.repeats} --threads {args.threads}")
+    header = [
+        "# What each method costs per training step, against a dense step",
+        "",
+        f"Generated by `{command}` ({(time.time() - started) / 60:.0f} min). Machine: {os.cpu_count()}-core CPU VM "
+        f"({platform.machine()}), torch {torch.__version__} on CPU ({torch.backends.cpu.get_cpu_capability()}), "
+        f"{args.threads} torch thread(s), no GPU.",
+        "",
+        "Each run goes through the harness with the task's protocol and the method's defaults, all its phases "
+        "under the 'equal' budget (scaled to the iterations given), evaluation excluded; ratios are taken within "
+        "each repeat (methods alternating, one process) and the median is shown. Targets are issue 18's.",
+        "",
+    ]
+    args.out.write_text("\n".join(header + sections))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
