@@ -1,11 +1,23 @@
-"""Small helpers shared by several methods (per-layer hyperparameters, optimizer state across phases).
+"""Small helpers shared by several methods (per-layer hyperparameters, optimizer state across phases,
+compiled elementwise kernels).
 
 Not a method: nothing here registers. Both helpers are candidates for `prunebench/pruner.py`."""
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+#: Tensors smaller than this run a method's elementwise functions eager (a compiled call costs ~50 us).
+COMPILE_MIN_NUMEL = 512
+#: Distinct shapes a compiled function keeps static kernels for (VGG-like has 15 prunable layers, past
+#: dynamo's default of 8 recompiles, after which it would fall back to eager).
+COMPILE_SHAPE_LIMIT = 64
+_compiled: dict[str, Callable] = {}
 
 #: How a per-layer hyperparameter's values map onto the prunable layers (the methods' `layer_rule`):
 #: "each": one value for every layer, or one per prunable layer in definition order (as always);
@@ -74,3 +86,28 @@ def carry_optimizer_state(previous: torch.optim.Optimizer | None, current: torch
         for param in group["params"]:
             if param in previous.state:
                 current.state[param] = previous.state[param]
+
+
+def fused(fn: Callable, numel: int, probe: Callable[[], tuple]) -> Callable:
+    """`fn` fused by torch.compile (static shapes) when it works here, for tensors of at least
+    `COMPILE_MIN_NUMEL` elements; eager for small tensors, when compiling fails (said once), or when
+    PRUNEBENCH_COMPILE=0. `probe()` gives small arguments, so a missing compiler toolchain shows at the
+    first call rather than mid-run."""
+    if numel < COMPILE_MIN_NUMEL or os.environ.get("PRUNEBENCH_COMPILE", "1") == "0":
+        return fn
+    key = f"{fn.__module__}.{fn.__qualname__}"
+    if key not in _compiled:
+        try:
+            import torch._dynamo.config as dynamo_config
+
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo_config, name):
+                    setattr(dynamo_config, name, max(getattr(dynamo_config, name), COMPILE_SHAPE_LIMIT))
+            candidate = torch.compile(fn, dynamic=False)
+            candidate(*probe())
+            _compiled[key] = candidate
+        except Exception as exc:  # noqa: BLE001 - no compiler toolchain: fall back, say so once
+            warnings.warn(f"torch.compile unavailable ({type(exc).__name__}); {fn.__qualname__} runs eager",
+                          stacklevel=2)
+            _compiled[key] = fn
+    return _compiled[key]

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import torch
+from prunebench.methods._common import fused
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
@@ -54,35 +54,9 @@ def surrogate_grads(weight: torch.Tensor, threshold: torch.Tensor, grad: torch.T
     return grad * d_weight, grad * d_threshold
 
 
-COMPILE_MIN_NUMEL = 512
-#: Distinct weight shapes the compiled surrogate keeps static kernels for (ResNet-56 and AlexNet have fewer).
-COMPILE_SHAPE_LIMIT = 64
-_compiled: dict[str, object] = {}
-
-
 def _fast(fn, numel: int):
-    """`fn`, fused by torch.compile for large tensors when it works here (the eager versions are
-    several memory-bound passes over each weight tensor); eager for small tensors, when compiling
-    fails, or when PRUNEBENCH_COMPILE=0."""
-    if numel < COMPILE_MIN_NUMEL or os.environ.get("PRUNEBENCH_COMPILE", "1") == "0":
-        return fn
-    if fn.__name__ not in _compiled:
-        try:
-            # One static kernel per weight shape (what LeNet's numbers were measured with). VGG-like has
-            # 15 prunable layers: past dynamo's default of 8 recompiles it would fall back to eager, so
-            # the limit is raised for these functions' shapes.
-            import torch._dynamo.config as dynamo_config
-
-            for name in ("recompile_limit", "cache_size_limit"):
-                if hasattr(dynamo_config, name):
-                    setattr(dynamo_config, name, max(getattr(dynamo_config, name), COMPILE_SHAPE_LIMIT))
-            candidate = torch.compile(fn, dynamic=False)
-            candidate(*_probe(fn.__name__))  # fails here, not mid-run, where no compiler toolchain exists
-            _compiled[fn.__name__] = candidate
-        except Exception as exc:  # noqa: BLE001 - no compiler toolchain: fall back, say so once
-            warnings.warn(f"torch.compile unavailable ({type(exc).__name__}); dynthresh runs eager", stacklevel=2)
-            _compiled[fn.__name__] = fn
-    return _compiled[fn.__name__]
+    """`fn` compiled for this layer's size (`methods._common.fused`), probed with small arguments."""
+    return fused(fn, numel, lambda: _probe(fn.__name__))
 
 
 def _grads_fn(numel: int):

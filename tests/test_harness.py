@@ -85,7 +85,8 @@ def test_bad_input_rejected_before_training(kwargs, message):
 
 
 def test_nan_loss_stops_and_is_stored_as_failed(store, tmp_path, monkeypatch):
-    original = DynamicThresholding.penalty
+    monkeypatch.setenv("PRUNEBENCH_DT_FUSED", "0")  # the plain path, whose penalty is a loss term to poison
+    original = DynamicThresholding.plain_penalty
     calls = {"n": 0}
 
     def poisoned(self):
@@ -93,7 +94,7 @@ def test_nan_loss_stops_and_is_stored_as_failed(store, tmp_path, monkeypatch):
         value = original(self)
         return value * float("nan") if calls["n"] == 37 else value
 
-    monkeypatch.setattr(DynamicThresholding, "penalty", poisoned)
+    monkeypatch.setattr(DynamicThresholding, "plain_penalty", poisoned)
     spec = make_spec("xor", "dynthresh", seed=0, iterations=2000, eval_every=100)
     result = train(spec, store, tmp_path)
     assert result.status == "failed" and result.failed_step == 37
