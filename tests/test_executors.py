@@ -120,7 +120,10 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
     """Once lenet300 is past a checkpoint, its node dies ('node': the worker process and the raylet killed)
     or its worker is stopped ('sigterm': a drained node; the run comes back 'interrupted'). Either way
     the run is started again (by Ray; by the executor) and continues from that checkpoint, on the other
-    node when its own is gone."""
+    node when its own is gone. Both happen right after the run's first checkpoint, inside the training
+    loop: the worker sends the SIGTERM to itself, or waits there for its node to be killed (a signal
+    sent from outside at a random time can arrive after the last step, and then the run rightly
+    finishes without a restart)."""
     import ray
 
     cluster, nodes = ray_cluster["cluster"], ray_cluster["nodes"]
@@ -128,45 +131,62 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
     markers.mkdir()
     checkpoints = checkpoint_dir(db)
     real, where = executors.execute, str(markers)
-
-    def execute_noting_node(job: RunJob):  # pickled by value into the Ray task: notes where it runs
-        Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}@{os.getpid()}").touch()
-        return real(job)
-
-    monkeypatch.setattr(executors, "execute", execute_noting_node)
     plan = sweep_plan()
     victim = next(r.spec.run_id for r in plan.runs if r.spec.task.name == "lenet300")  # seconds past a checkpoint
+    stop_itself = death == "sigterm"
+    waiting = Path(where, "waiting for the kill")
+
+    def execute_noting_node(job: RunJob):  # pickled by value into the Ray task: notes where it runs
+        first = not any(Path(where).glob(f"{job.run_id}@*"))
+        Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}@{os.getpid()}").touch()
+        if not (first and job.run_id == victim):
+            return real(job)
+        saved = harness.save_checkpoint
+
+        def save_then_stop(directory, checkpoint):
+            path = saved(directory, checkpoint)
+            if stop_itself:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled in the loop: the run returns 'interrupted'
+            else:
+                waiting.touch()
+                time.sleep(600)  # killed here with its node
+            return path
+
+        harness.save_checkpoint = save_then_stop
+        try:
+            return real(job)
+        finally:
+            harness.save_checkpoint = saved  # Ray reuses the worker process for other tasks
+
+    monkeypatch.setattr(executors, "execute", execute_noting_node)
     stopped: list[tuple[str, Any]] = []  # (node id, the node object when it was removed)
     done = threading.Event()
 
-    def stop_the_run_mid_way() -> None:
+    def stop_the_node_mid_way() -> None:
         by_id = {node.node_id: node for node in nodes}
         while not done.is_set():
-            for marker in markers.glob(f"{victim}@*"):
+            if waiting.exists():
+                (marker,) = markers.glob(f"{victim}@*")
                 _run_id, node_id, pid = marker.name.split("@")
-                if (node_id in by_id and checkpoint_path(checkpoints, victim).exists()
-                        and not finished_record_path(checkpoints, victim).exists()):
-                    if death == "node":  # as a machine that dies: its worker, then the rest of the node
-                        os.kill(int(pid), signal.SIGKILL)
-                        cluster.remove_node(by_id[node_id], allow_graceful=False)
-                        stopped.append((node_id, by_id[node_id]))
-                    else:
-                        os.kill(int(pid), signal.SIGTERM)
-                        stopped.append((node_id, None))
-                    return
+                assert checkpoint_path(checkpoints, victim).exists()
+                os.kill(int(pid), signal.SIGKILL)  # as a machine that dies: its worker, then the node
+                cluster.remove_node(by_id[node_id], allow_graceful=False)
+                stopped.append((node_id, by_id[node_id]))
+                return
             time.sleep(0.01)
 
-    thread = threading.Thread(target=stop_the_run_mid_way, daemon=True)
-    thread.start()
+    thread = threading.Thread(target=stop_the_node_mid_way, daemon=True)
+    if not stop_itself:
+        thread.start()
     try:
         report = run_sweep(plan, db, mnist_dir, executor=RayExecutor(cpus_per_run=1), checkpoint_seconds=0)
     finally:
         done.set()
-        thread.join()
+        if thread.is_alive():
+            thread.join()
         for _node_id, node in stopped:  # the next tests get a cluster of two task nodes again
-            if node is not None:
-                nodes[nodes.index(node)] = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
-    assert stopped, "the lenet300 run was never seen past a checkpoint"
+            nodes[nodes.index(node)] = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
+    assert stop_itself or stopped, "the lenet300 run was never seen past a checkpoint"
     assert_each_finished_once(report, plan)
     assert contents(db) == local_result  # one row per run, no duplicate steps, the same numbers
     ran = [m.name.split("@") for m in markers.glob(f"{victim}@*")]
