@@ -88,6 +88,13 @@ def carry_optimizer_state(previous: torch.optim.Optimizer | None, current: torch
                 current.state[param] = previous.state[param]
 
 
+def fused_paths() -> bool:
+    """Whether methods take their fused paths (a custom autograd Function whose forward and backward are
+    each one compiled pass) rather than their plain autograd formulas; PRUNEBENCH_FUSED=0 forces the
+    plain ones, which the tests compare the fused paths with."""
+    return os.environ.get("PRUNEBENCH_FUSED", "1") != "0"
+
+
 def fused(fn: Callable, numel: int, probe: Callable[[], tuple]) -> Callable:
     """`fn` fused by torch.compile (static shapes) when it works here, for tensors of at least
     `COMPILE_MIN_NUMEL` elements; eager for small tensors, when compiling fails (said once), or when

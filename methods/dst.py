@@ -21,7 +21,14 @@ function's input is |W| - t and its output multiplies W, and autograd differenti
   forms are 0 (torch's abs has derivative 0 at 0).
 - dL/dt_i = sum_j g_ij W_ij H(Q_ij) dQ_ij/dt_i = -sum_j g_ij W_ij H(Q_ij).
 Here the same composition is written out (`unit_step` is the code's BinaryStep) and autograd does the
-chain rule; tests/test_dst.py checks both terms against the closed forms above.
+chain rule (the plain path); tests/test_dst.py checks both terms against the closed forms above.
+
+Cost (issue 18). The floor beyond a dense step, per prunable weight: forward one compare-and-multiply
+(|W| - t > 0); backward one elementwise pass for dL/dW (g M + g |W| H(Q)) and the row sums of g W H(Q)
+for dL/dt; the penalty over c_out thresholds per layer is negligible. The fused path (`DSTMasked`) does
+exactly that: one compiled pass forward, one compiled pass backward giving both gradients, where the
+plain path's autograd graph takes about fifteen elementwise passes (abs, subtract, compare, the three
+pieces of H, the products, the broadcast's reduction). PRUNEBENCH_FUSED=0 forces the plain path.
 
 Method card (where each value comes from):
 - one threshold per output neuron / filter, weight flattened to c_out x z, M = 1[|W| - t > 0], W * M
@@ -58,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from prunebench.methods._common import fused, fused_paths
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -117,6 +125,45 @@ def masked_weight(weight: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor
     return weight * dst_mask(weight, threshold)
 
 
+def fused_forward(weight: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """W * S(|W| - t), t (c_out,), in one pass."""
+    return weight * (structure_input(weight, threshold) > 0)
+
+
+def fused_backward(weight: torch.Tensor, threshold: torch.Tensor,
+                   grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dW = g M + g W H(Q) sign(W) and dL/dt = -sum_row g W H(Q), in one pass, in the order of
+    operations autograd takes through `masked_weight`."""
+    q = structure_input(weight, threshold)
+    structure = grad * weight * long_tailed_derivative(q)
+    grad_weight = grad * (q > 0) + structure * torch.sign(weight)
+    return grad_weight, -structure.flatten(1).sum(1)
+
+
+def _probe(name: str) -> tuple:
+    x = torch.ones(2, 2)
+    return {"fused_forward": (x, x[0]), "fused_backward": (x, x[0], x)}[name]
+
+
+def _fast(fn, numel: int):
+    """`fn` compiled for this layer's size (`methods._common.fused`)."""
+    return fused(fn, numel, lambda: _probe(fn.__name__))
+
+
+class DSTMasked(torch.autograd.Function):
+    """`masked_weight` fused: forward `fused_forward`, backward `fused_backward` (same gradients)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight, threshold)
+        return _fast(fused_forward, weight.numel())(weight, threshold)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, threshold = ctx.saved_tensors
+        return _fast(fused_backward, weight.numel())(weight, threshold, grad.contiguous())
+
+
 class TrainableMask(nn.Module):
     """Parametrisation of a layer's weight: W -> W * S(|W| - t), with t one threshold per output row."""
 
@@ -126,6 +173,8 @@ class TrainableMask(nn.Module):
                                                  device=weight.device))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if fused_paths():
+            return DSTMasked.apply(weight, self.threshold)
         return masked_weight(weight, self.threshold)
 
 

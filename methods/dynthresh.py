@@ -21,18 +21,17 @@ pass forward (which keeps sigmoid(s) for the backward), one compiled pass backwa
 penalty's gradient (so no penalty term enters the loss), erf by `erf_and_gaussian` sharing the
 Gaussian's exponential, and torch's fused Adam/SGD (`Protocol.make_optimizer`). Layer and global
 thresholds keep the plain path (`DTPruning`, autograd's sigmoid, `plain_penalty`), which is also the
-reference the tests compare the fused path with (PRUNEBENCH_DT_FUSED=0 forces it). On one CPU thread the
+reference the tests compare the fused path with (PRUNEBENCH_FUSED=0 forces it). On one CPU thread the
 transcendental functions dominate: the fused backward is compute-bound, not memory-bound.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
-from prunebench.methods._common import fused
+from prunebench.methods._common import fused, fused_paths
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
@@ -233,8 +232,8 @@ class DynamicThresholding(Pruner):
 
     @property
     def fused(self) -> bool:
-        """Individual thresholds take the fused path (`DTIndividual`), unless PRUNEBENCH_DT_FUSED=0."""
-        return self.hp.scale == "individual" and os.environ.get("PRUNEBENCH_DT_FUSED", "1") != "0"
+        """Individual thresholds take the fused path (`DTIndividual`), unless PRUNEBENCH_FUSED=0."""
+        return self.hp.scale == "individual" and fused_paths()
 
     def penalty(self) -> torch.Tensor | None:
         """None on the fused path: there the weights' backward adds the penalty's gradient itself."""

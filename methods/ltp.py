@@ -49,6 +49,11 @@ Method card (where each value comes from):
   schedule is fine-tuning for under 30 ImageNet epochs (30 for ResNet50) [V, abstract]. Budget "equal":
   the same split scaled into the protocol's iterations (as dns.py). The fine-tune phase runs at the
   protocol lr * `finetune_lr_factor` (1) with a fresh optimizer (a new fine-tuning run) [I].
+- cost (issue 18): beyond a dense step, per prunable weight after pretraining, one sigmoid and a
+  multiply forward, one elementwise pass backward for dL/dw plus a reduction for dL/dtau, and the soft L0
+  penalty's gradient (same sigmoid) in closed form. The fused path (`LTPFused`) does that in one
+  compiled pass each way; the plain path (autograd through `soft_prune`, and `soft_l0` as a second
+  sigmoid pass and its own backward) is kept as the reference (PRUNEBENCH_FUSED=0) [I, implementation].
 - the paper picks an operating point from the trail of ever sparser networks; the suite reports the last
   evaluation (every evaluation is stored) [I]. Biases are not pruned (the suite's choice).
 """
@@ -60,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from prunebench.methods._common import fused, fused_paths
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -127,6 +133,51 @@ def magnitude_variance(weight: torch.Tensor) -> float:
     return second_moment if second_moment > 0 else 1.0
 
 
+def fused_forward(weight: torch.Tensor, tau: torch.Tensor, inv_temperature: torch.Tensor):
+    """v = w * sigma and sigma = sigmoid((w^2 - tau) / T), in one pass (sigma is kept for the backward)."""
+    gate = torch.sigmoid((weight * weight - tau) * inv_temperature)
+    return weight * gate, gate
+
+
+def fused_backward(weight: torch.Tensor, gate: torch.Tensor, grad: torch.Tensor, inv_temperature: torch.Tensor,
+                   penalty_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dw and dL/dtau of one layer in one pass: LTP's gradients of v (`LTPSoftPrune`) plus those of the
+    soft L0 penalty c * sum sigma in closed form (c = lam / N): c * sigma (1 - sigma) * 2 w / T for w,
+    -c * sigma (1 - sigma) / T for tau."""
+    slope = gate * (1 - gate) * inv_temperature
+    grad_weight = grad * gate + penalty_scale * 2 * weight * slope
+    return grad_weight, -((grad * weight + penalty_scale) * slope).sum()
+
+
+def _probe(name: str) -> tuple:
+    x, scalar = torch.ones(2, 2), torch.tensor(1.0)
+    return {"fused_forward": (x, scalar, scalar), "fused_backward": (x, x * 0.5, x, scalar, scalar)}[name]
+
+
+def _fast(fn, numel: int):
+    """`fn` compiled for this layer's size (`methods._common.fused`)."""
+    return fused(fn, numel, lambda: _probe(fn.__name__))
+
+
+class LTPFused(torch.autograd.Function):
+    """Soft pruning with the penalty folded in: forward `fused_forward`, backward `fused_backward`. The
+    temperature and the penalty's scale are 0-d tensors, so a compiled pass serves every layer and run."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, tau: torch.Tensor, inv_temperature: torch.Tensor,
+                penalty_scale: torch.Tensor) -> torch.Tensor:
+        out, gate = _fast(fused_forward, weight.numel())(weight, tau, inv_temperature)
+        ctx.save_for_backward(weight, gate, inv_temperature, penalty_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, gate, inv_temperature, penalty_scale = ctx.saved_tensors
+        grad_weight, grad_tau = _fast(fused_backward, weight.numel())(weight, gate, grad.contiguous(),
+                                                                       inv_temperature, penalty_scale)
+        return grad_weight, grad_tau, None, None
+
+
 class LearnedThreshold(nn.Module):
     """Parametrisation of a layer's weight: w -> w * sigmoid((w^2 - tau) / T) with tau = unit * s, once
     `activate` has fixed unit and T from the pretrained weight; w unchanged before that (dense)."""
@@ -138,12 +189,21 @@ class LearnedThreshold(nn.Module):
         self.unit = 1.0  # u_l = Var(|w_l|) of the pretrained layer, set by `activate`
         self.temperature = 1.0  # T_l = T0 * u_l, set by `activate`
         self.active = False
+        #: The fused path's constants as 0-d tensors (moved with the module): 1 / T_l, and c = lam / N, the
+        #: scale of the soft L0 penalty whose gradient the fused backward adds (`LTPFused`).
+        self.register_buffer("inv_temperature", torch.ones(()), persistent=False)
+        self.register_buffer("penalty_scale", torch.zeros(()), persistent=False)
+        self.fused = False
 
     def activate(self, weight: torch.Tensor, t0: float) -> None:
         self.unit = magnitude_variance(weight)
-        self.temperature = t0 * self.unit
+        self.set_temperature(t0 * self.unit)
         self.active = True
         self.s.requires_grad_(True)
+
+    def set_temperature(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.inv_temperature.fill_(1.0 / temperature)
 
     def tau(self) -> torch.Tensor:
         return self.unit * self.s
@@ -151,6 +211,8 @@ class LearnedThreshold(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return weight
+        if self.fused:
+            return LTPFused.apply(weight, self.tau(), self.inv_temperature, self.penalty_scale)
         return soft_prune(weight, self.tau(), self.temperature)
 
 
@@ -215,7 +277,16 @@ class LearnedThresholdPruning(Pruner):
             self.layers.append((name, module, threshold))
         self.weight_count = sum(module.parametrizations.weight.original.numel() for _, module, _ in self.layers)
         self.active = False
+        for _, _, threshold in self.layers:
+            threshold.fused = self.fused
+            threshold.penalty_scale.fill_(self.hp.lam / self.weight_count)
         return model
+
+    @property
+    def fused(self) -> bool:
+        """Soft pruning and the penalty's gradient in one compiled pass each way (`LTPFused`), unless
+        PRUNEBENCH_FUSED=0 (the plain path: `soft_prune` plus `soft_l0` as a loss term)."""
+        return fused_paths()
 
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if phase.name != PRUNE:
@@ -244,10 +315,16 @@ class LearnedThresholdPruning(Pruner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.active = state["active"]
         for (_, _, threshold), (unit, temperature, active) in zip(self.layers, state["thresholds"], strict=True):
-            threshold.unit, threshold.temperature, threshold.active = unit, temperature, active
+            threshold.unit, threshold.active = unit, active
+            threshold.set_temperature(temperature)
             threshold.s.requires_grad_(active)
 
     def penalty(self) -> torch.Tensor | None:
+        """None on the fused path: there the weights' backward adds the penalty's gradient itself."""
+        return None if self.fused else self.plain_penalty()
+
+    def plain_penalty(self) -> torch.Tensor | None:
+        """lam * sum_l soft_l0_l / N as a tensor (the plain path's loss term; tests)."""
         if not self.active or self.hp.lam == 0:
             return None
         total = sum(soft_l0(module.parametrizations.weight.original, threshold.tau(), threshold.temperature)

@@ -36,6 +36,15 @@ Method card (where each value comes from):
   own grouped convolution (each output reads only its group's inputs, so the local reparameterisation
   is unchanged); BatchNorm after a layer (VGG-like, ResNet-56) sees the sampled pre-activations in
   training and is copied into the deployed network as trained [I].
+- cost (issue 18): beyond a dense step, the local reparameterisation's second matrix product per layer
+  (its floor: about 2x the dense matmul time), the noise draw per output, and per weight log alpha, its
+  exponential and the KL term's gradient; Adam over twice the parameters. The fused path
+  (`SVDPosterior`) computes the mean and variance weights in one compiled pass (log, exp) and, in one
+  compiled backward pass, both parameters' gradients with the KL term's gradient in closed form
+  (dKL/dlog alpha = -k1 k3 s (1 - s) - 0.5 / (1 + alpha), s = sigmoid(k2 + k3 log alpha)), so log alpha
+  is computed once per step and no KL term enters the loss; beta / N reaches it as a 0-d buffer
+  updated after every step. The plain path (autograd through `moments` and `kl`) is the reference
+  (PRUNEBENCH_FUSED=0) [I, implementation].
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import carry_optimizer_state
+from prunebench.methods._common import carry_optimizer_state, fused, fused_paths
 from torch import nn
 from torch.nn import functional as F
 
@@ -76,6 +85,63 @@ def kl_weight(epoch: int, start: int = 5, end: int = 20) -> float:
     return 1.0
 
 
+def posterior_forward(theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: float,
+                      train_clip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean and variance weights of the local reparameterisation (theta, clipped by log alpha <
+    threshold under train_clip, and alpha theta^2) and the unclipped log alpha, in one pass."""
+    raw = log_sigma2 - torch.log(theta * theta + THETA_EPS)
+    log_alpha = torch.clamp(raw, -LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+    mean = theta * ((log_alpha < threshold) | (not train_clip))
+    return mean, torch.exp(log_alpha) * theta * theta, raw
+
+
+def posterior_backward(theta: torch.Tensor, raw: torch.Tensor, grad_mean: torch.Tensor, grad_var: torch.Tensor,
+                       kl_scale: torch.Tensor, threshold: float,
+                       train_clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """dL/dtheta and dL/dlog sigma^2 in one pass: the chain through the mean and variance weights and
+    log alpha (zero where the clip is active, as autograd's clamp), plus kl_scale * dKL/dlog alpha."""
+    log_alpha = torch.clamp(raw, -LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+    inside = (raw >= -LOG_ALPHA_CLIP) & (raw <= LOG_ALPHA_CLIP)
+    alpha = torch.exp(log_alpha)
+    theta2 = theta * theta
+    s = torch.sigmoid(K2 + K3 * log_alpha)
+    d_kl = -K1 * K3 * s * (1 - s) - 0.5 / (1 + alpha)
+    grad_log_alpha = (grad_var * alpha * theta2 + kl_scale * d_kl) * inside
+    keep = (log_alpha < threshold) | (not train_clip)
+    grad_theta = grad_mean * keep + grad_var * alpha * 2 * theta - grad_log_alpha * 2 * theta / (theta2 + THETA_EPS)
+    return grad_theta, grad_log_alpha
+
+
+def _probe(name: str) -> tuple:
+    x, scalar = torch.ones(2, 2), torch.tensor(0.5)
+    return {"posterior_forward": (x, x, 3.0, True), "posterior_backward": (x, x, x, x, scalar, 3.0, True)}[name]
+
+
+def _fast(fn, numel: int):
+    """`fn` compiled for this layer's size (`methods._common.fused`)."""
+    return fused(fn, numel, lambda: _probe(fn.__name__))
+
+
+class SVDPosterior(torch.autograd.Function):
+    """(theta, log sigma^2) -> (mean weight, variance weight), forward `posterior_forward`, backward
+    `posterior_backward`, which adds the KL term's gradient scaled by `kl_scale` (beta / N)."""
+
+    @staticmethod
+    def forward(ctx, theta: torch.Tensor, log_sigma2: torch.Tensor, kl_scale: torch.Tensor, threshold: float,
+                train_clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, var, raw = _fast(posterior_forward, theta.numel())(theta, log_sigma2, threshold, train_clip)
+        ctx.save_for_backward(theta, raw, kl_scale)
+        ctx.constants = (threshold, train_clip)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor):
+        theta, raw, kl_scale = ctx.saved_tensors
+        grad_theta, grad_log_sigma2 = _fast(posterior_backward, theta.numel())(
+            theta, raw, grad_mean.contiguous(), grad_var.contiguous(), kl_scale, *ctx.constants)
+        return grad_theta, grad_log_sigma2, None, None, None
+
+
 class _Variational:
     """What the variational Linear and Conv2d layers share. `weight` is theta."""
 
@@ -93,6 +159,9 @@ class _Variational:
         self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, log_sigma2_init))
         self.threshold = threshold
         self.train_clip = train_clip
+        #: The fused path (`SVDPosterior`) and beta / N, the KL term's scale its backward applies.
+        self.fused = False
+        self.register_buffer("kl_scale", torch.zeros((), device=self.weight.device), persistent=False)
 
     @property
     def theta(self) -> nn.Parameter:
@@ -114,6 +183,10 @@ class _Variational:
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of the pre-activation under the posterior (local reparameterisation)."""
+        if self.fused:
+            mean_weight, var_weight = SVDPosterior.apply(self.weight, self.log_sigma2, self.kl_scale,
+                                                         self.threshold, self.train_clip)
+            return self._affine(x, mean_weight, self.bias), self._affine(x * x, var_weight, None)
         log_alpha = self.log_alpha()
         mean_weight = self.weight * (log_alpha < self.threshold) if self.train_clip else self.weight
         mu = self._affine(x, mean_weight, self.bias)
@@ -246,8 +319,26 @@ class SparseVariationalDropout(Pruner):
             variational = make_variational(module, **kwargs)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, variational)
+            variational.fused = self.fused
             self.layers.append((name, variational))
+        self.sync_kl_scale()
         return model
+
+    @property
+    def fused(self) -> bool:
+        """Posterior weights and the KL term's gradient in one compiled pass each way (`SVDPosterior`),
+        unless PRUNEBENCH_FUSED=0 (the plain path: autograd through `moments`, `kl` as a loss term)."""
+        return fused_paths()
+
+    @torch.no_grad()
+    def sync_kl_scale(self) -> None:
+        """beta / N for the next step, into each layer's `kl_scale` (the fused backward reads it)."""
+        scale = self.kl_weight() / self.task.train_size
+        if scale == getattr(self, "_kl_scale", None):
+            return
+        self._kl_scale = scale
+        for _, layer in self.layers:
+            layer.kl_scale.fill_(scale)
 
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         carry_optimizer_state(self.optimizer, optimizer)  # the phases are one Adam run with an lr schedule
@@ -261,8 +352,14 @@ class SparseVariationalDropout(Pruner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
+        self.sync_kl_scale()
 
     def penalty(self) -> torch.Tensor | None:
+        """None on the fused path: there the layers' backward adds the KL term's gradient itself."""
+        return None if self.fused else self.plain_penalty()
+
+    def plain_penalty(self) -> torch.Tensor | None:
+        """beta * KL / N as a tensor (the plain path's loss term; tests)."""
         beta = self.kl_weight()
         if beta == 0:
             return None
@@ -271,6 +368,8 @@ class SparseVariationalDropout(Pruner):
 
     def after_step(self, step: int) -> None:
         self.step = step
+        if self.fused:
+            self.sync_kl_scale()
 
     def deployed(self, model: nn.Module) -> nn.Module:
         weights = {}

@@ -142,7 +142,7 @@ def test_fused_individual_path_equals_the_plain_formulas(lam, monkeypatch):
     x, y = torch.rand(32, 784), torch.randint(0, 10, (32,))
     grads = {}
     for fused in ("1", "0"):
-        monkeypatch.setenv("PRUNEBENCH_DT_FUSED", fused)
+        monkeypatch.setenv("PRUNEBENCH_FUSED", fused)
         pruner = DynamicThresholding(DynThreshHparams(lam=lam, s_init=-3.0), task)
         model = pruner.attach(task.build_model(0))
         with torch.no_grad():  # thresholds spread around the weights' magnitudes

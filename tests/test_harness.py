@@ -85,7 +85,7 @@ def test_bad_input_rejected_before_training(kwargs, message):
 
 
 def test_nan_loss_stops_and_is_stored_as_failed(store, tmp_path, monkeypatch):
-    monkeypatch.setenv("PRUNEBENCH_DT_FUSED", "0")  # the plain path, whose penalty is a loss term to poison
+    monkeypatch.setenv("PRUNEBENCH_FUSED", "0")  # the plain path, whose penalty is a loss term to poison
     original = DynamicThresholding.plain_penalty
     calls = {"n": 0}
 

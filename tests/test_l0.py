@@ -310,3 +310,4 @@ def test_paper_budget_is_the_codes_200_epochs_at_the_protocol_lr_and_equal_is_th
     assert [(p.iterations, p.lr) for p in equal] == [(lenet5.protocol.iterations, lenet5.protocol.lr)]
     with pytest.raises(ValueError, match="epochs"):
         make_spec("xor", "l0", hparams={"epochs": 0})
+

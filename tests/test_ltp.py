@@ -165,7 +165,7 @@ def test_penalty_is_lambda_times_soft_count_over_the_weight_count():
         fc2.s.fill_(4.0)  # tau = 8, T = 4
     count = sum(sig((w * w - 0.165) / 0.165) for w in FC1.flatten().tolist())
     count += sum(sig((w * w - 8.0) / 4.0) for w in FC2.flatten().tolist())
-    assert pruner.penalty().item() == pytest.approx(0.3 * count / 15, rel=1e-5)
+    assert pruner.plain_penalty().item() == pytest.approx(0.3 * count / 15, rel=1e-5)
     assert LearnedThresholdPruning(LTPHparams(lam=0.0), get_task("xor")).penalty() is None
 
 
@@ -175,7 +175,7 @@ def test_penalty_gradient_reaches_weights_and_thresholds_in_full():
     fc1, _ = _thresholds(model)
     with torch.no_grad():
         fc1.s.fill_(2.0)  # tau = 0.165, T = 0.165
-    pruner.penalty().backward()
+    pruner.plain_penalty().backward()
     tau, temp, scale = 0.165, 0.165, 0.3 / 15
     band = [sig((w * w - tau) / temp) * (1 - sig((w * w - tau) / temp)) for w in FC1.flatten().tolist()]
     # d/dw sigmoid((w^2 - tau)/T) = (2w/T) sigma (1 - sigma); d/ds = u * d/dtau = -(u/T) sum sigma (1 - sigma).
@@ -319,3 +319,29 @@ def test_validation():
                 dict(finetune_iterations=0), dict(finetune_lr_factor=-1.0)):
         with pytest.raises(ValueError):
             LTPHparams(**bad).validate()
+
+
+@pytest.mark.parametrize("shape", [(300, 784), (4, 5)])
+def test_fused_path_equals_soft_pruning_plus_the_penalty(shape):
+    """`LTPFused` (compiled for the large layer, eager for the small one) against the plain path: autograd
+    through `soft_prune` plus c * `soft_l0` as a loss term, c = lam / N."""
+    from prunebench.methods.ltp import LTPFused
+
+    gen = torch.Generator().manual_seed(2)
+    w = (0.1 * torch.randn(shape, generator=gen)).requires_grad_()
+    s = torch.tensor(0.6, requires_grad=True)
+    unit, temperature, scale = 0.01, 0.004, 0.7
+    g = torch.randn(shape, generator=gen)
+    plain = soft_prune(w, unit * s, temperature)
+    ((plain * g).sum() + scale * soft_l0(w, unit * s, temperature)).backward()
+    expected = w.grad.clone(), s.grad.clone()
+    w.grad = s.grad = None
+    fast = LTPFused.apply(w, unit * s, torch.tensor(1 / temperature), torch.tensor(scale))
+    (fast * g).sum().backward()
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-7)
+    # The two terms of dL/dw reach ~10 here (1/T = 250) and cancel in places: float32 rounding of the terms.
+    torch.testing.assert_close(w.grad, expected[0], rtol=1e-5, atol=5e-5)
+    torch.testing.assert_close(s.grad, expected[1], rtol=1e-4, atol=1e-6)
+    assert w.grad.abs().max() > 1
+    gate = torch.sigmoid((w.detach() ** 2 - unit * 0.6) / temperature)
+    assert 0.05 < (gate * (1 - gate)).mean() < 0.25  # the penalty's gradient is not negligible here

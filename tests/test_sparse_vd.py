@@ -169,11 +169,13 @@ def test_penalty_is_beta_kl_over_n_with_epochs_from_steps():
     total_kl = sum(kl_approximation(m.log_alpha()).sum() for m in (model.fc1, model.fc2, model.fc3))
     for step, beta in [(0, 0.0), (2999, 0.0), (3000, 0.0), (3600, 1 / 15), (7799, 7 / 15), (12_000, 1.0)]:
         pruner.after_step(step)
-        penalty = pruner.penalty()
+        penalty = pruner.plain_penalty()
         if beta == 0:
             assert penalty is None
         else:
             assert penalty.item() == pytest.approx(beta * total_kl.item() / 60_000, rel=1e-5)
+        # the fused path's backward applies the same scale (its own penalty() adds nothing to the loss)
+        assert model.fc1.kl_scale.item() == pytest.approx(beta / 60_000, rel=1e-6, abs=0)
     penalty.backward()
     assert model.fc1.log_sigma2.grad is not None and model.fc1.weight.grad is not None
 
@@ -218,3 +220,33 @@ def test_conv_layers_of_lenet5_are_swapped():
     assert out.shape == (2, 10)
     net = pruner.deployed(model)
     assert type(net.conv1) is nn.Conv2d and torch.equal(net.conv2.weight, model.conv2.weight * model.conv2.kept())
+
+
+@pytest.mark.parametrize(("shape", "train_clip"), [((300, 784), True), ((20, 6, 5, 5), False), ((5, 2), True)])
+def test_fused_posterior_equals_the_plain_formulas(shape, train_clip):
+    """`SVDPosterior` (compiled for large layers, eager for small) against autograd through the plain
+    formulas: mean and variance weights, and the gradients of theta and log sigma^2 with the KL term
+    (beta / N = 0.3 here, large enough to matter) added, over log alphas on both sides of the clip."""
+    from prunebench.methods.sparse_vd import LOG_ALPHA_CLIP, THETA_EPS, SVDPosterior
+
+    gen = torch.Generator().manual_seed(3)
+    theta = (0.05 * torch.randn(shape, generator=gen)).requires_grad_()
+    log_sigma2 = (-8 + 6 * torch.randn(shape, generator=gen)).requires_grad_()
+    g_mean, g_var = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    scale = 0.3
+    log_alpha = torch.clamp(log_sigma2 - torch.log(theta * theta + THETA_EPS), -LOG_ALPHA_CLIP, LOG_ALPHA_CLIP)
+    mean = theta * (log_alpha < 3.0) if train_clip else theta
+    var = torch.exp(log_alpha) * theta * theta
+    ((mean * g_mean).sum() + (var * g_var).sum() + scale * kl_approximation(log_alpha).sum()).backward()
+    expected = theta.grad.clone(), log_sigma2.grad.clone()
+    theta.grad = log_sigma2.grad = None
+    fast_mean, fast_var = SVDPosterior.apply(theta, log_sigma2, torch.tensor(scale), 3.0, train_clip)
+    ((fast_mean * g_mean).sum() + (fast_var * g_var).sum()).backward()
+    raw = (log_sigma2 - torch.log(theta * theta + THETA_EPS)).detach()
+    assert (raw > LOG_ALPHA_CLIP).any() and (raw < 3).any() and ((raw > 3) & (raw < LOG_ALPHA_CLIP)).any()
+    torch.testing.assert_close(fast_mean, mean, rtol=0, atol=0)
+    torch.testing.assert_close(fast_var, var, rtol=1e-5, atol=1e-9)
+    # dlog alpha/dtheta = -2 theta / (theta^2 + 1e-8) reaches 1e4 for the smallest thetas, and terms of that
+    # size cancel: float32 rounding there, so the tolerance is relative to the largest gradient.
+    for got, want in zip((theta.grad, log_sigma2.grad), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
