@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from prunebench.environment import device_name, pick_device
-from prunebench.harness import make_spec
+from prunebench.harness import make_spec, training_step
 from prunebench.metrics import count_flops
 from prunebench.pruner import get_method
 from prunebench.tasks import get_task
@@ -71,13 +71,7 @@ class Stepper:
         start = time.perf_counter()
         for _ in range(n):
             self.step_count += 1
-            loss = self.task.loss(self.model(self.x), self.y)
-            penalty = self.pruner.penalty()
-            total = loss if penalty is None else loss + penalty
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
-            self.pruner.after_step(self.step_count)
+            training_step(self.model, self.task, self.pruner, self.optimizer, self.x, self.y, self.step_count)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start

@@ -43,11 +43,12 @@ FLOORS = {
                  "event",
     "dns": "a mask multiply per prunable weight per step; every few steps a mask update (two compares per weight)",
     "sparse-vd": "a second matrix product per layer (the variance of the local reparameterisation), one "
-                 "noise draw per output, the KL term over the log-sigma2s; Adam over 2x parameters",
+                 "noise draw per output; one fused pass per weight each way for log alpha, the mean and variance "
+                 "weights and the KL term's gradient; Adam over 2x parameters",
     "dst": "one fused pass per weight for the threshold mask and its step-function gradient, a reduction for "
            "each threshold's gradient; the sparsity penalty over thresholds",
-    "ltp": "one fused pass per weight for the sigmoid soft mask (forward) and its gradient, the soft L0 penalty "
-           "(a second pass) after the pretraining phase",
+    "ltp": "after the pretraining phase, one fused pass per weight for the sigmoid soft mask (forward) and one "
+           "for its gradient with the soft L0 penalty's gradient in closed form, a reduction per threshold",
     "autoprune": "one gate multiply per unit; the gate's straight-through gradient",
     "l0": "one hard-concrete draw per gate (units, not weights) and a gate multiply; the expected-L0 penalty "
           "per gate",
@@ -55,22 +56,40 @@ FLOORS = {
 
 
 #: What was tried where a target is not reached yet, and what is left (edit when the figures change).
-NOT_REACHED = """## Where a target is not reached yet (lenet300, one thread)
+NOT_REACHED = """## What was done, and where a target is not reached (lenet300, one thread)
 
-- Before this work (issue 18's measurement, default threads): dynthresh about 4x dense. Done: torch's
-  fused Adam/SGD for every method, and dynthresh's individual thresholds on a fused path (one compiled
-  pass forward, one compiled pass backward carrying the penalty's gradient in closed form, erf sharing
-  the Gaussian's exponential). Left: the compiled backward of fc1 (235,200 weights) still takes about
-  1.2 ms on one thread: two erfs and two Gaussians per weight are compute-bound (AVX2), beside a 4.7 ms
-  dense step.
-- dst: its mask runs through autograd as about 15 elementwise passes (abs, subtract, compare, the
-  long-tailed derivative, the row sums). Next: the same fused forward/backward as dynthresh's.
-- ltp and l0: each is at most a few elementwise passes over the defaults' budget; to profile next.
-- sparse-vd: the local reparameterisation's second matrix product doubles the dense matmul time (its
-  floor, 2x). The rest is log alpha and the KL term: about five transcendental functions per weight,
-  forward and backward. A single compiled pass computing log alpha once per step was tried and was not
-  faster: median 17.6 ms against 16.3 ms per step, in one process, alternating, 3 repeats of 600 steps.
-  It was reverted.
+Done (issue 18): torch's fused Adam/SGD for every method (`Protocol.make_optimizer`), and a fused path for
+each method whose per-weight work went through autograd as many elementwise passes: dynthresh
+(`DTIndividual`), dst (`DSTMasked`), ltp (`LTPFused`) and sparse-vd (`SVDPosterior`). Each is a custom
+autograd Function whose forward and backward are one compiled pass each (torch.compile, static shapes;
+eager below 512 weights), with the penalty's gradient in closed form inside the backward, so no penalty
+term enters the loss. PRUNEBENCH_FUSED=0 forces the plain paths, and the tests compare each fused path
+with its plain formulas. Each figure below is the median ratio over repeats; on this shared 2-core VM a
+single repeat's ratio moves by up to about 20%.
+
+Tried and not kept (A/B in one process, alternating with dense, 3 repeats of 600 lenet300 steps):
+- l0, gating the batch's inputs instead of the weight's columns (x (W diag z)^T = (x * z) W^T): slower,
+  because fc1's input then needs a gradient, one more full-size matrix product per step.
+- l0, a compiled pass for W * z and its two gradients: median 2.06x against 1.80x for autograd's three
+  small passes (the compiled call's overhead, and a reduction over the outer dimension).
+- sparse-vd, recomputing log alpha in the backward instead of storing it: 3.28x against 2.89x.
+- dynthresh, running the 30,000- and 1,000-weight layers eager (compiled only from 50,000 weights):
+  2.04x against 1.85x.
+- dynthresh, multiplying by 1/tau instead of dividing by tau in the compiled backward: no difference.
+
+Left:
+- dynthresh: the floor itself is compute-bound here. On fc1 (235,200 weights) the compiled backward
+  (two Gaussians, two erfs sharing them, the chain through the sigmoid, the penalty's gradient) takes
+  about 1.0-1.1 ms on one thread, the forward (a sigmoid, a compare, a multiply) about 0.4 ms, and Adam
+  over twice the parameters about 0.4 ms more than dense's, beside a 4.5-5 ms dense step: about 1.45x
+  before the per-call overhead of three layers' compiled calls and custom Functions (about 0.1-0.2 ms
+  each). 1.5x would need a cheaper surrogate than erf (a method change) or wider SIMD than AVX2.
+- sparse-vd: the second matrix product of the local reparameterisation (13 matrix products per step
+  against dense's 5) already makes about 1.7x of the dense step's matrix time; the compiled posterior
+  passes (log and exp forward; exp, a sigmoid and the chain backward) add about 1.2 ms each on fc1.
+- l0: its per-step work is a hard-concrete draw per gate (1,184 gates), the gate multiply over the
+  weights and its two gradients, and about 40 small tensor operations whose dispatch costs as much as
+  their arithmetic on this network.
 - On LeNet-5 every method is within its target: the convolutions dominate the step.
 """
 

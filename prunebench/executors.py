@@ -165,14 +165,6 @@ class RayExecutor(Executor):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.cpus_per_run, self.gpus_per_run, self.max_retries = cpus_per_run, gpus_per_run, max_retries
 
-    def prepare(self, job: RunJob) -> RunJob:
-        """The job as a task runs it: torch threads = its CPUs; on the CPU unless it was given GPUs
-        (Ray leaves a node's GPUs visible to a task that asked for none)."""
-        job = _with_threads(job, max(1, int(self.cpus_per_run)))
-        if job.device is None and self.gpus_per_run == 0:
-            job = dataclasses.replace(job, device="cpu")
-        return job
-
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         ray = self.ray
         started_here = not ray.is_initialized()
@@ -185,7 +177,7 @@ class RayExecutor(Executor):
         pending: dict[Any, tuple[RunJob, int, float]] = {}  # task -> (job, attempt, first start)
         try:
             for job in jobs:
-                job = self.prepare(job)
+                job = fit_to_resources(job, self.cpus_per_run, self.gpus_per_run)
                 pending[remote.remote(job)] = (job, 0, time.perf_counter())
                 tracker.started(job)
             while pending:
@@ -230,9 +222,13 @@ def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
             signal.signal(sig, handler)
 
 
-def _with_threads(job: RunJob, threads: int) -> RunJob:
+def fit_to_resources(job: RunJob, cpus: float, gpus: float) -> RunJob:
+    """The job as a Ray task or Slurm job runs it: torch threads = its CPUs (unless the job sets them), and
+    on the CPU unless it was given GPUs (Ray leaves a node's GPUs visible to a task that asked for none)."""
     if job.threads is None:
-        job = dataclasses.replace(job, threads=threads)
+        job = dataclasses.replace(job, threads=max(1, int(cpus)))
+    if job.device is None and gpus == 0:
+        job = dataclasses.replace(job, device="cpu")
     return job
 
 
@@ -295,18 +291,11 @@ class SubmititExecutor(Executor):
         executor.update_parameters(**parameters)
         return executor
 
-    def prepare(self, job: RunJob) -> RunJob:
-        """torch threads = the job's CPUs; on the CPU unless it was given GPUs."""
-        job = _with_threads(job, self.cpus_per_run)
-        if job.device is None and self.gpus_per_run == 0:
-            job = dataclasses.replace(job, device="cpu")
-        return job
-
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         executor = self._executor()
         limit = None if executor.cluster == "slurm" else (
             self.array_parallelism or max(1, (os.cpu_count() or 1) // self.cpus_per_run))
-        jobs = [self.prepare(job) for job in jobs]
+        jobs = [fit_to_resources(job, self.cpus_per_run, self.gpus_per_run) for job in jobs]
         # packs waiting to be submitted: (runs, attempt, first start or None)
         queue: list[tuple[list[RunJob], int, float | None]] = [
             (jobs[i:i + self.runs_per_job], 0, None) for i in range(0, len(jobs), self.runs_per_job)]

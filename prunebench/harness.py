@@ -190,6 +190,24 @@ def check_device_options(protocol: Protocol, device: torch.device) -> None:
                          f"{device.type}")
 
 
+def training_step(forward: Callable[[torch.Tensor], torch.Tensor], task: Task, pruner: Pruner,
+                  optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, step: int,
+                  autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step of a method: the task's loss (bf16 autocast on CUDA when asked) plus the method's
+    penalty, backward, step, then the method's `after_step(step)`. Returns (task loss, loss with penalty),
+    not detached and not synchronised. The one definition of a step: `train`, the throughput benchmarks and
+    the large-task tests all call it."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        loss = task.loss(forward(x), y)
+    penalty = pruner.penalty()
+    total = loss if penalty is None else loss + penalty
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    pruner.after_step(step)
+    return loss, total
+
+
 def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, device: str | torch.device | None = None,
           observer: Observer | None = None, force: bool = False,
           dataset: TensorDataset | None = None,
@@ -314,6 +332,9 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
         counters = {"train_seconds": train_seconds, "eval_seconds": eval_seconds, "last_point": last_point}
         save_checkpoint(checkpoints, Checkpoint(run_id, step, phase_index, phase_steps, model.state_dict(),
                                                 optimizer.state_dict(), pruner.state_dict(), rng, counters,
+                                                # the record so far, for a worker (RecordingStore) or another
+                                                # rank that continues this run without this store; a SQLite
+                                                # read per checkpoint (every checkpoint_seconds)
                                                 schedule, snapshot(store, run_id)))
         last_saved = time.perf_counter()
 
@@ -412,14 +433,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
                     x, y = source.next_batch()
                     if channels_last:
                         x = x.contiguous(memory_format=memory_format)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                        loss = task.loss(forward(x), y)
-                    penalty = pruner.penalty()
-                    total = loss if penalty is None else loss + penalty
-                    optimizer.zero_grad(set_to_none=True)
-                    total.backward()
-                    optimizer.step()
-                    pruner.after_step(step)
+                    loss, total = training_step(forward, task, pruner, optimizer, x, y, step, autocast=autocast)
                     detached = total.detach()
                     first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached),
                                             torch.tensor(step, device=device), first_bad)
