@@ -2,6 +2,19 @@
 
 Installed as `prunebench.methods` (see pyproject.toml), never as a top-level `methods` package."""
 
-from prunebench.methods import autoprune, dense, dns, dst, dynthresh, l0, ltp, magnitude, sparse_vd  # noqa: F401
+from prunebench.methods import (  # noqa: F401
+    autoprune,
+    dense,
+    dns,
+    dst,
+    dynthresh,
+    l0,
+    ltp,
+    magnitude,
+    sensitivity,
+    sparse_vd,
+    srinivas,
+)
 
-__all__ = ["autoprune", "dense", "dns", "dst", "dynthresh", "l0", "ltp", "magnitude", "sparse_vd"]
+__all__ = ["autoprune", "dense", "dns", "dst", "dynthresh", "l0", "ltp", "magnitude", "sensitivity", "sparse_vd",
+           "srinivas"]

@@ -23,6 +23,8 @@ METHODS = {
     "ltp": {"lam": 0.1},  # thresholds rise in the 175 prune steps: 11 of 15 kept at step 300 (seed 0)
     "autoprune": {"flops_target": 0.2, "arch_lr": 0.1},  # fewer hidden units: a physically smaller net
     "l0": {"lam": (300.0, 0.0)},  # one of the 2 input gates closes: 10 of 15 kept at step 300 (seed 0)
+    "srinivas": {"lambda1": 0.01, "lambda2": 0.1},  # 13 of 15 kept at step 300 (seed 0)
+    "sensitivity": {"lam": 2.0},  # 13 of 15 kept at step 300 (seed 0)
 }
 
 
@@ -47,7 +49,7 @@ def method_kept(pruner: Pruner, model: nn.Module) -> int:
         return sum(int(layer.mask.sum()) for layer in pruner.layers)
     if name == "sparse-vd":
         return sum(int((layer.log_alpha() < 3).sum()) for _, layer in pruner.layers)
-    if name in ("dst", "ltp"):
+    if name in ("dst", "ltp", "srinivas", "sensitivity"):
         return sum(int(mask.sum()) for mask in pruner.masks(model).values())
     if name == "l0":  # open input gates of fc1 x 5 hidden units, plus fc2's open hidden-unit gates x 1
         fc1, fc2 = (layer for _, layer in pruner.layers)

@@ -12,6 +12,7 @@ import torch
 from prunebench.methods._common import layer_values
 from torch import nn
 
+from prunebench.harness import training_step
 from prunebench.metrics import measure_compression
 from prunebench.models import AlexNetCaffe, LeNet5, ResNet56, VGGLike
 from prunebench.protocol import Protocol
@@ -72,6 +73,15 @@ def _perturb(method: str, pruner, model: nn.Module, key: str) -> None:
     elif method == "sparse-vd":
         for _, layer in pruner.layers:
             layer.log_sigma2.view(-1)[::3] = 8.0  # log alpha >= 3: dropped
+    elif method == "srinivas":
+        for _, _, gate in pruner._layers_of(model):
+            gate.view(-1)[::3] = 0.0  # gates <= 0.5: dropped (the detached view shares the parameter's data)
+    elif method == "sensitivity":
+        pruner.hp.prune_every = 1  # threshold after the one training step of its regularise phase
+        if key == "alexnet":  # as the alexnet-imagenet task's default: 1,000 outputs, 1,000 backward passes a step
+            pruner.hp.sensitivity = "loss"
+        for _, layer in prunable_layers(model):
+            layer.weight.view(-1)[::3] = 0.0  # below any threshold: dropped
 
 
 def _kept(method: str, pruner, model: nn.Module, net: nn.Module) -> int | None:
@@ -86,7 +96,7 @@ def _kept(method: str, pruner, model: nn.Module, net: nn.Module) -> int | None:
         return sum(int(torch.count_nonzero(layer.kept())) for _, layer in pruner.layers)
     if method == "l0":
         return pruner.kept_weights()
-    if method in ("dst", "ltp"):
+    if method in ("dst", "ltp", "srinivas", "sensitivity"):
         return sum(int(torch.count_nonzero(mask)) for mask in pruner.masks(model).values())
     if method == "autoprune":
         return sum(m.weight.numel() for _, m in prunable_layers(net))
@@ -131,13 +141,7 @@ def test_every_method_deploys_the_plain_network(method, key, references, monkeyp
             continue  # AlexNet's convs: ~0.7 GFLOP per example; only the last phase trains
         step += 1
         x, y = _batch(key)
-        loss = task.loss(model(x), y)
-        penalty = pruner.penalty()
-        total = loss if penalty is None else loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        pruner.after_step(step)
+        training_step(model, task, pruner, optimizer, x, y, step)
 
     net = pruner.deployed(model)
     assert type(net) is task.architecture and not net.training
