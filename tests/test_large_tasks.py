@@ -24,7 +24,11 @@ BATCH = {"vgg-cifar10": 8, "resnet56-cifar10": 8, "alexnet-imagenet": 4}
 #: Steps per run: magnitude's half dense and 5 retraining rounds need 10 on CIFAR; AlexNet's 61M weights
 #: make every step and evaluation slow on a CPU, so it runs 2 steps (magnitude with one round).
 ITERATIONS = {"vgg-cifar10": 10, "resnet56-cifar10": 10, "alexnet-imagenet": 2}
-EXTRA = {("magnitude", "alexnet-imagenet"): ("--rounds", "1")}
+EXTRA = {("magnitude", "alexnet-imagenet"): ("--rounds", "1"),
+         # the output sensitivity takes a backward pass per class (tests/test_methods_large.py covers it on
+         # these networks); here the loss-gradient reading keeps the CPU steps short
+         ("sensitivity", "vgg-cifar10"): ("--sensitivity", "loss"),
+         ("sensitivity", "resnet56-cifar10"): ("--sensitivity", "loss")}
 #: (method, task) pairs that refuse, and a phrase of their one-line reason.
 REFUSALS: dict[tuple[str, str], str] = {}
 
