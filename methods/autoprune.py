@@ -47,6 +47,11 @@ Method card (every value is ours [I]; the paper published no LeNet setting):
   mask; hinge FLOPs loss; alternation every step (`arch_every` = 2: odd steps weights, even steps ratios).
 - rho_init = 3 (r = 0.95), arch_lr = 1e-2 (Adam), mu = 1, flops_target = 0.1 (keep 10% of the MACs).
 - one phase from scratch; budget "paper" is the same as "equal" (no published schedule).
+
+Cost (issue 18). Beyond a dense step: per unit, a rank by L1 norm (a sort of each masked layer's C_l
+norms per forward pass), the soft mask and its straight-through gradient, and on ratio steps one small
+Adam step over the per-layer ratios. Measured at about 1.25x a dense LeNet-300-100 step on one CPU
+thread (leaderboards/method-cost.md).
 """
 
 from __future__ import annotations

@@ -68,6 +68,13 @@ Method card (where each value comes from):
   BatchNorm's shift after it; the deployed network keeps BatchNorm as trained (copied by name), so it
   computes the same [I]. Grouped convolutions (AlexNet conv2, conv4, conv5): a filter gate holds
   in_channels/groups * kh * kw weights (the fan of the penalty).
+
+Cost (issue 18). Beyond a dense step: one hard-concrete draw and the expected-L0 term per gate (units,
+not weights: 1,184 on LeNet-300-100), and the gate multiply over each layer's weights with its two
+gradients (g z, and the per-unit sums of g W). Measured at 1.37x a dense LeNet-300-100 step on one CPU
+thread (leaderboards/method-cost.md). Tried and not kept: gating the batch's inputs instead of the
+weight's columns (fc1's input then needs a gradient: one more full matrix product per step), and one
+compiled pass for the gate multiply and both gradients (slower than autograd's three small passes).
 """
 
 from __future__ import annotations

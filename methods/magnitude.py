@@ -37,6 +37,10 @@ Method card (where each value comes from):
   AlexNet and ResNet-56 are Gaussian quantiles of those keep ratios, as for the LeNets [I, uncalibrated].
 - BatchNorm layers (VGG-like, ResNet-56) are copied into the deployed network as trained; grouped
   convolutions (AlexNet) need nothing special (the mask is per weight).
+
+Cost (issue 18). Beyond a dense step: the mask multiply per prunable weight (forward, and on the
+gradient so pruned weights stay zero), and a sort of each layer's magnitudes at each pruning event.
+Measured at about 1x a dense step (leaderboards/method-cost.md).
 """
 
 from __future__ import annotations
