@@ -88,6 +88,14 @@ Method card (where each value comes from):
   regularisers, and then their weights, would differ.
 - published, as quoted in the DT paper's Table 2 [V]: LeNet-300-100 +0.31 pp accuracy loss at 103x;
   LeNet-5 -0.02 pp at 51x.
+
+First calibration (issue 19, LeNet-300-100, seed 0, budget "equal" 10,000 Adam steps, defaults otherwise,
+`prunebench sweep --methods sensitivity --tasks lenet300 --seeds 0 --grid lam=1,3,10 --db
+leaderboards/foundation/calibration.sqlite`; dense of the same seed in that store 97.73%): lam 1: 2.5x at
+97.43%; 3: 3.1x at 95.71%; 10: 3.0x at 89.20%. Far from the published 103x: under Adam the weights jitter
+by about the lr (1e-3) every step whatever their gradient, comparable to the default threshold (0.05 of a
+layer's std, about 1.5e-3 on fc1), so few cross it while the shrinkage already costs accuracy. Next: the
+threshold (and its rule) and the paper's SGD protocol before lam [I].
 """
 
 from __future__ import annotations
