@@ -63,6 +63,22 @@ RETRAIN_PREFIX = "retrain-"
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
+@torch.no_grad()
+def zero_pruned(layers: list[tuple[str, nn.Module]], masks: dict[str, torch.Tensor],
+                optimizer: torch.optim.Optimizer | None) -> None:
+    """Multiply each layer's weight by its mask, and every optimizer state entry of that weight (Adam's
+    moments, momentum) too, so a pruned weight stays exactly zero and carries no stale state."""
+    for name, module in layers:
+        mask = masks[name]
+        module.weight.mul_(mask)
+        if optimizer is not None:
+            state = optimizer.state.get(module.weight, {})
+            for key in STATE_KEYS:
+                value = state.get(key)
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    value.mul_(mask)
+
+
 def magnitude_threshold(weight: torch.Tensor, quality: float) -> torch.Tensor:
     """Han's per-layer threshold: quality * (population) standard deviation of the layer's weights."""
     return quality * weight.detach().std(correction=0)
@@ -177,18 +193,9 @@ class MagnitudePruning(Pruner):
         if self.masks:
             self.apply_masks()
 
-    @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero the pruned weights and every optimizer state entry that belongs to them."""
-        for name, module in self.layers:
-            mask = self.masks[name]
-            module.weight.mul_(mask)
-            if self.optimizer is not None:
-                state = self.optimizer.state.get(module.weight, {})
-                for key in STATE_KEYS:
-                    value = state.get(key)
-                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                        value.mul_(mask)
+        zero_pruned(self.layers, self.masks, self.optimizer)
 
     def deployed(self, model: nn.Module) -> nn.Module:
         if not self.masks:

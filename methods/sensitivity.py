@@ -104,7 +104,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods.magnitude import STATE_KEYS
+from prunebench.methods.magnitude import zero_pruned
 from torch import nn
 
 from prunebench.protocol import Phase, Protocol
@@ -362,18 +362,9 @@ class SensitivityRegularisation(Pruner):
             self.keep[name] = keep
         self.apply_masks()
 
-    @torch.no_grad()
     def apply_masks(self) -> None:
-        """Zero the pruned weights and every optimizer state entry that belongs to them."""
-        for name, module in self.layers:
-            mask = self.keep[name]
-            module.weight.mul_(mask)
-            if self.optimizer is not None:
-                state = self.optimizer.state.get(module.weight, {})
-                for key in STATE_KEYS:
-                    value = state.get(key)
-                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                        value.mul_(mask)
+        """Zero the pruned weights and every optimizer state entry that belongs to them (`zero_pruned`)."""
+        zero_pruned(self.layers, self.keep, self.optimizer)
 
     # -- reading the state --------------------------------------------------------------------
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
