@@ -1,5 +1,5 @@
 """Small helpers shared by several methods (per-layer hyperparameters, optimizer state across phases,
-compiled elementwise kernels).
+compiled elementwise kernels, the pretrain-then-prune schedule).
 
 Not a method: nothing here registers. Both helpers are candidates for `prunebench/pruner.py`."""
 
@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from prunebench.protocol import Phase, Protocol
 
 #: Tensors smaller than this run a method's elementwise functions eager (a compiled call costs ~50 us).
 COMPILE_MIN_NUMEL = 512
@@ -118,3 +120,18 @@ def fused(fn: Callable, numel: int, probe: Callable[[], tuple]) -> Callable:
                           stacklevel=2)
             _compiled[key] = fn
     return _compiled[key]
+
+
+def pretrain_then(method: str, budget: str, protocol: Protocol, pretrain_iterations: int, second: str,
+                  second_iterations: int, second_lr_factor: float) -> list[Phase]:
+    """Dense pretraining ("pretrain", at the protocol lr) then the method's own phase `second` (at the
+    protocol lr times `second_lr_factor`). Budget "paper": the given iterations; "equal": the same split
+    scaled into the protocol's iterations, each phase at least one step (ltp, sensitivity, srinivas)."""
+    pretrain, rest = pretrain_iterations, second_iterations
+    if budget == "equal":
+        total = protocol.iterations
+        if total < 2:
+            raise ValueError(f"{method} needs at least 2 iterations (pretrain and {second}), got {total}")
+        pretrain = min(max(1, round(pretrain * total / (pretrain + rest))), total - 1)
+        rest = total - pretrain
+    return [Phase("pretrain", pretrain, protocol.lr), Phase(second, rest, protocol.lr * second_lr_factor)]

@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import fused, fused_paths
+from prunebench.methods._common import fused, fused_paths, pretrain_then
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -75,7 +75,7 @@ from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
 if TYPE_CHECKING:
     from prunebench.tasks import Task
 
-PRETRAIN, PRUNE = "pretrain", "prune"
+PRUNE = "prune"
 
 
 class LTPSoftPrune(torch.autograd.Function):
@@ -258,15 +258,8 @@ class LearnedThresholdPruning(Pruner):
 
     # -- schedule -----------------------------------------------------------------------------
     def phases(self, protocol: Protocol) -> list[Phase]:
-        pretrain, finetune = self.hp.pretrain_iterations, self.hp.finetune_iterations
-        if self.budget == "equal":
-            total = protocol.iterations
-            if total < 2:
-                raise ValueError(f"ltp needs at least 2 iterations (pretrain and prune), got {total}")
-            pretrain = min(max(1, round(pretrain * total / (pretrain + finetune))), total - 1)
-            finetune = total - pretrain
-        return [Phase(PRETRAIN, pretrain, protocol.lr),
-                Phase(PRUNE, finetune, protocol.lr * self.hp.finetune_lr_factor)]
+        return pretrain_then("ltp", self.budget, protocol, self.hp.pretrain_iterations, PRUNE,
+                             self.hp.finetune_iterations, self.hp.finetune_lr_factor)
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:

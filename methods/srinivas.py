@@ -81,6 +81,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from prunebench.methods._common import pretrain_then
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -90,7 +91,7 @@ from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
 if TYPE_CHECKING:
     from prunebench.tasks import Task
 
-PRETRAIN, GATED = "pretrain", "gated"
+GATED = "gated"
 REDUCTIONS = ("mean", "sum")
 
 
@@ -206,15 +207,8 @@ class SrinivasGates(Pruner):
 
     # -- schedule -----------------------------------------------------------------------------
     def phases(self, protocol: Protocol) -> list[Phase]:
-        pretrain, gated = self.hp.pretrain_iterations, self.hp.gated_iterations
-        if self.budget == "equal":
-            total = protocol.iterations
-            if total < 2:
-                raise ValueError(f"srinivas needs at least 2 iterations (pretrain and gated), got {total}")
-            pretrain = min(max(1, round(pretrain * total / (pretrain + gated))), total - 1)
-            gated = total - pretrain
-        return [Phase(PRETRAIN, pretrain, protocol.lr),
-                Phase(GATED, gated, protocol.lr * self.hp.gated_lr_factor)]
+        return pretrain_then("srinivas", self.budget, protocol, self.hp.pretrain_iterations, GATED,
+                             self.hp.gated_iterations, self.hp.gated_lr_factor)
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:

@@ -370,7 +370,7 @@ def test_blocked_items_are_not_trained_and_the_report_lists_them(tmp_path, monke
     assert text.count("needs the data; needs a GPU (about ") >= 2 * len(items) - 3
     for published in ("| 102x |", "| 65x |", "| 11.7x |", "| 9.1x |", "| 17.7x |", "| 10.3x |"):
         assert published in text, published
-    assert "Srinivas et al." in text and "ASSUMED" in text and "not a measurement" in text
+    assert "| alexnet-imagenet / srinivas |" in text and "ASSUMED" in text and "not a measurement" in text
     for fig in ("Fig. 5", "Fig. 6", "Fig. 7"):
         assert f"**{fig}**" in text
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from prunebench.report.reproduce import FIG1_RATIOS, Item, fig1_markers, plan, reproduce
+from prunebench.report.reproduce import FIG1_RATIOS, TABLE2_VARIANTS, Item, fig1_markers, plan, reproduce
 from prunebench.store import ResultStore
 
 
@@ -68,6 +68,19 @@ def test_plan_full_covers_every_published_mnist_number():
     fig1 = [i for i in items if i.purpose == "fig1"]
     assert all(i.eval_every == 100 for i in fig1)
     assert all(i.at_compressions == FIG1_RATIOS for i in fig1 if i.method == "sparse-vd")
+    # Table 2's further rows: 3 seeds each; one under another protocol has dense under that protocol beside it.
+    variants = [i for i in items if i.purpose == "table2-variant"]
+    assert {(i.task, i.method, i.label) for i in variants} == {
+        (v.task, v.method, v.label) for v in TABLE2_VARIANTS}
+    assert len(variants) == 3 * len(TABLE2_VARIANTS)
+    dst_sgd = next(i for i in variants if i.method == "dst" and i.seed == 0)
+    assert dst_sgd.spec.protocol.optimizer == "sgd" and dst_sgd.spec.protocol.batch_size == 64
+    assert dst_sgd.command().endswith("--iterations 18750 --optimizer sgd --lr 0.01 --momentum 0.9 --batch-size 64 "
+                                      "--alpha 0.0005")
+    dense = {(i.seed, i.spec.protocol) for i in items if i.purpose == "table2-dense"}
+    assert all((i.seed, i.spec.protocol) in dense for i in variants if i.protocol)
+    assert {(i.task, i.method, i.budget) for i in variants if i.method == "l0"} == {
+        ("lenet300", "l0", "paper"), ("lenet5", "l0", "paper")}
     # Table 1's individual runs are Fig. 1's DT runs (same identities), evaluated as finely
     assert {i.run_id for i in fig1 if i.method == "dynthresh"} == {
         i.run_id for i in items if i.purpose == "table1" and not i.hparams}
@@ -88,7 +101,8 @@ def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
     text = path.read_text()
     assert "QUICK VERSION" in text
     for published in ("| 81x |", "| 23x |", "| 17x |", "| 12x |", "| 56x |", "| 68x |", "| 108x |", "| 280x |",
-                      "| 151x |", "| 40x |", "| 61x |", "| 70x |", "5,600", "6,700", "7,400", "9,100"):
+                      "| 151x |", "| 40x |", "| 61x |", "| 70x |", "| 103x |", "| 51x |", "| 24x |",
+                      "5,600", "6,700", "7,400", "9,100"):
         assert published in text, published
     assert "L0-sep units 9-18-65-25" in text  # where the quoted L0 figure comes from
     assert "not run yet" not in text  # every planned run finished

@@ -357,3 +357,47 @@ def test_xor_run_through_the_harness_prunes_and_finishes(store, tmp_path):
         assert record["measured"] == record["kept"] == point["weights_nonzero"], record
     assert points[0]["weights_nonzero"] == 15  # dense while pretraining
     assert 0 < result.final["weights_nonzero"] < 15, "sensitivity should prune part of XOR's 15 weights"
+
+
+def test_refresh_every_reuses_the_sensitivity_between_refreshes_and_checkpoints_it():
+    """refresh_every 3: S of the phase's steps 1-2 is step 0's (while the weights move), step 3 computes it
+    afresh; a run stopped mid-window continues bit for bit from its checkpoint."""
+    task = get_task("xor")
+    pruner, model = xor_pruner(lam=0.5, threshold_rule="absolute", threshold=0.05, refresh_every=3)
+    optimizer = start_regularise(pruner, model, torch.optim.Adam(model.parameters(), lr=0.05), iterations=20)
+    seen = []
+    for step in range(1, 6):
+        model(XOR_X)  # the hook fills `sensitivities` as a training forward pass does
+        seen.append({name: s.clone() for name, s in pruner.sensitivities.items()})
+        pruner.base, pruner.sensitivities = {}, {}
+        training_step(model, task, pruner, optimizer, XOR_X, XOR_Y, step=step)
+        if step == 2:
+            state = pruner.state_dict()
+            buffer = io.BytesIO()
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "pruner": state}, buffer)
+    for name in ("fc1", "fc2"):
+        assert torch.equal(seen[1][name], seen[0][name]) and torch.equal(seen[2][name], seen[0][name])
+        assert not torch.equal(seen[3][name], seen[0][name])  # refreshed at step 3 of the phase, new weights
+        assert torch.equal(seen[4][name], seen[3][name])
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    fresh, fresh_model = xor_pruner(lam=0.5, threshold_rule="absolute", threshold=0.05, refresh_every=3)
+    fresh_model.load_state_dict(saved["model"])
+    fresh.load_state_dict(saved["pruner"])
+    fresh_optimizer = torch.optim.Adam(fresh_model.parameters(), lr=0.05)
+    fresh.on_resume(Phase("regularise", 20, 0.05), fresh_model, fresh_optimizer)
+    fresh_optimizer.load_state_dict(saved["optimizer"])
+    reference, reference_model = xor_pruner(lam=0.5, threshold_rule="absolute", threshold=0.05, refresh_every=3)
+    reference_model.load_state_dict(saved["model"])
+    reference.load_state_dict(saved["pruner"])
+    reference.cached = {}  # without the checkpointed S, step 3 would compute S at other weights
+    reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=0.05)
+    reference.on_resume(Phase("regularise", 20, 0.05), reference_model, reference_optimizer)
+    buffer.seek(0)  # a second copy: load_state_dict keeps the loaded Adam moments, which steps update in place
+    reference_optimizer.load_state_dict(torch.load(buffer, weights_only=True)["optimizer"])
+    for step in range(3, 6):
+        training_step(fresh_model, task, fresh, fresh_optimizer, XOR_X, XOR_Y, step=step)
+        training_step(reference_model, task, reference, reference_optimizer, XOR_X, XOR_Y, step=step)
+    for a, b in zip(model.parameters(), fresh_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), reference_model.parameters(), strict=True))

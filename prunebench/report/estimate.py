@@ -52,9 +52,12 @@ DEFAULT_THROUGHPUT = Throughput(0.10, None, "no task-specific assumption")
 #: Training cost of each method relative to dense at the same steps (ASSUMED; the regression baseline's
 #: CPU "steps/s vs dense" on LeNet-300-100 is no GPU measurement). dynthresh: erf surrogate and one
 #: threshold per weight (twice the parameters); sparse-vd and l0: a second weight-sized parameter and
-#: noise in every forward pass; an unknown method: the top of the 1-2.5x range.
+#: noise in every forward pass; srinivas: a gate per weight and a Bernoulli draw per step (1.75x dense
+#: on LeNet-300-100, one CPU thread, 10,000 steps); sensitivity: its loss-gradient reading, one elementwise
+#: pass (the AlexNet default); an unknown method: the top of the 1-2.5x range.
 METHOD_OVERHEAD: dict[str, float] = {"dense": 1.0, "dynthresh": 1.5, "sparse-vd": 2.0, "l0": 2.0, "dst": 1.3,
-                                     "ltp": 1.3, "dns": 1.2, "magnitude": 1.1, "autoprune": 1.2}
+                                     "ltp": 1.3, "dns": 1.2, "magnitude": 1.1, "autoprune": 1.2, "srinivas": 1.8,
+                                     "sensitivity": 1.2}
 UNKNOWN_OVERHEAD = 2.5
 
 #: Forward MACs per image of the dense architecture, from `count_flops` on the task's network with one

@@ -75,13 +75,16 @@ PUBLISHED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
     _p("ltp", "alexnet-imagenet", 26.4, None, "LTP abstract (METHODS.md sec. 6)", "79.1% top-5; no top-1 loss "
        "stated; fine-tuned from a pretrained AlexNet (which variant is not known)"),
     _p("sparse-vd", "alexnet-imagenet", None, None, DT_TABLE2, "none published for AlexNet"),
-]}
-
-#: Published figures of methods this suite does not implement, for reports that list a paper's table
-#: in full (DT paper Table 2): (name, task) -> figure.
-NOT_IMPLEMENTED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
-    _p("Srinivas et al.", "lenet5", 24.0, 0.01, DT_TABLE2, "not implemented in prunebench"),
-    _p("Srinivas et al.", "alexnet-imagenet", 10.3, 0.31, DT_TABLE2, "not implemented in prunebench"),
+    # The two reconstructions (METHODS.md sec. 8: their method sections could not be read here).
+    _p("sensitivity", "lenet300", 103.0, 0.31, DT_TABLE2, "Tartaglione et al. 2018; prunebench's method is a "
+       "reconstruction"),
+    _p("sensitivity", "lenet5", 51.0, -0.02, DT_TABLE2, "Tartaglione et al. 2018; prunebench's method is a "
+       "reconstruction"),
+    _p("srinivas", "lenet300", None, None, DT_TABLE2, "none published for LeNet-300-100"),
+    _p("srinivas", "lenet5", 24.0, 0.01, DT_TABLE2, "Srinivas et al. 2017; prunebench's method is a "
+       "reconstruction"),
+    _p("srinivas", "alexnet-imagenet", 10.3, 0.31, DT_TABLE2, "Srinivas et al. 2017; prunebench's method is a "
+       "reconstruction"),
 ]}
 
 

@@ -54,7 +54,7 @@ from prunebench.report.estimate import (
     format_hours,
 )
 from prunebench.report.leaderboard import run_table
-from prunebench.report.published import DT_TABLE1_SCALES, NOT_IMPLEMENTED, published
+from prunebench.report.published import DT_TABLE1_SCALES, published
 from prunebench.results import load_trajectories
 from prunebench.store import ResultStore
 
@@ -73,15 +73,49 @@ MISS_LOSS_PP = 0.2
 #: as the lambda whose accuracy loss is closest to the published one; see the report's sweep table.
 TABLE1_LAMBDA = {"layer": 2e-6, "global": 2e-6}
 TABLE1_SWEEP = {"layer": (1e-7, 1e-6, 2e-6, 3e-6, 1e-5, 5e-4), "global": (1e-7, 1e-6, 2e-6, 3e-6, 5e-4)}
-TABLE2_METHODS = ("dynthresh", "magnitude", "dns", "sparse-vd", "dst", "l0")
+TABLE2_METHODS = ("dynthresh", "magnitude", "dns", "sparse-vd", "dst", "l0", "sensitivity", "srinivas")
 TABLE2_TASKS = ("lenet300", "lenet5")
+#: `prunebench run` flags of the protocol fields a variant row may override.
+PROTOCOL_FLAGS = {"optimizer": "--optimizer", "lr": "--lr", "momentum": "--momentum",
+                  "weight_decay": "--optimizer-weight-decay", "batch_size": "--batch-size"}
 PAPER_BUDGET = {"magnitude", "dns", "sparse-vd"}  # methods with a published schedule of their own
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A further Table 2 row beside a method's own: another budget, protocol or hyperparameter (3 seeds;
+    under another protocol its accuracy loss is counted against dense under that same protocol)."""
+
+    task: str
+    method: str
+    label: str
+    hparams: tuple[tuple[str, Any], ...] = ()
+    protocol: tuple[tuple[str, Any], ...] = ()
+    budget: str = "equal"
+    iterations: int | None = None
+
+
+#: The authors' DST protocol (code mnist/train_argument.py): SGD lr 0.01, momentum 0.9, batch 64, 20 epochs.
+DST_AUTHORS = (("optimizer", "sgd"), ("lr", 0.01), ("momentum", 0.9), ("batch_size", 64))
+#: Caffe's LeNet solver (SGD lr 0.01, momentum 0.9, weight decay 5e-4), under which DNS was published.
+CAFFE_SGD = (("optimizer", "sgd"), ("lr", 0.01), ("momentum", 0.9), ("weight_decay", 5e-4))
+TABLE2_VARIANTS: tuple[Variant, ...] = (
+    Variant("lenet5", "dynthresh", "LeNet-300-100's lambda 5e-4 reused, not calibrated", (("lam", 5e-4),)),
+    Variant("lenet300", "dns", "Caffe SGD, c_rate searched under it", (("c_rate", (5.0, 5.0, 4.0)),),
+            CAFFE_SGD, budget="paper"),
+    Variant("lenet300", "dst", "the authors' SGD protocol and alpha 5e-4, 20 epochs", (("alpha", 5e-4),),
+            DST_AUTHORS, iterations=18_750),
+    Variant("lenet300", "l0", "budget paper: 200 epochs", budget="paper"),
+    Variant("lenet5", "l0", "budget paper: 200 epochs", budget="paper"),
+)
 SEEDS = (0, 1, 2)
 #: Table 2's CIFAR-10 and ImageNet columns: dense and the implemented methods the paper gives a figure for.
 #: Each runs under the task's paper protocol (budget "equal": the methods' "paper" schedules are the
 #: LeNet ones), one seed (a VGG-like run is GPU hours, an AlexNet run about a GPU day).
-LARGE_TABLE2: dict[str, tuple[str, ...]] = {"vgg-cifar10": ("dense", "dynthresh", "sparse-vd"),
-                                            "alexnet-imagenet": ("dense", "dynthresh", "magnitude", "dns")}
+LARGE_TABLE2: dict[str, tuple[str, ...]] = {
+    "vgg-cifar10": ("dense", "dynthresh", "sparse-vd"),
+    "alexnet-imagenet": ("dense", "dynthresh", "magnitude", "dns", "srinivas"),
+}
 LARGE_SEEDS = (0,)
 #: Figs. 5-7: the task whose DT run (seed 0, the same run as its Table 2 row) draws each, and what it shows.
 LARGE_FIGURES: dict[str, tuple[str, str]] = {
@@ -105,12 +139,16 @@ class Item:
     eval_every: int | None = None
     at_compressions: tuple[float, ...] = ()
     record_thresholds: bool = False
+    #: Overrides of the task's protocol (optimizer, lr, momentum, weight_decay, batch_size): a variant row.
+    protocol: tuple[tuple[str, Any], ...] = ()
+    #: What a "table2-variant" row is, e.g. "budget paper" or "SGD lr 0.01, the authors' optimizer".
+    label: str = ""
 
     @cached_property
     def spec(self) -> RunSpec:
         """The validated run (make_spec builds and attaches the model once: cached)."""
         return make_spec(self.task, self.method, self.seed, dict(self.hparams), self.iterations, self.eval_every,
-                         self.budget)
+                         self.budget, protocol=dict(self.protocol))
 
     @property
     def large(self) -> bool:
@@ -144,8 +182,10 @@ class Item:
             args += ["--iterations", str(self.iterations)]
         if self.eval_every is not None:
             args += ["--eval-every", str(self.eval_every)]
+        for key, value in self.protocol:
+            args += [PROTOCOL_FLAGS[key], _flag_value(value)]
         for key, value in self.hparams:
-            args += [f"--{key.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+            args += [f"--{key.replace('_', '-')}", _flag_value(value)]
         if self.at_compressions:
             args += ["--eval-at-compression", ",".join(f"{r:g}" for r in self.at_compressions)]
         if db:
@@ -154,6 +194,13 @@ class Item:
         if self.record_thresholds:
             command += " --record-thresholds"
         return command
+
+
+def _flag_value(value: Any) -> str:
+    """A value as `prunebench run` takes it: 5e-04 -> 5e-4 style `g` floats, per-layer tuples as 5,5,4."""
+    if isinstance(value, tuple | list):
+        return ",".join(_flag_value(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def plan(quick: bool = False) -> list[Item]:
@@ -193,6 +240,14 @@ def plan(quick: bool = False) -> list[Item]:
                     continue  # Table 1's individual-threshold runs
                 budget = "paper" if method in PAPER_BUDGET and not quick else "equal"
                 items.append(Item("table2", task, method, seed, budget=budget, iterations=iters))
+    if not quick:
+        for seed in seeds:
+            for v in TABLE2_VARIANTS:
+                if v.protocol:  # its dense reference, under the same protocol
+                    items.append(Item("table2-dense", v.task, "dense", seed, protocol=v.protocol,
+                                      iterations=v.iterations))
+                items.append(Item("table2-variant", v.task, v.method, seed, v.hparams, v.budget, v.iterations,
+                                  protocol=v.protocol, label=v.label))
     if not quick:
         items += large_items()
     return items
@@ -520,6 +575,13 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             label = f"{task} / {method}" + (f" (budget {group[0].budget})" if group[0].budget != "equal" else "")
             lines.append(_row(label, _summary(runs, group), pub.compression if pub else None,
                               pub.accuracy_loss if pub else None, group[0].command()))
+            for v in TABLE2_VARIANTS:
+                variant = [i for i in items if i.purpose == "table2-variant" and (i.task, i.method, i.label)
+                           == (task, method, v.label)]
+                if variant:
+                    lines.append(_row(f"{task} / {method} ({v.label})", _summary(runs, variant),
+                                      pub.compression if pub else None, pub.accuracy_loss if pub else None,
+                                      variant[0].command()))
             if pub and pub.available:
                 sources.append(f"- {task} / {method}: {pub.source}" + (f"; {pub.note}" if pub.note else ""))
     if sources:
@@ -599,11 +661,6 @@ def _large_section(db: Path, out_dir: Path, items: list[Item], runs: pd.DataFram
                               exact_published=True))
             if pub and (pub.available or pub.note):
                 sources.append(f"- {task} / {method}: {pub.source}" + (f"; {pub.note}" if pub.note else ""))
-        for (name, other_task), pub in NOT_IMPLEMENTED.items():
-            if other_task == task:
-                lines.append(_row(f"{task} / {name}", _summary(runs, []), pub.compression, pub.accuracy_loss, "",
-                                  f"published only ({pub.note})", exact_published=True))
-                sources.append(f"- {task} / {name}: {pub.source}")
     measured = _rows_for(runs, [i for i in large if i.task == "alexnet-imagenet"])
     if len(measured) and measured["top5"].notna().any():
         lines += ["", "Measured top-1 / top-5 accuracy (AlexNet, deployed network, validation set): " + "; ".join(
