@@ -116,6 +116,10 @@ MNIST_CHOICES = {
 
 # dynthresh lambda on MNIST is not in the paper; calibrated by the sweep recorded in README.md.
 DT_MNIST = {"lam": 5e-4, "tau": 0.03}
+# LeNet-5's own lambda (issue 19; seed 0, equal budget, dense 99.35%): LeNet-300-100's 5e-4 gives 266.6x at
+# +0.26 pp (3 seeds 269x at +0.30), 2e-4 161.8x at +0.25 (published 151x at -0.03 pp): 2e-4, the compression
+# nearest the published one. The loss barely moves with lambda (the DT-paper report lists the runs).
+DT_LENET5 = {"lam": 2e-4, "tau": 0.03}
 
 # magnitude (Han et al. 2015): q per layer started from the Gaussian quantile Phi^-1(1 - keep/2) of the
 # published keep ratios (LeNet-300-100 8/9/26%, LeNet-5 66/12/8/19%). LeNet-300-100: (1.751, 1.695, 1.126)
@@ -167,6 +171,11 @@ SENSITIVITY_LENET300 = {"lam": 0.3, "threshold": 1.5}
 # published for it, so 5: the most compression tried within the leaderboards' 0.4 pp. LeNet-5 (runs.sqlite,
 # dense 99.35%): lambda2 3 31.4x at +0.18 pp, 2 21.0x at +0.05 (published 24x at +0.01): 2.
 SRINIVAS_LENET300 = {"lambda2": 5.0}
+# sensitivity on LeNet-5 (seed 0, runs.sqlite, dense 99.35%): lam 0.3 with threshold 1 x layer std 14.2x at
+# +0.09 pp; threshold 1.5 (LeNet-300-100's). refresh_every 10: the output sensitivity (10 backward passes,
+# about 9x a dense LeNet-5 step) every 10th step; on LeNet-300-100 (seed 0) refresh 10 gives 26.4x at 97.73%
+# against 26.4x at 97.71% for every step.
+SENSITIVITY_LENET5 = {"lam": 0.3, "threshold": 1.5, "refresh_every": 10}
 SRINIVAS_LENET5 = {"lambda2": 2.0}
 
 TASKS: dict[str, Task] = {
@@ -215,9 +224,9 @@ TASKS: dict[str, Task] = {
         loss_kind="cross_entropy",
         open_choices={**MNIST_CHOICES, "conv activation": "ReLU after each conv (as sparse VD, DST and L0 "
                       "code; the Caffe prototxt of Han and DNS has none)"},
-        method_defaults={"dynthresh": dict(DT_MNIST), "magnitude": dict(MAGNITUDE_LENET5),
+        method_defaults={"dynthresh": dict(DT_LENET5), "magnitude": dict(MAGNITUDE_LENET5),
                          "dns": dict(DNS_LENET5), "dst": dict(DST_MNIST), "ltp": dict(LTP_MNIST),
-                         "srinivas": dict(SRINIVAS_LENET5)},
+                         "sensitivity": dict(SENSITIVITY_LENET5), "srinivas": dict(SRINIVAS_LENET5)},
         train_size=60_000,
     ),
 }

@@ -182,8 +182,7 @@ class Leaderboard:
         for r in self.rows.to_dict("records"):
             d = {
                 "rank": str(r["rank"]),
-                "method": r["method"] + (" (reconstruction)" if r.get("provenance") == "reconstruction" else "")
-                + (f" {UNVERIFIED_MARK}" if r.get("unverified_data") else ""),
+                "method": shown_name(r["method"]) + (f" {UNVERIFIED_MARK}" if r.get("unverified_data") else ""),
                 "setting": r["setting"], "budget": r["budget"],
                 "seeds": f"{r['seeds']} ({r['seed_list']})",
                 "accuracy %": _pm(r["accuracy_mean"], r["accuracy_std"], 2),
@@ -367,6 +366,12 @@ def _provenance(method: str) -> str:
         return get_method(method).provenance
     except KeyError:
         return ""
+
+
+def shown_name(method: str) -> str:
+    """A method's name in a table or legend, "(reconstruction)" added for a method rebuilt without its paper's
+    text (`Pruner.provenance`)."""
+    return method + (" (reconstruction)" if _provenance(method) == "reconstruction" else "")
 
 
 def _ratio(numerator: Any, denominator: Any) -> float:

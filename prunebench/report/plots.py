@@ -46,7 +46,7 @@ from matplotlib.ticker import FuncFormatter
 
 from prunebench.metrics import THRESHOLD_LOG10_RANGE
 from prunebench.pruner import method_names
-from prunebench.report.leaderboard import THRESHOLDS, run_table
+from prunebench.report.leaderboard import THRESHOLDS, run_table, shown_name
 from prunebench.report.setting import setting_items, setting_string
 from prunebench.results import load_runs, load_trajectories
 from prunebench.tasks import get_task
@@ -106,7 +106,7 @@ def _runs(db: Path | str, task: str, max_loss: float | None, thresholds: tuple[i
             extra.append(g.setting)
         if g.budget != "equal":
             extra.append(f"budget {g.budget}")
-        labels[g.group] = g.method + (f" ({', '.join(extra)})" if extra else "")
+        labels[g.group] = shown_name(g.method) + (f" ({', '.join(extra)})" if extra else "")
     runs["label"] = runs["group"].map(labels)
     order = {m: i for i, m in enumerate(method_names())}
     runs["_order"] = runs["method"].map(lambda m: order.get(m, len(order)))
@@ -237,7 +237,7 @@ def pareto(db: Path | str, task: str, default_only: bool = False) -> Figure:
                     gid=f"frontier:{method}", label="_nolegend_")
             counts = f"{_count(len(g), 'run')}, {_count(g['setting'].nunique(), 'setting')}"
             handles.append(Line2D([], [], color=colour, marker=marker, markeredgecolor="black",
-                                  label=f"{method} ({counts})"))
+                                  label=f"{shown_name(method)} ({counts})"))
         _log_compression_axis(ax)
         lo, hi = float(runs["compression"].min()), float(runs["compression"].max())
         ax.set_xlim(lo / 1.3, hi * 1.3)
@@ -355,7 +355,7 @@ def training_runs(db: Path | str, task: str, seed: int | None = None, default_on
         runs = runs[runs["setting"] == "default"]
         if runs.empty:
             raise ValueError(f"no runs of task {task!r} at the task's default setting in {db}")
-    runs["label"] = [m + (f" ({st})" if st != "default" else "") + (f" budget {b}" if b != "equal" else "")
+    runs["label"] = [shown_name(m) + (f" ({st})" if st != "default" else "") + (f" budget {b}" if b != "equal" else "")
                      for m, st, b in zip(runs["method"], runs["setting"], runs["budget"], strict=True)]
     chosen = []
     for _, g in runs.groupby("label", sort=False):

@@ -53,7 +53,7 @@ from prunebench.report.estimate import (
     estimate_gpu_hours,
     format_hours,
 )
-from prunebench.report.leaderboard import run_table
+from prunebench.report.leaderboard import run_table, shown_name
 from prunebench.report.published import DT_TABLE1_SCALES, published
 from prunebench.report.setting import CLI_PROTOCOL_FLAGS
 from prunebench.results import load_trajectories
@@ -573,14 +573,15 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             if not group:
                 continue
             pub = published(method, task, {})
-            label = f"{task} / {method}" + (f" (budget {group[0].budget})" if group[0].budget != "equal" else "")
+            budget = f" (budget {group[0].budget})" if group[0].budget != "equal" else ""
+            label = f"{task} / {shown_name(method)}{budget}"
             lines.append(_row(label, _summary(runs, group), pub.compression if pub else None,
                               pub.accuracy_loss if pub else None, group[0].command()))
             for v in TABLE2_VARIANTS:
                 variant = [i for i in items if i.purpose == "table2-variant" and (i.task, i.method, i.label)
                            == (task, method, v.label)]
                 if variant:
-                    lines.append(_row(f"{task} / {method} ({v.label})", _summary(runs, variant),
+                    lines.append(_row(f"{task} / {shown_name(method)} ({v.label})", _summary(runs, variant),
                                       pub.compression if pub else None, pub.accuracy_loss if pub else None,
                                       variant[0].command()))
             if pub and pub.available:
@@ -667,7 +668,7 @@ def _large_section(db: Path, out_dir: Path, items: list[Item], runs: pd.DataFram
                 verdict = pending[0].short()
             elif method == "dense" and summary["seeds"]:
                 verdict = "the accuracy reference"
-            lines.append(_row(f"{task} / {method}", summary, pub.compression if pub else None,
+            lines.append(_row(f"{task} / {shown_name(method)}", summary, pub.compression if pub else None,
                               pub.accuracy_loss if pub else None, group[0].command() if group else "", verdict,
                               exact_published=True))
             if pub and (pub.available or pub.note):
