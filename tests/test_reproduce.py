@@ -137,3 +137,4 @@ def test_verdict_flags_differences_in_both_directions():
     assert _verdict(summary(104.8, -0.25, seeds=2), 68.0, 0.28) == (
         "compression 54% above published; loss 0.53 pp better than published; 2 of 3 seeds")
     assert _verdict(summary(float("nan"), float("nan"), seeds=0), 280.0, -0.05) == "not run yet"
+    assert _verdict(summary(22.6, 0.03), None, None) == "nothing published"

@@ -416,6 +416,8 @@ def _verdict(summary: dict[str, Any], pub_cr: float | None, pub_loss: float | No
     either direction (more compression than published is a difference too, not a pass)."""
     if summary["seeds"] == 0:
         return "not run yet"
+    if pub_cr is None and pub_loss is None:
+        return "nothing published"
     notes = []
     if pub_cr is not None and math.isfinite(summary["compression"]):
         ratio = summary["compression"] / pub_cr - 1
@@ -578,6 +580,8 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             lines.append(_row(label, _summary(runs, group), pub.compression if pub else None,
                               pub.accuracy_loss if pub else None, group[0].command()))
             for v in TABLE2_VARIANTS:
+                if (v.task, v.method) != (task, method):
+                    continue
                 variant = [i for i in items if i.purpose == "table2-variant" and (i.task, i.method, i.label)
                            == (task, method, v.label)]
                 if variant:
