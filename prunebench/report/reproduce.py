@@ -55,7 +55,7 @@ from prunebench.report.estimate import (
 )
 from prunebench.report.leaderboard import run_table, shown_name
 from prunebench.report.published import DT_TABLE1_SCALES, published
-from prunebench.report.setting import CLI_PROTOCOL_FLAGS
+from prunebench.report.setting import CLI_PROTOCOL_FLAGS, format_value
 from prunebench.results import load_trajectories
 from prunebench.store import ResultStore
 
@@ -183,9 +183,9 @@ class Item:
         if self.eval_every is not None:
             args += ["--eval-every", str(self.eval_every)]
         for key, value in self.protocol:
-            args += [CLI_PROTOCOL_FLAGS[key], _flag_value(value)]
+            args += [CLI_PROTOCOL_FLAGS[key], format_value(value)]
         for key, value in self.hparams:
-            args += [f"--{key.replace('_', '-')}", _flag_value(value)]
+            args += [f"--{key.replace('_', '-')}", format_value(value)]
         if self.at_compressions:
             args += ["--eval-at-compression", ",".join(f"{r:g}" for r in self.at_compressions)]
         if db:
@@ -194,13 +194,6 @@ class Item:
         if self.record_thresholds:
             command += " --record-thresholds"
         return command
-
-
-def _flag_value(value: Any) -> str:
-    """A value as `prunebench run` takes it: 5e-04 -> 5e-4 style `g` floats, per-layer tuples as 5,5,4."""
-    if isinstance(value, tuple | list):
-        return ",".join(_flag_value(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def plan(quick: bool = False) -> list[Item]:
