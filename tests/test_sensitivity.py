@@ -125,6 +125,28 @@ def start_regularise(pruner: SensitivityRegularisation, model: nn.Module,
     return optimizer
 
 
+def resume(checkpoint: bytes, lr: float, iterations: int, **hp) -> tuple[SensitivityRegularisation, nn.Module,
+                                                                          torch.optim.Optimizer]:
+    """Pruner, model and Adam optimizer rebuilt from checkpoint bytes in the regularise phase, as the harness
+    resumes a run (loaded with weights_only=True). Each call loads its own copy: the optimizer keeps the
+    loaded Adam moments, which its steps then update in place."""
+    saved = torch.load(io.BytesIO(checkpoint), weights_only=True)
+    pruner, model = xor_pruner(**hp)
+    model.load_state_dict(saved["model"])
+    pruner.load_state_dict(saved["pruner"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    pruner.on_resume(Phase("regularise", iterations, lr), model, optimizer)
+    optimizer.load_state_dict(saved["optimizer"])
+    return pruner, model, optimizer
+
+
+def checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer, pruner: SensitivityRegularisation) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "pruner": pruner.state_dict()},
+               buffer)
+    return buffer.getvalue()
+
+
 def xor_reference(sensitivity_kind: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """dL/dw and S for fc1, fc2 at FC1/FC2 on the four corners, by hand (sigmoid hidden units, one logit)."""
     h = torch.sigmoid(XOR_X @ FC1.T)  # (4, 5)
@@ -310,18 +332,9 @@ def test_state_round_trip_continues_bit_for_bit():
     state = pruner.state_dict()
     assert state["keep"] and state["steps_done"] == 11 and state["phase_start"] == 7
     assert 0 < sum(int(m.sum()) for m in state["keep"].values()) < 15
-    # Through bytes, as a checkpoint is written and read (the harness loads with weights_only=True).
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "pruner": state}, buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-
-    fresh, fresh_model = xor_pruner(lam=0.5, threshold_rule="absolute", threshold=0.35, prune_every=2)
-    fresh_model.load_state_dict(saved["model"])
-    fresh.load_state_dict(saved["pruner"])
-    fresh_optimizer = torch.optim.Adam(fresh_model.parameters(), lr=0.01)
-    fresh.on_resume(Phase("regularise", 50, 0.01), fresh_model, fresh_optimizer)
-    fresh_optimizer.load_state_dict(saved["optimizer"])
+    # Through bytes, as a checkpoint is written and read.
+    fresh, fresh_model, fresh_optimizer = resume(checkpoint_bytes(model, optimizer, pruner), 0.01, 50, lam=0.5,
+                                                 threshold_rule="absolute", threshold=0.35, prune_every=2)
     assert repr(fresh.state_dict()) == repr(state) and fresh.active and fresh.optimizer is fresh_optimizer
     for step in range(12, 15):  # the last step, 14, does not threshold (7 steps into the phase)
         training_step(model, task, pruner, optimizer, XOR_X, XOR_Y, step=step)
@@ -372,29 +385,15 @@ def test_refresh_every_reuses_the_sensitivity_between_refreshes_and_checkpoints_
         pruner.base, pruner.sensitivities = {}, {}
         training_step(model, task, pruner, optimizer, XOR_X, XOR_Y, step=step)
         if step == 2:
-            state = pruner.state_dict()
-            buffer = io.BytesIO()
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "pruner": state}, buffer)
+            checkpoint = checkpoint_bytes(model, optimizer, pruner)
     for name in ("fc1", "fc2"):
         assert torch.equal(seen[1][name], seen[0][name]) and torch.equal(seen[2][name], seen[0][name])
         assert not torch.equal(seen[3][name], seen[0][name])  # refreshed at step 3 of the phase, new weights
         assert torch.equal(seen[4][name], seen[3][name])
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    fresh, fresh_model = xor_pruner(lam=0.5, threshold_rule="absolute", threshold=0.05, refresh_every=3)
-    fresh_model.load_state_dict(saved["model"])
-    fresh.load_state_dict(saved["pruner"])
-    fresh_optimizer = torch.optim.Adam(fresh_model.parameters(), lr=0.05)
-    fresh.on_resume(Phase("regularise", 20, 0.05), fresh_model, fresh_optimizer)
-    fresh_optimizer.load_state_dict(saved["optimizer"])
-    reference, reference_model = xor_pruner(lam=0.5, threshold_rule="absolute", threshold=0.05, refresh_every=3)
-    reference_model.load_state_dict(saved["model"])
-    reference.load_state_dict(saved["pruner"])
+    hp = dict(lam=0.5, threshold_rule="absolute", threshold=0.05, refresh_every=3)
+    fresh, fresh_model, fresh_optimizer = resume(checkpoint, 0.05, 20, **hp)
+    reference, reference_model, reference_optimizer = resume(checkpoint, 0.05, 20, **hp)
     reference.cached = {}  # without the checkpointed S, step 3 would compute S at other weights
-    reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=0.05)
-    reference.on_resume(Phase("regularise", 20, 0.05), reference_model, reference_optimizer)
-    buffer.seek(0)  # a second copy: load_state_dict keeps the loaded Adam moments, which steps update in place
-    reference_optimizer.load_state_dict(torch.load(buffer, weights_only=True)["optimizer"])
     for step in range(3, 6):
         training_step(fresh_model, task, fresh, fresh_optimizer, XOR_X, XOR_Y, step=step)
         training_step(reference_model, task, reference, reference_optimizer, XOR_X, XOR_Y, step=step)
