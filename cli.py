@@ -10,23 +10,28 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from prunebench.checkpoint import checkpoint_dir
+from prunebench.checkpoint import CheckpointError, checkpoint_dir
 from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
+from prunebench.deploy import model_path, models_dir
 from prunebench.distributed import close as close_processes
 from prunebench.distributed import from_environment as join_processes
+from prunebench.environment import pick_device
 from prunebench.executors import EXECUTORS, Executor, MissingExtraError, make_executor
-from prunebench.harness import CHECKPOINT_SECONDS, Observer, RunResult, RunSpec, make_spec, train
+from prunebench.harness import CHECKPOINT_SECONDS, Observer, Observers, RunResult, RunSpec, make_spec, train
+from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
 from prunebench.protocol import AUTOCAST, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner, method_names
 from prunebench.records import RecordingStore
 from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.report.sweep import summary_table as sweep_summary_table
-from prunebench.store import ResultStore, default_db_path
+from prunebench.store import ResultStore, StoreError, check_store_file, default_db_path
 from prunebench.tasks import TASKS, task_names
+from prunebench.tensorboard import TensorBoardObserver, require_tensorboard
 
 
 def _hparam_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
@@ -124,9 +129,46 @@ unverified_option = click.option(
     "--allow-unverified-data", is_flag=True,
     help="Train on dataset files that fail their published checksums (or, for ImageNet, counts); the run "
     "records it and leaderboards mark its rows: never a result of the task.")
+def _store_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:  # noqa: ARG001
+    """--db: refuse, before anything runs, a file that is not a store this prunebench can read."""
+    try:
+        check_store_file(value if value is not None else default_db_path())
+    except StoreError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:  # noqa: ARG001
+    """--device: an unknown device, or CUDA where there is none, is a usage error before anything runs."""
+    if value is not None:
+        try:
+            pick_device(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 db_option = click.option(
-    "--db", type=click.Path(path_type=Path), default=None,
+    "--db", type=click.Path(path_type=Path), default=None, callback=_store_path,
     help="SQLite result store (default: $PRUNEBENCH_DB or ./prunebench.sqlite).")
+tensorboard_option = click.option(
+    "--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+    help="Stream each evaluation point (accuracy, compression, kept fraction per layer, loss, train seconds) to "
+    "TensorBoard, one directory per run: DIR/<task>/<method>/seed<k>-<run_id>; watch with `tensorboard --logdir "
+    "DIR`. Needs pip install 'prunebench[tensorboard]'.")
+
+
+def _check_tensorboard(root: Path | None, context: Any = None) -> None:
+    """--tensorboard without its extra: one line and exit 2, before anything trains."""
+    if root is None:
+        return
+    try:
+        require_tensorboard()
+    except MissingExtraError as exc:
+        if context is not None:
+            close_processes(context)
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 def protocol_options(command):
@@ -162,7 +204,19 @@ def _protocol_overrides(values: dict[str, Any]) -> dict[str, Any]:
     return {field: value for option, field in names.items() if (value := values.pop(option, None)) is not None}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group: errors of the user's files (a store of a newer schema, a damaged checkpoint) end
+    as one line and exit status 2 wherever a command meets them, never as a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (StoreError, CheckpointError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="prunebench")
 def main() -> None:
     """prunebench: pruning methods trained on identical protocols and measured by one harness.
@@ -175,6 +229,7 @@ def main() -> None:
       prunebench sweep --methods dynthresh,magnitude --tasks lenet300 --seeds 0-2
       prunebench leaderboard --task lenet300            ranked table (+ leaderboards/lenet300.md, .csv)
       prunebench plot --task lenet300 --kind fig1       Fig. 1 (also: pareto, time, fig5, fig6, fig7)
+      prunebench site --out site                        static HTML site: leaderboards, figures, reports
       prunebench check                                  regression check against leaderboards/regression.toml
       prunebench data status                            MNIST, CIFAR-10 and ImageNet: present, verified, where
     """
@@ -189,7 +244,7 @@ def main() -> None:
 @click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
               help="equal: every method gets the task's iterations, all phases included; paper: the "
               "method's published schedule converted to iterations.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@click.option("--device", default=None, callback=_device, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option("--force", is_flag=True, help="Run again from scratch even if this identity already finished "
               "(an interrupted run otherwise continues from its last checkpoint).")
 @click.option("--eval-at-compression", "at_compression", default=None, metavar="RATIOS",
@@ -203,9 +258,13 @@ def main() -> None:
               show_default=True, metavar="SECONDS",
               help="Checkpoint at the first evaluation after this much wall-clock (0: at every evaluation).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final result as one JSON object on stdout.")
+@click.option("--save-model", "save_model", is_flag=True,
+              help="Keep the deployed network of the finished run beside the store (<store>.models/<run_id>.pt), "
+              "for `prunebench export`.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader workers for streamed data (alexnet-imagenet); default: $PRUNEBENCH_WORKERS, else "
               "up to 8 on CUDA, 0 on CPU.")
+@tensorboard_option
 @unverified_option
 @protocol_options
 @data_dir_option
@@ -232,6 +291,9 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     except (ValueError, RuntimeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    tensorboard: Path | None = hparams.pop("tensorboard")
+    save_model: bool = hparams.pop("save_model")
+    _check_tensorboard(tensorboard, context)
     console = Console(stderr=as_json, quiet=not context.is_writer)
     protocol = _protocol_overrides(hparams)
     given = {k: v for k, v in hparams.items() if v is not None}
@@ -246,14 +308,17 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         close_processes(context)
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
     db_path = db or default_db_path()
+    observer = (Observers(RichObserver(console), TensorBoardObserver(tensorboard) if tensorboard else None)
+                if context.is_writer else None)  # rank 0 alone shows progress and writes TensorBoard
     store = ResultStore(db_path) if context.is_writer else RecordingStore()  # rank 0 alone writes
     try:
         result = train(spec, store, data_dir or default_data_dir(), device=device,
-                       observer=RichObserver(console) if context.is_writer else None, force=force,
+                       observer=observer, force=force,
                        at_compressions=ratios, checkpoint_seconds=checkpoint_seconds,
                        evaluate_extra=_threshold_recorder() if record_thresholds else None,
                        allow_unverified_data=allow_unverified_data, workers=workers,
-                       checkpoints=checkpoint_dir(db_path), distributed=context)
+                       checkpoints=checkpoint_dir(db_path), distributed=context,
+                       save_model=model_path(models_dir(db_path), spec.run_id) if save_model else None)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -271,6 +336,11 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         console.print(f"[red]run {result.run_id} failed:[/] {result.error}")
     else:
         console.print(summary_table(result))
+        if save_model and result.status == "finished":
+            kept = model_path(models_dir(db_path), result.run_id)
+            console.print(f"deployed network: {kept}" if kept.exists() else
+                          "[yellow]note[/]: already finished, so no model was saved (--force runs it again; "
+                          f"`prunebench export {result.run_id}` reruns it)")
         if allow_unverified_data and not spec.task.verified(data_dir or default_data_dir()):
             console.print("[yellow]unverified data[/]: the files failed their published checksums; the run is "
                           "marked in the store and leaderboards, and is not a result of this task")
@@ -399,8 +469,9 @@ def sweep_executor(name: str, jobs: int, db_path: Path, options: dict[str, Any])
               "(default: beside the store, <store>.submitit/).")
 @click.option("--dense/--no-dense", "with_dense", default=True, show_default=True,
               help="Add `dense` (the accuracy reference of every leaderboard row) for each task and seed.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@click.option("--device", default=None, callback=_device, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (identities, store status) and train nothing.")
+@tensorboard_option
 @unverified_option
 @protocol_options
 @data_dir_option
@@ -426,6 +497,8 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
     task_list = _names(tasks, task_names(), "task(s)")
     db_path = db or default_db_path()
     options = {key: protocol_values.pop(key) for key in EXECUTOR_ONLY}
+    tensorboard: Path | None = protocol_values.pop("tensorboard")
+    _check_tensorboard(tensorboard)
     try:
         runner = sweep_executor(executor, jobs, db_path, options)
     except MissingExtraError as exc:
@@ -456,7 +529,7 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
     try:
         report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console,
                            allow_unverified_data=allow_unverified_data, executor=runner,
-                           checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds)
+                           checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds, tensorboard=tensorboard)
     except DataUnavailableError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -546,7 +619,7 @@ def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, d
               "them (vgg-cifar10, resnet56-cifar10, alexnet-imagenet) runs every method a few steps on its real data, "
               "which must be present and verified (else exit 3, nothing run), and is compared with the baseline's "
               "rows for that task, if it has any.")
-@click.option("--device", default=None,
+@click.option("--device", default=None, callback=_device,
               help="cpu, cuda or cuda:N (default: cpu for the suite, whose committed baseline was recorded on cpu; "
               "CUDA when present for --tasks).")
 @data_dir_option
@@ -631,6 +704,101 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
     console.print(f"report: {path}")
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for index.html, one <task>.html per task, figures/ and dt-paper/.")
+@click.option("--tasks", default=None, help="Comma-separated tasks (default: every task with runs in the store).")
+@click.option("--max-loss", type=click.FloatRange(min=0), default=0.4, show_default=True,
+              help="Accuracy-loss limit in pp for the ranking, as `prunebench leaderboard --max-loss`.")
+@data_dir_option
+@db_option
+def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path | None, db: Path | None) -> None:
+    """A static HTML site from the store: sortable leaderboards with rerun commands, figures, the DT-paper report."""
+    from prunebench.report.site import build_site
+
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    try:
+        result = build_site(db or default_db_path(), out, task_list, max_loss, data_dir)
+    except MissingExtraError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    for path in result.pages:
+        click.echo(f"wrote {path}")
+    parts = ", ".join(f"{name} {secs:.1f} s" for name, secs in result.seconds.items() if name != "total")
+    click.echo(f"site written in {result.seconds['total']:.1f} s ({parts}): {result.out / 'index.html'}")
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--format", "fmt", type=click.Choice(["pt", "safetensors", "onnx"]), default="pt", show_default=True,
+              help="pt: torch.export ExportedProgram (torch.export.load(FILE).module()); safetensors: the deployed "
+              "state dict, with what rebuilds the network in its metadata; onnx: for onnxruntime. Dynamic batch.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The file to write (required for RUN_ID); with --table the markdown file (default: "
+              "leaderboards/deployment-<task>.md).")
+@click.option("--table", "table_task", type=click.Choice(task_names()), default=None,
+              help="Instead of one run: for this task, export the seed-0 default run of every method and write "
+              "the deployment table (bytes, latency, FLOPs, dense against compressed).")
+@click.option("--rerun/--no-rerun", default=True, show_default=True,
+              help="--table: rerun runs whose model is not kept (--no-rerun lists them as not measured).")
+@click.option("--models-dir", "models", type=click.Path(path_type=Path), default=None,
+              help="Where kept models are read and reruns' models written (default: beside the store, "
+              "<store>.models/).")
+@click.option("--device", default=None, callback=_device,
+              help="Device of a rerun: cpu, cuda or cuda:N (default: CUDA when present).")
+@data_dir_option
+@db_option
+def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | None, rerun: bool, models: Path | None,
+           device: str | None, data_dir: Path | None, db: Path | None) -> None:
+    """Export a finished run's deployed network (exact zeros) and show what its compression buys: file bytes
+    and CPU latency, dense against compressed, beside the theoretical FLOPs reduction.
+
+    A run stored without --save-model is run again from its stored identity (the store is not touched); its
+    model is then kept beside the store and its accuracy and compression compared with the stored ones."""
+    from prunebench import export as exporting
+    from prunebench.report.deployment import write_deployment_table
+
+    db_path = db or default_db_path()
+    data_dir = data_dir or default_data_dir()
+    console = Console()
+    try:
+        exporting.require_export_extra()
+        if table_task is not None:
+            if run_id is not None:
+                raise click.UsageError("give either RUN_ID or --table, not both")
+            out = out or Path("leaderboards") / f"deployment-{table_task}.md"
+            args = ["prunebench", "export", "--table", table_task, "--db", str(db_path), "--out", str(out)]
+            args += ([] if rerun else ["--no-rerun"]) + (["--models-dir", str(models)] if models else [])
+            path, _ = write_deployment_table(table_task, db_path, out, data_dir, " ".join(args), models, rerun,
+                                             RichObserver(console), log=console.print)
+            click.echo(f"wrote {path}")
+            return
+        if run_id is None or out is None:
+            raise click.UsageError("give RUN_ID and --out FILE (or --table TASK)")
+        result = exporting.export_run(
+            run_id, db_path, fmt, out, data_dir, models, device=device, observer=RichObserver(console),
+            before_rerun=lambda spec: console.print(
+                f"run {run_id}: no kept model; running it again from its stored identity ({spec.method} on "
+                f"{spec.task.name} seed {spec.seed}, {spec.protocol.iterations:,} iterations)"))
+    except (exporting.ExportError, DataUnavailableError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    checks = Table(title=f"run {run_id} exported ({fmt})", show_header=False)
+    for item, value in exporting.check_rows(result):
+        checks.add_row(item, escape(value))
+    console.print(checks)
+    costs = Table(title="what compression buys", caption=exporting.cost_caption(result.cost), caption_justify="left")
+    for column in ("", "dense", "compressed", "reduction"):
+        costs.add_column(column, justify="left" if not column else "right")
+    for row in exporting.cost_rows(result):
+        costs.add_row(*row)
+    console.print(costs)
+    for note in exporting.warnings(result):
+        console.print(f"[yellow]note[/]: {escape(note)}")
+
+
 @main.command(name="list")
 def list_() -> None:
     """Methods (with their hyperparameter defaults) and tasks (with their protocols)."""
@@ -641,12 +809,14 @@ def list_() -> None:
     for name in method_names():
         cls = REGISTRY[name]
         hp = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.hparams_class)) or "-"
-        methods.add_row(name, cls.provenance, hp, cls.citation)
+        plugin = origin(METHOD_GROUP, name)
+        methods.add_row(name + (f"\n(plugin: {plugin})" if plugin else ""), cls.provenance, hp, cls.citation)
     console.print(methods)
     tasks = Table(title="tasks")
     for col in ("task", "description", "protocol", "calibrated method defaults"):
         tasks.add_column(col)
-    for name, t in TASKS.items():
+    for name in task_names():
+        t = TASKS[name]
         p = t.protocol
         budget = f"{p.epochs} epochs = {p.iterations:,} it" if p.epochs else f"{p.iterations:,} it"
         schedule = (f", lr x{p.lr_gamma:g} at epochs {','.join(map(str, p.lr_milestones))}"
@@ -659,8 +829,13 @@ def list_() -> None:
             proto += " (a GPU job)"
         defaults = "; ".join(f"{m}: {', '.join(f'{k}={_fmt(v)}' for k, v in d.items())}"
                              for m, d in t.method_defaults.items())
-        tasks.add_row(name, t.description, proto, defaults or "-")
+        plugin = origin(TASK_GROUP, name)
+        tasks.add_row(name + (f"\n(plugin: {plugin})" if plugin else ""), t.description, proto, defaults or "-")
     console.print(tasks)
+    for p in broken():
+        kind = "method" if p.group == METHOD_GROUP else "task"
+        console.print(f"[red]broken plugin[/] {kind} {p.name!r} ({p.value}, from {p.distribution}): "
+                      f"{escape(p.error or '')}")
 
 
 @main.group()

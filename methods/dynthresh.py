@@ -9,7 +9,7 @@ shared threshold carries the penalty of every weight it serves (-lambda * N_l * 
 
 Method card (where each value comes from):
 - s init -5 (t = 0.0067), t = sigmoid(s): paper sec. 4.2.1.
-- lam: not in the paper for MNIST; calibrated by sweep on lenet300 (README, "Calibration").
+- lam: not in the paper for MNIST; calibrated by sweep on lenet300 (docs/results.md, "Calibrating lambda").
 - tau: not in the paper (tau = 0.1 only draws Fig. 2); calibrated with lam.
 - biases are not thresholded: our reading (the paper is silent).
 

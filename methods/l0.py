@@ -60,7 +60,8 @@ Method card (where each value comes from):
   0.35 pp on average), 773-915 s of training each. Kept units (inputs of fc1, fc2, fc3, from the per-layer
   weight counts): 228-191-91, 227-189-93, 226-194-84 against the paper's 219-214-100, so 13% more
   compression than the 3.8x those unit counts imply, and a third of the 12.2x DT quotes. LeNet-5 at this
-  budget (about 1.6 h a run on one thread here) is not run yet.
+  budget (about 5 h of training a run on one thread here: 742 s for seed 0's first 6,000 of 120,000 steps)
+  is in progress from checkpoints, not finished.
 - training: one phase from scratch with the task protocol's optimizer, lr, batch and iterations under
   budget "equal"; budget "paper": `epochs` (200) epochs at the protocol lr, constant (the code's
   scripts: Adam lr 1e-3, batch 100, 200 epochs [V]), i.e. 120,000 steps on MNIST.

@@ -59,12 +59,26 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     return path
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read (truncated, overwritten, not a checkpoint)."""
+
+
 def load_checkpoint(directory: Path, run_id: str) -> Checkpoint | None:
-    """The run's checkpoint, or None when there is none (or it is of another format or run)."""
+    """The run's checkpoint, or None when there is none (or it is of another format or run). Raises
+    `CheckpointError` when the file is there but unreadable: continuing silently from scratch would hide
+    the loss, and guessing is worse, so the user decides (`--force` starts over)."""
     path = checkpoint_path(directory, run_id)
     if not path.exists():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        reason = " ".join(str(exc).split())[:160]
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {reason}); run with --force "
+                              "to start this run over, or delete the file") from exc
+    if not isinstance(blob, dict):
+        raise CheckpointError(f"checkpoint {path} is not a prunebench checkpoint; run with --force to start this "
+                              "run over, or delete the file")
     if blob.pop("format", None) != FORMAT or blob.get("run_id") != run_id:
         return None
     return Checkpoint(**blob)

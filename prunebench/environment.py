@@ -12,9 +12,17 @@ import torch
 def pick_device(requested: str | None = None) -> torch.device:
     """`requested` if given ('cpu', 'cuda', 'cuda:1'), else CUDA when present, else CPU."""
     if requested:
-        device = torch.device(requested)
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device {requested!r}: use cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available here")
+            raise ValueError(f"device {requested!r} requested but CUDA is not available here (torch "
+                             f"{torch.__version__}, {torch.cuda.device_count()} GPUs visible): use --device cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device {requested!r} is not supported: use cpu, cuda or cuda:N")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -22,6 +22,7 @@ from prunebench.checkpoint import (
     save_checkpoint,
 )
 from prunebench.data import TensorDataset
+from prunebench.deploy import save_deployed
 from prunebench.environment import environment, pick_device
 from prunebench.metrics import (
     accuracy_at_compressions,
@@ -154,6 +155,33 @@ class Observer:
     def end(self) -> None: ...
 
 
+class Observers(Observer):
+    """Several observers as one (the harness takes one), called in order; None entries are left out."""
+
+    def __init__(self, *observers: Observer | None) -> None:
+        self.observers = [o for o in observers if o is not None]
+
+    def start(self, spec: RunSpec, total_steps: int) -> None:
+        for o in self.observers:
+            o.start(spec, total_steps)
+
+    def resumed(self, step: int) -> None:
+        for o in self.observers:
+            o.resumed(step)
+
+    def step(self, step: int) -> None:
+        for o in self.observers:
+            o.step(step)
+
+    def evaluation(self, point: dict[str, Any]) -> None:
+        for o in self.observers:
+            o.evaluation(point)
+
+    def end(self) -> None:
+        for o in self.observers:
+            o.end()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -214,7 +242,8 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
           evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
           at_compressions: tuple[float, ...] = (), checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
           resume: bool = True, allow_unverified_data: bool = False, workers: int | None = None,
-          checkpoints: Path | None = None, distributed: ddp.Context | None = None) -> RunResult:
+          checkpoints: Path | None = None, distributed: ddp.Context | None = None,
+          save_model: Path | None = None) -> RunResult:
     """Train one run and store it. A run whose identity already finished is skipped unless `force`.
 
     At an evaluation, once `checkpoint_seconds` of wall-clock have passed since the last checkpoint
@@ -237,7 +266,10 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
 
     `distributed`: this process's rank in a DDP run (`prunebench.distributed`; default: one process).
     Every rank calls `train` with the same spec; rank 0 passes the real store, the others a
-    `RecordingStore`. Rank 0's store decides whether the run is skipped, resumed or started."""
+    `RecordingStore`. Rank 0's store decides whether the run is skipped, resumed or started.
+
+    `save_model`: where the writer keeps the deployed network once the run finished (`prunebench.deploy`;
+    nothing is written for a run skipped, failed or interrupted)."""
     observer = observer or Observer()
     ctx = distributed or ddp.SINGLE
     run_id, identity = spec.identity
@@ -483,4 +515,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
     store.finish(run_id, final)
     if ctx.is_writer:
         delete_checkpoint(checkpoints, run_id)
+        if save_model is not None:
+            save_deployed(save_model, pruner.deployed(model), run_id=run_id, task=task.name, method=spec.method,
+                          seed=spec.seed, architecture=task.architecture, final=final)
     return RunResult(run_id, "finished", spec, final)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -61,6 +62,10 @@ class Protocol:
         return self.lr_gamma ** sum(1 for m in self.lr_milestones if epoch >= m)
 
     def validate(self) -> None:
+        for name in ("lr", "momentum", "weight_decay", "init_std", "lr_gamma"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         if self.batch_size < 1:

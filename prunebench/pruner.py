@@ -210,6 +210,9 @@ def register(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
 
 def _load_methods() -> None:
     import prunebench.methods  # noqa: F401  (importing registers every method)
+    from prunebench.plugins import load_plugins
+
+    load_plugins()  # methods (and tasks) of installed plugin packages
 
 
 def method_names() -> list[str]:

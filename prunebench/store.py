@@ -121,11 +121,46 @@ ADDED_COLUMNS = {
 }
 
 
+#: The store's layout, kept in SQLite's `user_version`. Raise it when a change would be misread by older
+#: code (older code then refuses the store instead of corrupting it); added nullable columns (ADDED_COLUMNS)
+#: need no raise. Stores written before the number existed read 0.
+SCHEMA_VERSION = 1
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class StoreError(RuntimeError):
+    """The file given as a store is not one this prunebench can read (not SQLite, or a newer schema)."""
+
+
+def check_store_file(path: Path | str) -> None:
+    """Raise `StoreError` (one line) unless `path` is absent, empty, or an SQLite file of a schema this code
+    reads. Cheap: reads the 16-byte header and one pragma; every command that takes `--db` calls it."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a result store (an SQLite file)")
+    with open(path, "rb") as fh:
+        if fh.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            raise StoreError(f"{path} is not a prunebench result store: not an SQLite file")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a readable SQLite file ({exc})") from None
+    finally:
+        conn.close()
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer prunebench (store schema {version}; this one reads up to "
+                         f"{SCHEMA_VERSION}): upgrade prunebench (pip install -U prunebench)")
+
+
 class ResultStore:
     """A thin wrapper over one SQLite file. Every write commits, so a crash loses at most one row."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        check_store_file(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(self.path), timeout=60)
         self.conn.row_factory = sqlite3.Row
@@ -140,6 +175,9 @@ class ResultStore:
                     self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.executescript(SCHEMA)
                 self._migrate()
+                if self.conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    with self.conn:
+                        self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or attempt == attempts - 1:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from prunebench.data import TensorDataset, load_mnist, make_xor
 from prunebench.models import LeNet5, LeNet300, XorNet
@@ -97,6 +97,43 @@ class Task:
         return True if self.data_verified is None else self.data_verified(Path(data_dir))
 
 
+def dataset_task(name: str, description: str, *, datasets: Callable[[Path], tuple[Dataset, Dataset]],
+                 model: Callable[[], nn.Module], protocol: Protocol, train_size: int, resident: bool = True,
+                 loss_kind: str = "cross_entropy", open_choices: dict[str, str] | None = None,
+                 method_defaults: dict[str, dict[str, Any]] | None = None,
+                 eval_batch_size: int = RESIDENT_EVAL_BATCH) -> Task:
+    """A task from any torchvision-style dataset pair and any `nn.Module` factory (plugins, own models).
+
+    `datasets(data_dir)` returns (train, test) datasets whose items are `(input tensor, label)`, e.g.
+    `torchvision.datasets.FashionMNIST(root, train=..., transform=ToTensor())`. `resident`: read both
+    once into tensors held on the device (small datasets; batches then cost no loader); otherwise they
+    are streamed by DataLoader workers (`prunebench.sources.StreamedSource`). `train_size`: the number
+    of training examples (it converts epochs to steps and is the N of L0 and sparse VD's objectives)."""
+
+    def load(data_dir: Path, allow_unverified: bool = False) -> TensorDataset:  # noqa: ARG001
+        train, test = datasets(Path(data_dir))
+        return TensorDataset(*_as_tensors(train), *_as_tensors(test))
+
+    def streamed(data_dir: Path, allow_unverified: bool = False) -> tuple[Dataset, Dataset]:  # noqa: ARG001
+        return datasets(Path(data_dir))
+
+    if loss_kind not in ("cross_entropy", "bce"):
+        raise ValueError(f"loss_kind must be 'cross_entropy' or 'bce', got {loss_kind!r}")
+    if train_size < 1:
+        raise ValueError(f"train_size must be >= 1, got {train_size}")
+    return Task(name=name, description=description, architecture=model, load=load, protocol=protocol,
+                loss_kind=loss_kind, open_choices=dict(open_choices or {}),
+                method_defaults=dict(method_defaults or {}), train_size=train_size,
+                streamed=None if resident else streamed, eval_batch_size=eval_batch_size)
+
+
+def _as_tensors(dataset: Dataset, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (input, label) item of a dataset, stacked: inputs as float32, labels as int64."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    xs, ys = zip(*((x.float(), torch.as_tensor(y).long()) for x, y in loader), strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
 def _mnist(data_dir: Path, allow_unverified: bool = False) -> TensorDataset:  # noqa: ARG001 - always verified
     return load_mnist(data_dir)
 
@@ -114,7 +151,7 @@ MNIST_CHOICES = {
     "batches": "reshuffled every epoch from a seeded generator; test set = the 10,000 MNIST test images",
 }
 
-# dynthresh lambda on MNIST is not in the paper; calibrated by the sweep recorded in README.md.
+# dynthresh lambda on MNIST is not in the paper; calibrated by the sweep recorded in docs/results.md.
 DT_MNIST = {"lam": 5e-4, "tau": 0.03}
 # LeNet-5's own lambda (issue 19; seed 0, equal budget, dense 99.35%): LeNet-300-100's 5e-4 gives 266.6x at
 # +0.26 pp (3 seeds 269x at +0.30), 2e-4 161.8x at +0.25 (published 151x at -0.03 pp): 2e-4, the compression
@@ -124,7 +161,7 @@ DT_LENET5 = {"lam": 2e-4, "tau": 0.03}
 # magnitude (Han et al. 2015): q per layer started from the Gaussian quantile Phi^-1(1 - keep/2) of the
 # published keep ratios (LeNet-300-100 8/9/26%, LeNet-5 66/12/8/19%). LeNet-300-100: (1.751, 1.695, 1.126)
 # kept 10/12/32% in a full run, so q was raised to (1.95, 1.9, 1.3): 8.2/10.7/26.1% kept, 11.7x, at
-# --budget paper, seed 0 (README, "Baselines"). LeNet-5: on the dense seed-0 network, pruning without
+# --budget paper, seed 0 (docs/results.md). LeNet-5: on the dense seed-0 network, pruning without
 # retraining at the quantile estimate (0.44, 1.555, 1.751, 1.311) keeps 58/12/9.4/17%; on LeNet-300-100 a full
 # run keeps 1.26-1.47x more per layer than that estimate (retraining widens the survivors), so q was set to
 # keep (66/1.1, 12/1.4, 8/1.3, 19/1.47)% without retraining: (0.44, 1.76, 2.07, 1.55) -> 58/8.7/6.2/12.8%.
@@ -148,7 +185,7 @@ DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (2.3, 3.7, 5.5, 4.3),
 # from epoch 0 (LeNet-5); only used under budget "paper".
 SPARSE_VD_LENET300 = {"lr_decay_start": 100}
 # dst: the authors' alpha 5e-4 (SGD lr 0.01) prunes little under our Adam protocol. LeNet-300-100, seed 0,
-# 10k steps (README): alpha 5e-4 13.1x at +0.29 pp, 1e-3 21.1x at +0.29, 1.5e-3 25.4x at +0.88, 2e-3 29.1x at
+# 10k steps (docs/results.md): alpha 5e-4 13.1x at +0.29 pp, 1e-3 21.1x at +0.29, 1.5e-3 25.4x at +0.88, 2e-3 29.1x at
 # +0.84; 1e-3 is the most compression within the published loss (+0.47 pp). LeNet-5: the same alpha, as
 # the authors use one alpha for both LeNets (not swept). Under the authors' own protocol (SGD lr 0.01, momentum
 # 0.9, batch 64, 20 epochs = 18,750 steps) and alpha 5e-4, LeNet-300-100 gives 15.4x at +0.93 pp (3 seeds, issue
@@ -420,10 +457,14 @@ TASKS.update(LARGE_TASKS)
 
 
 def task_names() -> list[str]:
+    """Built-in tasks, then those of installed plugin packages (`prunebench.plugins`)."""
+    from prunebench.plugins import load_plugins
+
+    load_plugins()
     return list(TASKS)
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
+    if name not in task_names():
         raise KeyError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}")
     return TASKS[name]

@@ -42,6 +42,7 @@ class RunJob:
     allow_unverified_data: bool = False
     checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS
     threads: int | None = None            #: torch CPU threads for the run (None: as the process has them)
+    tensorboard: str | None = None        #: --tensorboard: root of the run's TensorBoard log directory
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,13 +78,22 @@ def execute(job: RunJob) -> RunRecord:
     kept = finished_record_path(job.checkpoints, job.run_id)
     if kept.exists():
         return pickle.loads(kept.read_bytes())
+    observer = None
+    if job.tensorboard:
+        from prunebench.tensorboard import MissingExtraError, TensorBoardObserver
+
+        try:
+            observer = TensorBoardObserver(job.tensorboard)
+        except MissingExtraError as exc:
+            raise WorkerError(str(exc)) from None
     store = RecordingStore()
     checkpoint = load_checkpoint(Path(job.checkpoints), job.run_id)
     if checkpoint is not None and checkpoint.record:
         store.restore(checkpoint.record)  # another worker's run: continue it
     try:
         harness.train(spec, store, Path(job.data_dir), device=job.device, checkpoints=Path(job.checkpoints),
-                      checkpoint_seconds=job.checkpoint_seconds, allow_unverified_data=job.allow_unverified_data)
+                      checkpoint_seconds=job.checkpoint_seconds, allow_unverified_data=job.allow_unverified_data,
+                      observer=observer)
     except KeyboardInterrupt:
         if store.status(job.run_id) is None:
             raise

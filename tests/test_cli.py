@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
+import torch
 from click.testing import CliRunner
 from prunebench.methods.sparse_vd import SparseVariationalDropout
 
 from prunebench import data as data_module
+from prunebench.checkpoint import checkpoint_dir
 from prunebench.cli import main
+from prunebench.pruner import Pruner
 from prunebench.store import ResultStore
 
 
@@ -49,6 +53,15 @@ def test_short_lenet300_run_lands_in_the_store(tmp_path, mnist_dir):
     (["run", "--method", "dense", "--task", "xor", "--momentum", "1"], "momentum must be in [0, 1)"),
     (["run", "--method", "dense", "--task", "xor", "--optimizer-weight-decay", "-1"], "weight_decay must be >= 0"),
     (["run", "--method", "dense", "--task", "xor", "--optimizer", "rmsprop"], "'rmsprop' is not one of"),
+    # issue 20: each of these ended in a traceback before
+    (["run", "--method", "dense", "--task", "xor", "--device", "tpu"], "unknown device 'tpu': use cpu, cuda"),
+    (["run", "--method", "dense", "--task", "xor", "--device", "cuda:x"], "unknown device 'cuda:x'"),
+    (["run", "--method", "dense", "--task", "xor", "--lr", "nan"], "lr must be a finite number, got nan"),
+    (["run", "--method", "dense", "--task", "xor", "--lr", "inf"], "lr must be a finite number, got inf"),
+    (["run", "--method", "dense", "--task", "xor", "--momentum", "nan"], "momentum must be a finite number"),
+    (["run", "--method", "dynthresh", "--task", "xor", "--lam", "nan"], "lam must be finite"),
+    (["sweep", "--methods", "dense", "--tasks", "xor", "--device", "tpu"], "unknown device 'tpu'"),
+    (["sweep", "--methods", "dense", "--tasks", "xor", "--lr", "nan"], "lr must be a finite number"),
 ])
 def test_cli_rejects_bad_input_before_training(args, message, tmp_path):
     result = CliRunner().invoke(main, [*args, "--db", str(tmp_path / "x.sqlite")])
@@ -156,3 +169,70 @@ def test_protocol_overrides_make_their_own_identity_and_dense_reference(tmp_path
                                      "--eval-every", "20", "--db", db, "--dry-run", *sgd])
     assert plan.exit_code == 0, plan.output
     assert "2 identities: 0 to run, 2 already finished" in plan.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("command", [["run", "--method", "dense", "--task", "xor"],
+                                     ["sweep", "--methods", "dense", "--tasks", "xor"]])
+def test_cuda_without_cuda_is_one_line(command, tmp_path):
+    result = CliRunner().invoke(main, [*command, "--device", "cuda", "--db", str(tmp_path / "x.sqlite")])
+    assert result.exit_code == 2
+    assert "CUDA is not available here" in result.output and "use --device cpu" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x.sqlite").exists()
+
+
+@pytest.mark.parametrize("command", [["run", "--method", "dense", "--task", "xor", "--iterations", "10"],
+                                     ["sweep", "--methods", "dense", "--tasks", "xor", "--iterations", "10"],
+                                     ["leaderboard", "--task", "xor"], ["plot", "--task", "xor", "--kind", "pareto"]])
+def test_a_file_that_is_not_a_store_is_refused_in_one_line(command, tmp_path):
+    bad = tmp_path / "notes.sqlite"
+    bad.write_text("these are my notes, not a database\n")
+    result = CliRunner().invoke(main, [*command, "--db", str(bad)])
+    assert result.exit_code == 2
+    assert "is not a prunebench result store: not an SQLite file" in result.output
+    assert "Traceback" not in result.output
+    assert bad.read_text() == "these are my notes, not a database\n"  # untouched
+
+
+def test_a_store_of_a_newer_schema_is_refused_not_changed(tmp_path):
+    from prunebench.store import SCHEMA_VERSION
+
+    db = tmp_path / "newer.sqlite"
+    ResultStore(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    for command in (["run", "--method", "dense", "--task", "xor", "--iterations", "10"],
+                    ["leaderboard", "--task", "xor"]):
+        result = CliRunner().invoke(main, [*command, "--db", str(db)])
+        assert result.exit_code == 2
+        assert f"written by a newer prunebench (store schema {SCHEMA_VERSION + 1}" in result.output
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    conn.close()
+
+
+def test_a_damaged_checkpoint_is_one_line_and_force_starts_over(tmp_path):
+    db = tmp_path / "cli.sqlite"
+    args = ["run", "--method", "dense", "--task", "xor", "--iterations", "300", "--eval-every", "100",
+            "--checkpoint-every", "0", "--db", str(db)]
+
+    def stop_at_150(self, step: int) -> None:
+        if step == 150:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Pruner, "after_step", stop_at_150)
+        stopped = CliRunner().invoke(main, args)
+    assert stopped.exit_code == 130
+    (checkpoint,) = checkpoint_dir(db).glob("*.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a copy cut short
+    damaged = CliRunner().invoke(main, args)
+    assert damaged.exit_code == 2
+    line = damaged.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: checkpoint {checkpoint} is unreadable") and "--force" in line
+    assert "Traceback" not in damaged.output
+    forced = CliRunner().invoke(main, [*args, "--force", "--json"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(forced.stdout.strip().splitlines()[-1])["iterations"] == 300

@@ -138,3 +138,13 @@ def test_verdict_flags_differences_in_both_directions():
         "compression 54% above published; loss 0.53 pp better than published; 2 of 3 seeds")
     assert _verdict(summary(float("nan"), float("nan"), seeds=0), 280.0, -0.05) == "not run yet"
     assert _verdict(summary(22.6, 0.03), None, None) == "nothing published"
+
+
+def test_item_run_id_without_building_the_network_is_make_specs():
+    """Item.run_id skips make_spec's dry attach (a site build plans ~100 items); it must name the same
+    identity as the full spec for every kind of item the plan holds (seed 0 of each setting)."""
+    items = [i for i in plan() if i.seed == 0 and not i.large]
+    kinds = {(i.task, i.method, i.budget, i.protocol, i.hparams) for i in items}
+    assert len(kinds) > 20
+    for item in items:
+        assert item.run_id == item.spec.run_id, item

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.table import Table
 
@@ -84,13 +85,18 @@ def time_to_compression(points: pd.DataFrame, target: float, dense_accuracy: flo
     (NaN, NaN) if never reached, or if a loss limit is asked for and there is no dense accuracy."""
     if max_loss is not None and (dense_accuracy is None or not math.isfinite(dense_accuracy)):
         return math.nan, math.nan
-    for row in points.sort_values("step").itertuples():
-        if row.compression is None or not row.compression >= target:
-            continue
-        if max_loss is not None and not 100.0 * (dense_accuracy - row.accuracy) <= max_loss + LOSS_TOLERANCE:
-            continue  # over the limit (or no accuracy recorded)
-        return float(row.train_seconds), float(row.step)
-    return math.nan, math.nan
+    steps = points["step"].to_numpy(dtype=float)
+    order = np.argsort(steps, kind="stable")
+    with np.errstate(invalid="ignore"):  # a point without compression or accuracy (NaN) never qualifies
+        ok = points["compression"].to_numpy(dtype=float)[order] >= target
+        if max_loss is not None:
+            accuracy = points["accuracy"].to_numpy(dtype=float)[order]
+            ok &= 100.0 * (dense_accuracy - accuracy) <= max_loss + LOSS_TOLERANCE
+    hits = np.flatnonzero(ok)
+    if not len(hits):
+        return math.nan, math.nan
+    first = order[hits[0]]
+    return float(points["train_seconds"].to_numpy(dtype=float)[first]), float(steps[first])
 
 
 def run_table(db: Path | str, task: str, max_loss: float | None = DEFAULT_MAX_LOSS,

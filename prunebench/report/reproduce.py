@@ -157,10 +157,10 @@ class Item:
 
     @cached_property
     def run_id(self) -> str:
-        """The run's identity. For a large item it is computed without building the network (an AlexNet
-        takes seconds to build), as `make_spec` would; for a task not registered, a placeholder."""
-        if not self.large:
-            return self.spec.run_id
+        """The run's identity, computed as `make_spec` computes it but without building and attaching the
+        network (a report plans about a hundred items: building each took 15 s of a report, and an AlexNet
+        takes seconds to build); for a large task not registered, a placeholder. A batch size that rescales
+        an epoch protocol goes through `make_spec` itself."""
         from prunebench.pruner import get_method, make_hparams
         from prunebench.store import run_identity
         from prunebench.tasks import get_task
@@ -168,10 +168,15 @@ class Item:
         try:
             task = get_task(self.task)
         except KeyError:
-            return f"unregistered:{self.task}/{self.method}/{self.seed}/{self.budget}"
-        cls = get_method(self.method)
-        protocol = task.protocol.with_overrides(iterations=self.iterations, eval_every=self.eval_every)
-        hp = make_hparams(cls, task, dict(self.hparams))
+            if self.large:
+                return f"unregistered:{self.task}/{self.method}/{self.seed}/{self.budget}"
+            raise
+        overrides = dict(self.protocol)
+        if task.protocol.steps_per_epoch and overrides.get("batch_size", task.protocol.batch_size) != \
+                task.protocol.batch_size:
+            return self.spec.run_id
+        protocol = task.protocol.with_overrides(iterations=self.iterations, eval_every=self.eval_every, **overrides)
+        hp = make_hparams(get_method(self.method), task, dict(self.hparams))
         return run_identity(self.task, protocol, self.method, hp.non_default(), self.seed, self.budget)[0]
 
     def command(self, db: str | None = None) -> str:

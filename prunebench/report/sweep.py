@@ -40,11 +40,12 @@ from prunebench import harness
 from prunebench.checkpoint import checkpoint_dir
 from prunebench.data import DataUnavailableError, TensorDataset
 from prunebench.executors import Executor, LocalExecutor, Tracker
-from prunebench.harness import Observer, RunSpec, make_spec
+from prunebench.harness import Observer, Observers, RunSpec, make_spec
 from prunebench.pruner import REGISTRY, method_names
 from prunebench.records import RunRecord
 from prunebench.report.setting import setting_items, setting_string
 from prunebench.store import ResultStore
+from prunebench.tensorboard import TensorBoardObserver, require_tensorboard
 from prunebench.worker import RunJob, discard_finished_record
 
 GRID_ALIASES = {"lambda": "lam"}
@@ -251,7 +252,8 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
               on_outcome: Callable[[Outcome], None] | None = None,
               allow_unverified_data: bool = False, executor: Executor | None = None,
               checkpoints: Path | str | None = None,
-              checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS) -> SweepReport:
+              checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS,
+              tensorboard: Path | str | None = None) -> SweepReport:
     """Run every pending identity of `plan` into the store at `db`; finished ones are reported as skipped.
 
     `executor` None with `jobs=1` trains in this process; otherwise the runs go to `executor` (default:
@@ -259,11 +261,17 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
     `checkpoints`: the directory every worker checkpoints into (default beside the store; on a cluster
     it must be one that every worker sees). Ctrl-C (or SIGTERM) stops the sweep: the run(s) in flight
     are stored as 'interrupted' (or, when their worker could not say, keep their checkpoints), and the
-    report comes back with `interrupted=True`. `allow_unverified_data`: as for `harness.train`."""
+    report comes back with `interrupted=True`. `allow_unverified_data`: as for `harness.train`.
+    `tensorboard`: every run streams its evaluation points to its own directory under this one
+    (`prunebench.tensorboard`; like `checkpoints`, a directory the workers see); MissingExtraError before
+    anything runs when the extra is not installed."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     console = console or Console(stderr=True)
     checkpoints = Path(checkpoints) if checkpoints is not None else checkpoint_dir(Path(db))
+    if tensorboard is not None:
+        require_tensorboard()
+        tensorboard = Path(tensorboard).absolute()
     t0 = time.perf_counter()
     outcomes = []
     if plan.finished_before:
@@ -289,11 +297,12 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
         try:
             if executor is None and jobs == 1:
                 _run_in_process(pending, Path(db), Path(data_dir), device, progress, overall, record,
-                                allow_unverified_data, checkpoints, checkpoint_seconds)
+                                allow_unverified_data, checkpoints, checkpoint_seconds, tensorboard)
             else:
                 jobs_of = {p.spec.run_id: p for p in pending}
                 work = [RunJob(p.spec.run_id, p.label, p.spec_args, str(data_dir), str(checkpoints), device,
-                               allow_unverified_data, checkpoint_seconds) for p in pending]
+                               allow_unverified_data, checkpoint_seconds,
+                               tensorboard=str(tensorboard) if tensorboard is not None else None) for p in pending]
                 store = ResultStore(db)
                 try:
                     (executor or LocalExecutor(jobs)).run(work, _Driver(store, jobs_of, progress, overall, record))
@@ -349,7 +358,8 @@ class _Driver(Tracker):
 def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device: str | None,
                     progress: Progress, overall: Any, record: Callable[[Outcome], None],
                     allow_unverified_data: bool = False, checkpoints: Path | None = None,
-                    checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS) -> None:
+                    checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS,
+                    tensorboard: Path | None = None) -> None:
     datasets: dict[str, TensorDataset | None] = {}  # resident data loaded once per task; None: streamed
     store = ResultStore(db)
     try:
@@ -360,7 +370,8 @@ def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device:
                 if spec.task.name not in datasets:
                     datasets[spec.task.name] = spec.task.resident_data(data_dir, allow_unverified_data)
                 result = harness.train(spec, store, data_dir, device=device, dataset=datasets[spec.task.name],
-                                       observer=_SweepObserver(progress, overall, done, planned.label),
+                                       observer=Observers(_SweepObserver(progress, overall, done, planned.label),
+                                                          TensorBoardObserver(tensorboard) if tensorboard else None),
                                        allow_unverified_data=allow_unverified_data, checkpoints=checkpoints,
                                        checkpoint_seconds=checkpoint_seconds)
             except KeyboardInterrupt:
