@@ -18,6 +18,7 @@ the module needs the architecture's class, which the file names.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,9 @@ class SavedModel:
     final: dict[str, Any]
     #: "run" (kept by the run itself, `--save-model`) or "rerun" (made again from the stored identity)
     origin: str = "run"
+    #: where a rerun ran (`environment.environment`: versions, device and threads, git commit); None for a
+    #: model kept by its run, whose environment is in the store
+    environment: dict[str, Any] | None = None
 
     @property
     def shapes(self) -> dict[str, list[int]]:
@@ -69,8 +73,10 @@ def architecture_name(architecture: Callable[[], nn.Module]) -> str:
 
 
 def save_deployed(path: Path, net: nn.Module, *, run_id: str, task: str, method: str, seed: int,
-                  architecture: Callable[[], nn.Module], final: dict[str, Any], origin: str = "run") -> Path:
-    """Write `net` (a deployed network) to `path` atomically; returns the path. `origin`: see `SavedModel`."""
+                  architecture: Callable[[], nn.Module], final: dict[str, Any], origin: str = "run",
+                  environment: dict[str, Any] | None = None) -> Path:
+    """Write `net` (a deployed network) to `path` atomically; returns the path. `origin`, `environment`: see
+    `SavedModel`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: t.detach().to("cpu").clone() for key, t in net.state_dict().items()}
@@ -78,7 +84,7 @@ def save_deployed(path: Path, net: nn.Module, *, run_id: str, task: str, method:
             "architecture": architecture_name(architecture), "shapes": {k: list(t.shape) for k, t in state.items()},
             "state_dict": state,
             "final": {k: final.get(k) for k in ("accuracy", "compression", "weights_nonzero", "weights_total")},
-            "origin": origin}
+            "origin": origin, "environment": json.dumps(environment) if environment is not None else None}
     tmp = path.with_suffix(f".pt.{os.getpid()}.tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -91,7 +97,8 @@ def load_saved(path: Path) -> SavedModel:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a deployed network saved by prunebench (format {FORMAT})")
     return SavedModel(blob["run_id"], blob["task"], blob["method"], blob["seed"], blob["architecture"],
-                      blob["state_dict"], blob["final"], blob.get("origin", "run"))
+                      blob["state_dict"], blob["final"], blob.get("origin", "run"),
+                      json.loads(blob["environment"]) if blob.get("environment") else None)
 
 
 @torch.no_grad()

@@ -167,27 +167,29 @@ def ensure_model(run_id: str, db: Path, data_dir: Path, models: Path | None = No
             raise ExportError(f"{path} holds run {saved.run_id}, not {run_id}")
         return RunModel(run, final, saved, path)
     spec = spec_from_row(run)
+    store = RecordingStore()
     with tempfile.TemporaryDirectory(prefix="prunebench-rerun-") as checkpoints:
-        result = train(spec, RecordingStore(), data_dir, device=device, observer=observer,
-                       checkpoints=Path(checkpoints), checkpoint_seconds=None, save_model=path)
+        result = train(spec, store, data_dir, device=device, observer=observer, checkpoints=Path(checkpoints),
+                       checkpoint_seconds=None, save_model=path)
     if result.status != "finished":
         raise ExportError(f"the rerun of {run_id} {result.status}: {result.error}")
     saved = load_saved(path)
     save_deployed(path, rebuild(spec.task.architecture, saved.state_dict), run_id=run_id, task=saved.task,
                   method=saved.method, seed=saved.seed, architecture=spec.task.architecture, final=saved.final,
-                  origin="rerun")
+                  origin="rerun", environment=json.loads(store.run_row(run_id)["environment"]))
     return RunModel(run, final, load_saved(path), path, rerun_now=True)
 
 
 # -- the formats ---------------------------------------------------------------------------------------------
 
 def file_metadata(model: RunModel) -> dict[str, str]:
-    """What an exported file says about itself (strings, for safetensors and ONNX metadata)."""
+    """What an exported file says about itself (strings, for safetensors and ONNX metadata): the accuracy,
+    compression and non-zero weights are its network's (the stored run's, or the rerun's where it differs)."""
     saved = model.saved
     return {"prunebench_run_id": saved.run_id, "task": saved.task, "method": saved.method, "seed": str(saved.seed),
             "architecture": saved.architecture, "shapes": json.dumps(saved.shapes),
-            "accuracy": repr(model.final["accuracy"]), "compression": repr(model.final["compression"]),
-            "weights_nonzero": str(model.final["weights_nonzero"]),
+            "accuracy": repr(saved.final["accuracy"]), "compression": repr(saved.final["compression"]),
+            "weights_nonzero": str(saved.final["weights_nonzero"]), "reproduces_stored_run": str(model.reproduced),
             "rebuild": "prunebench.deploy.rebuild(prunebench.tasks.get_task(task).architecture, state_dict); "
                        "the task architecture when no layer's shape differs from it"}
 

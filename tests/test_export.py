@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,6 +108,12 @@ def test_pt_export_runs_in_plain_torch_at_any_batch_with_the_stored_accuracy(run
     reference = rebuild(LeNet300, load_saved(model_path(models_dir(runs["db"]), run["run_id"])).state_dict)
     with torch.no_grad():
         assert torch.equal(net(x[:100]), reference(x[:100]))
+    # a process in which prunebench cannot be imported loads and runs it
+    script = ("import sys; sys.modules['prunebench'] = None; import torch; "
+              f"print(torch.export.load({str(out)!r}).module()(torch.zeros(3, 1, 28, 28)).shape)")
+    plain = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.strip() == "torch.Size([3, 10])"
 
 
 @pytest.mark.slow
@@ -196,6 +204,7 @@ def test_export_without_a_kept_model_reruns_to_the_same_file(runs, mnist_dir, tm
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())  # noqa: SIM118
     saved = load_saved(model_path(empty, run["run_id"]))
     assert saved.origin == "rerun" and saved.final["accuracy"] == run["accuracy"]
+    assert saved.environment["device"].startswith("cpu") and saved.environment["torch"] == torch.__version__
     store = ResultStore(runs["db"])
     assert (store.run_row(run["run_id"]), store.final_row(run["run_id"]), store.trajectory(run["run_id"])) == before
     store.close()

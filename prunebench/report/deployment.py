@@ -18,6 +18,7 @@ import os
 import platform
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ def pick_runs(db: Path, task: str) -> list[dict[str, Any]]:
     conn.row_factory = sqlite3.Row
     try:
         rows = [dict(r) for r in conn.execute(
-            "SELECT r.run_id, r.task, r.method, r.seed, r.budget, r.identity, f.accuracy, f.compression "
+            "SELECT r.run_id, r.task, r.method, r.seed, r.budget, r.identity, r.protocol, f.accuracy, f.compression "
             "FROM runs r JOIN final f USING (run_id) WHERE r.task = ? AND r.status = 'finished' AND r.seed = 0 "
             "AND r.budget = 'equal' ORDER BY r.method, r.run_id", (task,))]
     finally:
@@ -62,10 +63,11 @@ class DeploymentRow:
     compression: float                    #: stored
     result: ExportResult | None = None
     note: str | None = None               #: why the row is not measured
+    eval_every: int | None = None         #: the stored run's (not part of its identity)
 
     def command(self, task: str, db: Path) -> str:
-        """The `prunebench sweep` command that makes this run again (its identity)."""
-        return rerun_command(task, self.method, [0], "equal", {}, {}, db=str(db))
+        """The `prunebench sweep` command that makes this run again (its identity, its evaluation interval)."""
+        return rerun_command(task, self.method, [0], "equal", {}, {}, db=str(db), eval_every=self.eval_every)
 
 
 def machine() -> str:
@@ -86,7 +88,8 @@ def build_rows(task: str, db: Path, data_dir: Path, models: Path | None = None, 
     with tempfile.TemporaryDirectory(prefix="prunebench-deployment-") as tmp:
         for picked in pick_runs(db, task):
             row = DeploymentRow(picked["method"], picked["run_id"], float(picked["accuracy"]),
-                                float(picked["compression"]))
+                                float(picked["compression"]),
+                                eval_every=json.loads(picked.get("protocol") or "{}").get("eval_every"))
             rows.append(row)
             if not rerun and not model_path(directory, row.run_id).exists():
                 row.note = "not measured: its model is not kept and reruns were not asked for (--no-rerun)"
@@ -120,6 +123,40 @@ def _check_cell(row: DeploymentRow) -> str:
     return f"{origin} {same}; file {'=' if result.faithful else 'DIFFERS'}"
 
 
+def _where(environment: dict[str, Any] | None) -> str:
+    if not environment:
+        return "environment not recorded"
+    commit = str(environment.get("git_commit") or "?")
+    short = commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+    return f"{environment.get('device', '?')}, torch {environment.get('torch', '?')}, commit {short}"
+
+
+def _numbers(final: dict[str, Any]) -> str:
+    return f"{100 * final['accuracy']:.2f}% / {final['compression']:.2f}x / {final['weights_nonzero']:,} non-zero"
+
+
+def reproduction_lines(rows: list[DeploymentRow]) -> list[str]:
+    """Which measured networks reproduce their stored run, and for those that do not, where each ran."""
+    same = [r for r in rows if r.result.model.reproduced]
+    differing = [r for r in rows if not r.result.model.reproduced]
+    lines = []
+    if same:
+        methods = ", ".join(r.method for r in same)
+        lines.append(f"Exactly the stored accuracy, compression and non-zero weights: {methods} (the rerun, or the "
+                     "run that kept the model).")
+    if differing:
+        lines += ["", "The rerun differs from the stored run (the table's accuracy and compression are the stored "
+                  "run's; bytes, latencies and FLOPs are of the rerun's network):", ""]
+        for row in differing:
+            model = row.result.model
+            stored_env = json.loads(model.run.get("environment") or "{}")
+            started = model.run.get("started_at")
+            when = time.strftime("%Y-%m-%d", time.gmtime(started)) if started else "?"
+            lines.append(f"- {row.method}: stored {_numbers(model.final)} (trained {when}, {_where(stored_env)}); "
+                         f"rerun {_numbers(model.saved.final)} ({_where(model.saved.environment)}).")
+    return lines
+
+
 def to_markdown(task: str, rows: list[DeploymentRow], command: str, db: Path) -> str:
     measured = [r for r in rows if r.result is not None]
     lines = [f"# Deployment: {task}", "", "Regenerate with:", "", "```", command, "```", "",
@@ -143,8 +180,9 @@ def to_markdown(task: str, rows: list[DeploymentRow], command: str, db: Path) ->
              "dense: every layer a dense kernel of the task architecture's shape. compressed: each layer stored "
              "bitmask or CSR runs as a torch sparse CSR matrix product (Linear; a Conv2d would run as unfold + "
              "CSR product), each layer stored dense as a dense kernel; a physically smaller network runs as "
-             "dense kernels of its smaller shapes. The machine is shared, so latencies carry noise of a few "
-             "percent to tens of percent; the alternation keeps the ratio fairer than the absolute numbers.",
+             "dense kernels of its smaller shapes. Where the machine is shared with other jobs while measuring, "
+             "absolute latencies vary between regenerations more than the dense / compressed ratios, which are "
+             "measured alternating.",
              "- **check**: whether the network was kept by its run (`--save-model`) or made again by rerunning "
              "the run from its stored identity, and whether that rerun gave exactly the stored accuracy, "
              "compression and non-zero weights (`= stored`); `file =`: the exported safetensors file, loaded "
@@ -176,11 +214,7 @@ def to_markdown(task: str, rows: list[DeploymentRow], command: str, db: Path) ->
         lines += ["", "Not measured:", ""]
         lines += [f"- {r.method} (`{r.run_id}`, {100 * r.accuracy:.2f}%, {r.compression:.1f}x): {r.note}"
                   for r in missing]
-    differing = [r for r in measured if not r.result.model.reproduced]
-    lines += ["", "Reproduction: " + (
-        "every rerun gave exactly the stored accuracy, compression and non-zero weights." if not differing else
-        f"{', '.join(r.method for r in differing)}: the rerun differs from the stored run (see check); their "
-        "bytes and latencies are of the rerun's network, the accuracy and compression columns the stored run's.")]
+    lines += ["", "## Reproduction", ""] + reproduction_lines(measured)
     if rows:
         lines += ["", "## Rerun a row", "",
                   "The first command makes the row's run again (skipped when its identity is finished in the store); "
