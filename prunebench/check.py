@@ -1,7 +1,7 @@
 """Regression checks on small tasks (`prunebench check`): a fixed set of short runs compared with a
 committed baseline (`leaderboards/regression.toml`).
 
-What runs: every registered method on `xor` (the task's own 10,000-step protocol, a few seconds each)
+What runs: every registered method on `xor` (5,000 steps, half the task's own protocol, seconds each)
 and on `lenet300` with real MNIST for 2,000 steps, seed 0, task-calibrated hyperparameters, through
 the one harness, into a throwaway in-memory store, one run at a time, on one CPU thread (see
 `CHECK_THREADS`). A method that does not apply to a task (its `make_spec` refuses it) is skipped with
@@ -65,7 +65,10 @@ from prunebench.tasks import get_task
 
 #: (task, iterations, eval_every): the fixed suite; every registered method runs on each, seed 0.
 SUITE: tuple[tuple[str, int, int], ...] = (
-    ("xor", 10_000, 2_500),  # the task's own protocol: cheap, and every method has finished its schedule
+    # half the xor task's own 10,000-step protocol (CI time, issue 20): every method still finishes its
+    # schedule (budget "equal" scales the phases); every compression is the 10,000-step one but dynthresh's
+    # and srinivas's (1.88x instead of 2.14x), and every accuracy within 0.5 pp of it
+    ("xor", 5_000, 2_500),
     ("lenet300", 2_000, 1_000),  # real MNIST, a short budget
 )
 SEED = 0

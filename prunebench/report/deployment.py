@@ -29,6 +29,7 @@ import torch
 from prunebench.deploy import model_path, models_dir
 from prunebench.export import ExportError, ExportResult, export_run, flops_reductions
 from prunebench.harness import Observer, RunSpec
+from prunebench.report.leaderboard import shown_name
 from prunebench.report.setting import rerun_command, setting_items, setting_string
 from prunebench.sparse import LATENCY_ROUNDS, SAMPLE_SECONDS
 
@@ -141,7 +142,7 @@ def reproduction_lines(rows: list[DeploymentRow]) -> list[str]:
     differing = [r for r in rows if not r.result.model.reproduced]
     lines = []
     if same:
-        methods = ", ".join(r.method for r in same)
+        methods = ", ".join(shown_name(r.method) for r in same)
         lines.append(f"Exactly the stored accuracy, compression and non-zero weights: {methods} (the rerun, or the "
                      "run that kept the model).")
     if differing:
@@ -152,7 +153,8 @@ def reproduction_lines(rows: list[DeploymentRow]) -> list[str]:
             stored_env = json.loads(model.run.get("environment") or "{}")
             started = model.run.get("started_at")
             when = time.strftime("%Y-%m-%d", time.gmtime(started)) if started else "?"
-            lines.append(f"- {row.method}: stored {_numbers(model.final)} (trained {when}, {_where(stored_env)}); "
+            lines.append(f"- {shown_name(row.method)}: stored {_numbers(model.final)} (trained {when}, "
+                         f"{_where(stored_env)}); "
                          f"rerun {_numbers(model.saved.final)} ({_where(model.saved.environment)}).")
     return lines
 
@@ -201,7 +203,8 @@ def to_markdown(task: str, rows: list[DeploymentRow], command: str, db: Path) ->
             built, nonzero = flops_reductions(result)
             flops = f"{nonzero:.1f}x" + (f" ({built:.1f}x)" if cost.reshaped else "")
             b1, b100 = cost.latency[1], cost.latency[100]
-            cells = [row.method, f"`{row.run_id}`", f"{100 * row.accuracy:.2f}", f"{row.compression:.1f}x", flops,
+            cells = [shown_name(row.method), f"`{row.run_id}`", f"{100 * row.accuracy:.2f}", f"{row.compression:.1f}x",
+                     flops,
                      f"{cost.dense_bytes:,}", f"{cost.compressed_bytes:,}", f"{cost.size_ratio:.1f}x",
                      "smaller network, dense" if cost.reshaped else cost.describe_storage(),
                      f"{_us(b1[0])} / {_us(b1[1])}", f"{b1[0] / b1[1]:.2f}x",
@@ -212,7 +215,7 @@ def to_markdown(task: str, rows: list[DeploymentRow], command: str, db: Path) ->
     missing = [r for r in rows if r.result is None]
     if missing:
         lines += ["", "Not measured:", ""]
-        lines += [f"- {r.method} (`{r.run_id}`, {100 * r.accuracy:.2f}%, {r.compression:.1f}x): {r.note}"
+        lines += [f"- {shown_name(r.method)} (`{r.run_id}`, {100 * r.accuracy:.2f}%, {r.compression:.1f}x): {r.note}"
                   for r in missing]
     lines += ["", "## Reproduction", ""] + reproduction_lines(measured)
     if rows:
