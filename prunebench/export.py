@@ -51,6 +51,7 @@ from prunebench.harness import Observer, RunSpec, make_spec, train
 from prunebench.metrics import Flops, count_flops
 from prunebench.records import RecordingStore
 from prunebench.sparse import DeploymentCost, deployment_cost
+from prunebench.store import read_only
 from prunebench.tasks import Task, get_task
 
 FORMATS = ("pt", "safetensors", "onnx")
@@ -79,15 +80,12 @@ def read_stored_run(db: Path, run_id: str) -> tuple[dict[str, Any], dict[str, An
     db = Path(db)
     if not db.exists():
         raise ExportError(f"no result store at {db}")
-    conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
     try:
-        run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        final = conn.execute("SELECT * FROM final WHERE run_id = ?", (run_id,)).fetchone()
+        with read_only(db) as conn:
+            run = conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            final = conn.execute("SELECT * FROM final WHERE run_id = ?", (run_id,)).fetchone()
     except sqlite3.DatabaseError as exc:
         raise ExportError(f"{db} is not a prunebench result store ({exc})") from None
-    finally:
-        conn.close()
     if run is None:
         raise ExportError(f"no run {run_id} in {db}")
     return dict(run), dict(final) if final is not None else None

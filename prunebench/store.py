@@ -143,16 +143,26 @@ def check_store_file(path: Path | str) -> None:
     with open(path, "rb") as fh:
         if fh.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
             raise StoreError(f"{path} is not a prunebench result store: not an SQLite file")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        with read_only(path) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a readable SQLite file ({exc})") from None
-    finally:
-        conn.close()
     if version > SCHEMA_VERSION:
         raise StoreError(f"{path} was written by a newer prunebench (store schema {version}; this one reads up to "
                          f"{SCHEMA_VERSION}): upgrade prunebench (pip install -U prunebench)")
+
+
+@contextmanager
+def read_only(path: Path | str) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to an existing store, rows as `sqlite3.Row`: it never creates, migrates or
+    writes the file (exports and reports that only read)."""
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 class ResultStore:

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import platform
-import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from prunebench.harness import Observer, RunSpec
 from prunebench.report.leaderboard import shown_name
 from prunebench.report.setting import rerun_command, setting_items, setting_string
 from prunebench.sparse import LATENCY_ROUNDS, SAMPLE_SECONDS
+from prunebench.store import read_only
 
 
 def pick_runs(db: Path, task: str) -> list[dict[str, Any]]:
@@ -40,15 +40,11 @@ def pick_runs(db: Path, task: str) -> list[dict[str, Any]]:
     db = Path(db)
     if not db.exists():
         raise ExportError(f"no result store at {db}")
-    conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
+    with read_only(db) as conn:
         rows = [dict(r) for r in conn.execute(
             "SELECT r.run_id, r.task, r.method, r.seed, r.budget, r.identity, r.protocol, f.accuracy, f.compression "
             "FROM runs r JOIN final f USING (run_id) WHERE r.task = ? AND r.status = 'finished' AND r.seed = 0 "
             "AND r.budget = 'equal' ORDER BY r.method, r.run_id", (task,))]
-    finally:
-        conn.close()
     picked: dict[str, dict[str, Any]] = {}
     for row in rows:
         if setting_string(*setting_items(task, row["method"], json.loads(row["identity"]))) == "default":
