@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from prunebench import harness
-from prunebench.checkpoint import load_checkpoint
+from prunebench.checkpoint import CheckpointError, load_checkpoint
 from prunebench.records import RecordingStore, RunRecord
 
 
@@ -87,7 +87,10 @@ def execute(job: RunJob) -> RunRecord:
         except MissingExtraError as exc:
             raise WorkerError(str(exc)) from None
     store = RecordingStore()
-    checkpoint = load_checkpoint(Path(job.checkpoints), job.run_id)
+    try:
+        checkpoint = load_checkpoint(Path(job.checkpoints), job.run_id)
+    except CheckpointError as exc:  # a damaged file: the run cannot start, say so in one line
+        raise WorkerError(str(exc)) from None
     if checkpoint is not None and checkpoint.record:
         store.restore(checkpoint.record)  # another worker's run: continue it
     try:
