@@ -138,7 +138,8 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
 
     def execute_noting_node(job: RunJob):  # pickled by value into the Ray task: notes where it runs
         first = not any(Path(where).glob(f"{job.run_id}@*"))
-        Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}@{os.getpid()}").touch()
+        # one marker per start: Ray may run the retry in the same worker process on the same node
+        Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}@{os.getpid()}@{time.time_ns()}").touch()
         if not (first and job.run_id == victim):
             return real(job)
         saved = harness.save_checkpoint
@@ -167,7 +168,7 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
         while not done.is_set():
             if waiting.exists():
                 (marker,) = markers.glob(f"{victim}@*")
-                _run_id, node_id, pid = marker.name.split("@")
+                _run_id, node_id, pid, _started = marker.name.split("@")
                 assert checkpoint_path(checkpoints, victim).exists()
                 os.kill(int(pid), signal.SIGKILL)  # as a machine that dies: its worker, then the node
                 cluster.remove_node(by_id[node_id], allow_graceful=False)
@@ -192,7 +193,8 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
     ran = [m.name.split("@") for m in markers.glob(f"{victim}@*")]
     assert len(ran) == 2  # started twice: the second time on the other node when the first is gone
     if death == "node":
-        assert len({node_id for _, node_id, _ in ran}) == 2 and stopped[0][0] in {node_id for _, node_id, _ in ran}
+        nodes_ran = {node_id for _, node_id, _, _ in ran}
+        assert len(nodes_ran) == 2 and stopped[0][0] in nodes_ran
     store = ResultStore(db)
     resumed = json.loads(store.run_row(victim)["environment"]).get("resumed")
     store.close()
