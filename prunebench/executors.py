@@ -5,7 +5,9 @@ the driver (`prunebench.report.sweep.run_sweep`), which alone writes the store. 
 finish, through `Tracker.finished(job, record_or_error, wall_seconds)`.
 
 - `LocalExecutor` (`--executor local --jobs N`, N > 1): one `python -m prunebench.worker` process per
-  run, N at a time; Ctrl-C sends them SIGTERM and their runs come back as 'interrupted'.
+  run, N at a time; Ctrl-C or SIGTERM to the driver sends them SIGTERM and their runs come back as
+  'interrupted'. A worker whose driver dies without stopping it (SIGKILL) gets SIGTERM from Linux
+  (`prunebench.worker.stop_with_parent`), so no orphan goes on training a run the next sweep restarts.
 - `RayExecutor` (`--executor ray`, extra `prunebench[ray]`): one Ray task per run with the resources
   asked for (`--cpus-per-run`, fractional `--gpus-per-run`), on a local Ray instance or the cluster
   at `--ray-address` / `$RAY_ADDRESS`. A task whose worker or node dies is retried by Ray
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.records import RunRecord
-from prunebench.worker import RunJob, execute, execute_all
+from prunebench.worker import PARENT_PID_ENV, RunJob, execute, execute_all
 
 EXECUTORS = ("local", "ray", "submitit")
 #: The extra that installs each optional executor's engine.
@@ -91,6 +93,7 @@ class LocalExecutor(Executor):
 
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         env = dict(os.environ)
+        env[PARENT_PID_ENV] = str(os.getpid())
         if "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.jobs))
         queue = list(jobs)

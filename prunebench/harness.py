@@ -187,8 +187,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _SigtermToInterrupt:
-    """Within the block, SIGTERM raises RunInterrupted in the main thread (so the run is stored)."""
+class SigtermToInterrupt:
+    """Within the block, SIGTERM raises RunInterrupted in the main thread (so the run is stored, or a sweep
+    driver stops its workers as on Ctrl-C)."""
 
     def __enter__(self) -> None:
         self.previous = None
@@ -437,7 +438,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
     scheduled = bool(protocol.lr_milestones)
     autocast = protocol.autocast == "bf16" and device.type == "cuda"
     try:
-        with _SigtermToInterrupt():
+        with SigtermToInterrupt():
             model.train()
             for phase_index, phase in enumerate(phases):
                 if phase_index < start_phase:

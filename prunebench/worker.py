@@ -15,8 +15,10 @@ training again.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,24 @@ import torch
 from prunebench import harness
 from prunebench.checkpoint import CheckpointError, load_checkpoint
 from prunebench.records import RecordingStore, RunRecord
+
+#: Set by the local executor to its own pid: the worker asks Linux for SIGTERM when that process dies.
+PARENT_PID_ENV = "PRUNEBENCH_WORKER_PARENT"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def stop_with_parent() -> bool:
+    """When started by a local sweep driver (`PARENT_PID_ENV`), have Linux send this process SIGTERM when
+    the driver dies, even by SIGKILL: the harness then stores the run as interrupted and keeps its
+    checkpoint, where an orphan would go on training a run that the next sweep starts again beside it.
+    False when the driver is already gone (the run must not start); True otherwise, or off Linux."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return True
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return True  # no such guard here: the driver's own SIGTERM handling still stops this worker
+    return os.getppid() == int(parent)  # it died before prctl: the signal will never come
 
 
 @dataclass
@@ -127,6 +147,8 @@ def main(argv: list[str]) -> int:
     OUT)."""
     job_path, out_path = Path(argv[0]), Path(argv[1])
     job: RunJob = pickle.loads(job_path.read_bytes())
+    if not stop_with_parent():
+        return 3  # the sweep that started this worker is gone: nobody would store the run
     code = 0
     try:
         result: RunRecord | str = execute(job)

@@ -3,6 +3,13 @@ re-running interrupted / stale ones, worker processes, and the CLI."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -157,3 +164,65 @@ def test_cli_sweep_dry_run_then_run(tmp_path):
     bad = CliRunner().invoke(main, ["sweep", "--methods", "dense", "--tasks", "xor", "--grid", "lam=1",
                                     "--db", str(db)])
     assert bad.exit_code == 2 and "has a hyperparameter 'lam'" in bad.output
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _sweep_in_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int]]:
+    """A 2-worker sweep process whose two (endless) runs have both written a checkpoint."""
+    db = tmp_path / "stop.sqlite"
+    cmd = [sys.executable, "-m", "prunebench", "sweep", "--methods", "dense,magnitude", "--tasks", "xor",
+           "--seeds", "0", "--no-dense", "--jobs", "2", "--iterations", "10000000", "--eval-every", "50",
+           "--checkpoint-every", "0", "--db", str(db), "--data-dir", str(tmp_path)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    checkpoints = tmp_path / "stop.checkpoints"
+    deadline = time.monotonic() + 120
+    while len(list(checkpoints.glob("*.pt"))) < 2:
+        assert driver.poll() is None and time.monotonic() < deadline, "the sweep never started both runs"
+        time.sleep(0.2)
+    workers = _children(driver.pid)
+    assert len(workers) == 2
+    return driver, db, workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_to_a_sweep_stops_its_workers_and_stores_their_runs_interrupted(tmp_path):
+    driver, db, workers = _sweep_in_training(tmp_path)
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=90) == 130  # the same stop as Ctrl-C: "rerun the same command to continue"
+    assert not any(_alive(pid) for pid in workers)
+    store = ResultStore(db)
+    rows = store.conn.execute("SELECT status, failed_step FROM runs").fetchall()
+    store.close()
+    assert len(rows) == 2 and all(status == "interrupted" and step > 0 for status, step in rows), rows
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses PR_SET_PDEATHSIG")
+def test_workers_of_a_killed_sweep_stop_and_keep_their_checkpoints(tmp_path):
+    driver, _db, workers = _sweep_in_training(tmp_path)
+    driver.kill()  # SIGKILL: the driver stops nothing itself
+    driver.wait()
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers):  # without the parent-death signal they train for ever
+        assert time.monotonic() < deadline, "orphaned workers still training a minute after their sweep died"
+        time.sleep(0.2)
+    assert len(list((tmp_path / "stop.checkpoints").glob("*.pt"))) == 2  # the next sweep continues both

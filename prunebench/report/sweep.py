@@ -304,8 +304,9 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
                                allow_unverified_data, checkpoint_seconds,
                                tensorboard=str(tensorboard) if tensorboard is not None else None) for p in pending]
                 store = ResultStore(db)
-                try:
-                    (executor or LocalExecutor(jobs)).run(work, _Driver(store, jobs_of, progress, overall, record))
+                try:  # SIGTERM to the driver (kill, timeout, a scheduler) stops the workers as Ctrl-C does
+                    with harness.SigtermToInterrupt():
+                        (executor or LocalExecutor(jobs)).run(work, _Driver(store, jobs_of, progress, overall, record))
                 finally:
                     store.close()
         except KeyboardInterrupt:
