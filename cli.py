@@ -164,11 +164,10 @@ def _check_tensorboard(root: Path | None, context: Any = None) -> None:
         return
     try:
         require_tensorboard()
-    except MissingExtraError as exc:
+    except MissingExtraError:
         if context is not None:
             close_processes(context)
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise
 
 
 def protocol_options(command):
@@ -205,13 +204,14 @@ def _protocol_overrides(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Group(click.Group):
-    """The command group: errors of the user's files (a store of a newer schema, a damaged checkpoint) end
-    as one line and exit status 2 wherever a command meets them, never as a traceback."""
+    """The command group: errors of the user's files and setup (a store of a newer schema, a damaged
+    checkpoint, data that is missing or fails its checksums, an optional extra not installed) end as one
+    line and exit status 2 wherever a command meets them, never as a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (StoreError, CheckpointError) as exc:
+        except (StoreError, CheckpointError, DataUnavailableError, MissingExtraError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 
@@ -319,9 +319,6 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
                        allow_unverified_data=allow_unverified_data, workers=workers,
                        checkpoints=checkpoint_dir(db_path), distributed=context,
                        save_model=model_path(models_dir(db_path), spec.run_id) if save_model else None)
-    except DataUnavailableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except ValueError as exc:  # e.g. --autocast on a CPU, a training set smaller than one batch
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -499,11 +496,7 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
     options = {key: protocol_values.pop(key) for key in EXECUTOR_ONLY}
     tensorboard: Path | None = protocol_values.pop("tensorboard")
     _check_tensorboard(tensorboard)
-    try:
-        runner = sweep_executor(executor, jobs, db_path, options)
-    except MissingExtraError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    runner = sweep_executor(executor, jobs, db_path, options)
     store = ResultStore(db_path)
     try:
         plan = plan_sweep(method_list, task_list, parse_seeds(seeds), parse_grid(grid), store,
@@ -526,13 +519,9 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
                           r.status_before or "-", "run" if r.to_run else "skip")
         console.print(table)
         return
-    try:
-        report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console,
-                           allow_unverified_data=allow_unverified_data, executor=runner,
-                           checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds, tensorboard=tensorboard)
-    except DataUnavailableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console,
+                       allow_unverified_data=allow_unverified_data, executor=runner,
+                       checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds, tensorboard=tensorboard)
     console.print(sweep_summary_table(report))
     if report.interrupted:
         console.print(f"[yellow]interrupted[/]: rerun the same command to continue ({db_path})")
@@ -637,9 +626,6 @@ def check(methods: str | None, update: bool, speed: bool | None, baseline_path: 
     try:
         code = check_command(method_list, update, speed, baseline_path, data_dir or default_data_dir(), device,
                              console_for_output(), json_path=json_path, tasks=task_list)
-    except DataUnavailableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except ValueError as exc:  # e.g. --device cuda without CUDA
         raise click.UsageError(str(exc)) from None
     sys.exit(code)
@@ -693,9 +679,6 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
         progress.update(overall, completed=total, current="report written")
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
-    except DataUnavailableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]: finished runs are in {db}; run the same command to continue")
         sys.exit(130)
@@ -719,9 +702,6 @@ def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path | None, d
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     try:
         result = build_site(db or default_db_path(), out, task_list, max_loss, data_dir)
-    except MissingExtraError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for path in result.pages:
@@ -782,7 +762,7 @@ def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | Non
             before_rerun=lambda spec: console.print(
                 f"run {run_id}: no kept model; running it again from its stored identity ({spec.method} on "
                 f"{spec.task.name} seed {spec.seed}, {spec.protocol.iterations:,} iterations)"))
-    except (exporting.ExportError, DataUnavailableError) as exc:
+    except exporting.ExportError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     checks = Table(title=f"run {run_id} exported ({fmt})", show_header=False)
@@ -855,20 +835,16 @@ def fetch(dataset: str, data_dir: Path | None) -> None:
     def log(message: str) -> None:
         click.echo(message, err=True)
 
-    try:
-        if dataset == "mnist":
-            click.echo(f"MNIST verified in {fetch_mnist(data_dir, log=log)}")
-        elif dataset == "cifar10":
-            from prunebench.cifar10 import fetch_cifar10
+    if dataset == "mnist":
+        click.echo(f"MNIST verified in {fetch_mnist(data_dir, log=log)}")
+    elif dataset == "cifar10":
+        from prunebench.cifar10 import fetch_cifar10
 
-            click.echo(f"CIFAR-10 verified in {fetch_cifar10(data_dir, log=log)}")
-        else:
-            from prunebench.imagenet import imagenet_layout_help
+        click.echo(f"CIFAR-10 verified in {fetch_cifar10(data_dir, log=log)}")
+    else:
+        from prunebench.imagenet import imagenet_layout_help
 
-            raise DataUnavailableError(imagenet_layout_help(data_dir))
-    except DataUnavailableError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise DataUnavailableError(imagenet_layout_help(data_dir))
 
 
 def _data_table(title: str, states: dict[str, str], locations: dict[str, str], caption: str) -> Table:
