@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunebench.pruner import PRUNABLE_TYPES, prunable_layers
-from prunebench.structured import _resized
+from prunebench.structured import resized
 
 FORMAT = 1
 
@@ -111,7 +111,7 @@ def rebuild(architecture: Callable[[], nn.Module], state: dict[str, torch.Tensor
             weight = state[f"{name}.weight"]
             if tuple(weight.shape) != tuple(module.weight.shape):
                 in_units = weight.shape[1] * getattr(module, "groups", 1)
-                net.set_submodule(name, _resized(module, in_units, weight.shape[0]))
+                net.set_submodule(name, resized(module, in_units, weight.shape[0]))
         elif isinstance(module, _BatchNorm):
             key = f"{name}.weight" if module.affine else f"{name}.running_mean"
             features = state[key].shape[0]

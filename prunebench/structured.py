@@ -242,7 +242,8 @@ def _selected_weight(name: str, layer: nn.Module, out_index: torch.Tensor,
     return rows.gather(1, local[:, :, None, None].expand(-1, -1, *rows.shape[2:]))
 
 
-def _resized(layer: nn.Module, in_units: int, out_units: int) -> nn.Module:
+def resized(layer: nn.Module, in_units: int, out_units: int) -> nn.Module:
+    """A fresh Linear or Conv2d like `layer` (kernel, stride, padding, groups, bias) with other unit counts."""
     if isinstance(layer, nn.Linear):
         return nn.Linear(in_units, out_units, bias=layer.bias is not None)
     if isinstance(layer, nn.Conv2d):
@@ -296,7 +297,7 @@ def shrink(net: nn.Module, keep: dict[str, torch.Tensor], structure: Structure |
         columns = _input_index(layers[producer], layer, out_index[producer]) if producer in out_index else None
         weight = _selected_weight(name, layer, rows, columns)
         in_units = weight.shape[1] * getattr(layer, "groups", 1)
-        new = _resized(layer, in_units, weight.shape[0]).to(weight.device, weight.dtype)
+        new = resized(layer, in_units, weight.shape[0]).to(weight.device, weight.dtype)
         new.weight.copy_(weight)
         if layer.bias is not None:
             new.bias.copy_(layer.bias[rows])
