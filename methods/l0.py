@@ -63,7 +63,8 @@ Method card (where each value comes from):
   budget (`--tasks lenet5`, same command): 11.0x, 12.0x, 12.2x at 99.24%, 99.08%, 99.08% (seeds 0, 1, 2;
   dense of the same seeds and budget 99.35%, 99.11%, 99.07%: +0.04 pp on average), 6,358-7,409 s of
   training each (three runs at a time on two cores, one thread each). Kept units (conv1 filters, conv2
-  filters, fc1 inputs, fc2 inputs): 19-27-55-387, 19-25-52-369, 20-27-47-376 against the paper's
+  filters, fc1 inputs, fc2 inputs, from the per-layer weight counts: conv1/25, conv2/500, fc1/(fc2 inputs),
+  fc2/10): 19-27-55-387, 19-25-52-369, 20-27-47-376 against the paper's
   20-25-45-462, so 11.7x on average against the 11.2x those units imply (+4%), and a sixth of the 70x DT
   quotes (the L0-sep architecture).
 - training: one phase from scratch with the task protocol's optimizer, lr, batch and iterations under
