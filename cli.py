@@ -14,23 +14,26 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from prunebench.checkpoint import CheckpointError, checkpoint_dir
-from prunebench.data import DataUnavailableError, default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
+from prunebench.checkpoint import checkpoint_dir
+from prunebench.data import default_data_dir, fetch_mnist, mnist_raw_dir, mnist_status
 from prunebench.deploy import model_path, models_dir
 from prunebench.distributed import close as close_processes
 from prunebench.distributed import from_environment as join_processes
 from prunebench.environment import pick_device
-from prunebench.executors import EXECUTORS, Executor, MissingExtraError, make_executor
-from prunebench.harness import CHECKPOINT_SECONDS, Observer, Observers, RunResult, RunSpec, make_spec, train
+from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError
+from prunebench.executors import EXECUTORS, Executor, make_executor
+from prunebench.harness import CHECKPOINT_SECONDS, Observer, Observers, RunResult, train
 from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
 from prunebench.protocol import AUTOCAST, OPTIMIZERS
-from prunebench.pruner import REGISTRY, Pruner, method_names
+from prunebench.pruner import REGISTRY, Pruner
 from prunebench.records import RecordingStore
+from prunebench.registry import method_names, task_names
 from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.report.sweep import summary_table as sweep_summary_table
-from prunebench.store import ResultStore, StoreError, check_store_file, default_db_path
-from prunebench.tasks import TASKS, task_names
+from prunebench.request import RunSpec, make_spec
+from prunebench.store import ResultStore, check_store_file, default_db_path
+from prunebench.tasks import TASKS
 from prunebench.tensorboard import TensorBoardObserver, require_tensorboard
 
 
@@ -211,7 +214,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (StoreError, CheckpointError, DataUnavailableError, MissingExtraError) as exc:
+        except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
 

@@ -22,7 +22,8 @@ import torch
 
 from prunebench.data import default_data_dir
 from prunebench.environment import device_name, pick_device
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
+from prunebench.request import make_spec
 from prunebench.store import ResultStore
 
 

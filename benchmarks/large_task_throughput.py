@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from prunebench.environment import device_name, pick_device
-from prunebench.harness import make_spec, training_step
+from prunebench.harness import training_step
 from prunebench.metrics import count_flops
-from prunebench.pruner import get_method
-from prunebench.tasks import get_task
+from prunebench.registry import get_method, get_task
+from prunebench.request import make_spec
 
 
 def _input_shape(task: str) -> tuple[int, ...]:

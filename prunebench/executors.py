@@ -42,16 +42,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prunebench.errors import MissingExtraError
 from prunebench.records import RunRecord
 from prunebench.worker import PARENT_PID_ENV, RunJob, execute, execute_all
 
 EXECUTORS = ("local", "ray", "submitit")
 #: The extra that installs each optional executor's engine.
 EXTRAS = {"ray": ("ray", "ray"), "submitit": ("submitit", "slurm")}
-
-
-class MissingExtraError(RuntimeError):
-    """An optional engine is not installed; the message says which command installs it."""
 
 
 def require(executor: str) -> Any:

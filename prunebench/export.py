@@ -47,12 +47,14 @@ from prunebench.deploy import (
     rebuild,
     save_deployed,
 )
-from prunebench.harness import Observer, RunSpec, make_spec, train
+from prunebench.harness import Observer, train
 from prunebench.metrics import Flops, count_flops
 from prunebench.records import RecordingStore
+from prunebench.registry import get_task
+from prunebench.request import RunSpec, make_spec
 from prunebench.sparse import DeploymentCost, deployment_cost
 from prunebench.store import read_only
-from prunebench.tasks import Task, get_task
+from prunebench.tasks import Task
 
 FORMATS = ("pt", "safetensors", "onnx")
 #: The modules of the `export` extra (pyproject.toml).
@@ -188,7 +190,7 @@ def file_metadata(model: RunModel) -> dict[str, str]:
             "architecture": saved.architecture, "shapes": json.dumps(saved.shapes),
             "accuracy": repr(saved.final["accuracy"]), "compression": repr(saved.final["compression"]),
             "weights_nonzero": str(saved.final["weights_nonzero"]), "reproduces_stored_run": str(model.reproduced),
-            "rebuild": "prunebench.deploy.rebuild(prunebench.tasks.get_task(task).architecture, state_dict); "
+            "rebuild": "prunebench.deploy.rebuild(prunebench.registry.get_task(task).architecture, state_dict); "
                        "the task architecture when no layer's shape differs from it"}
 
 

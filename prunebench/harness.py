@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,14 @@ from prunebench.metrics import (
     measure_compression,
     threshold_distribution,
 )
-from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import BUDGETS, Hyperparameters, Pruner, get_method, make_hparams
+from prunebench.protocol import Protocol
+from prunebench.pruner import Pruner
 from prunebench.records import RecordingStore, snapshot
+from prunebench.registry import get_method
+from prunebench.request import RunSpec, check_phases
 from prunebench.sources import DataSource, Shard
-from prunebench.store import ResultStore, run_identity
-from prunebench.tasks import Task, get_task
+from prunebench.store import ResultStore
+from prunebench.tasks import Task
 
 SMALL_MODEL_PARAMS = 10_000
 #: Wall-clock between checkpoints (taken at evaluations): a stop loses at most this much work plus one eval_every.
@@ -51,74 +54,6 @@ class NonFiniteLoss(RuntimeError):
     def __init__(self, step: int) -> None:
         super().__init__(f"loss became NaN or infinite at step {step}")
         self.step = step
-
-
-@dataclass
-class RunSpec:
-    """Everything that identifies a run, resolved: task, method, hyperparameters, protocol, seed."""
-
-    task: Task
-    method: str
-    hparams: Hyperparameters
-    protocol: Protocol
-    seed: int = 0
-    budget: str = "equal"
-
-    @property
-    def identity(self) -> tuple[str, dict[str, Any]]:
-        return run_identity(self.task.name, self.protocol, self.method, self.hparams.non_default(),
-                            self.seed, self.budget)
-
-    @property
-    def run_id(self) -> str:
-        return self.identity[0]
-
-
-def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | None = None,
-              iterations: int | None = None, eval_every: int | None = None, budget: str = "equal", *,
-              protocol: dict[str, Any] | None = None) -> RunSpec:
-    """Resolve names and overrides into a validated `RunSpec` (raises KeyError/ValueError on bad input).
-
-    `protocol` overrides further fields of the task's protocol (optimizer, lr, momentum, weight_decay);
-    a run under another protocol is another identity, and its accuracy loss is counted against the
-    `dense` run of that same protocol."""
-    task_obj = get_task(task)
-    cls = get_method(method)
-    unknown = sorted(set(protocol or {}) - {f.name for f in fields(Protocol)})
-    if unknown:
-        raise ValueError(f"unknown protocol field(s): {', '.join(unknown)}")
-    overrides = dict(protocol or {})
-    base = task_obj.protocol
-    batch = overrides.get("batch_size")
-    if batch is not None and base.steps_per_epoch and batch != base.batch_size:
-        # An epoch is a pass over the task's real training set: its steps follow the batch size, and so
-        # do a budget in epochs and the schedule's milestones.
-        per_epoch = max(1, task_obj.train_size // batch)
-        eval_each = per_epoch if base.eval_every == base.steps_per_epoch else base.eval_every
-        base = base.with_overrides(batch_size=batch, steps_per_epoch=per_epoch, eval_every=eval_each)
-        if base.epochs is not None:
-            base = base.with_overrides(epochs=base.epochs)
-    protocol_obj = base.with_overrides(iterations=iterations, eval_every=eval_every, **overrides)
-    protocol_obj.validate()
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if budget not in BUDGETS:
-        raise ValueError(f"budget must be one of {', '.join(BUDGETS)}; got {budget!r}")
-    hp = make_hparams(cls, task_obj, hparams)
-    # Dry attach on a throwaway model: configuration that depends on the architecture (per-layer
-    # values of the wrong length, phases that do not fit the budget) fails here, before any training.
-    dry = cls(hp, task_obj, budget)
-    dry.attach(task_obj.architecture())
-    _check_phases(dry.phases(protocol_obj), protocol_obj, method, budget)
-    return RunSpec(task_obj, method, hp, protocol_obj, seed, budget)
-
-
-def _check_phases(phases: list[Phase], protocol: Protocol, method: str, budget: str) -> int:
-    total = sum(p.iterations for p in phases)
-    if budget == "equal" and total != protocol.iterations:
-        raise ValueError(f"{method} declares {total} iterations under budget 'equal'; "
-                         f"the protocol has {protocol.iterations}")
-    return total
 
 
 @dataclass
@@ -237,14 +172,36 @@ def training_step(forward: Callable[[torch.Tensor], torch.Tensor], task: Task, p
     return loss, total
 
 
-def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, device: str | torch.device | None = None,
-          observer: Observer | None = None, force: bool = False,
-          dataset: TensorDataset | None = None,
+@dataclass(frozen=True)
+class TrainOptions:
+    """Where and how one run trains; none of it is part of the run's identity.
+
+    `device`: cpu, cuda or cuda:N (default: CUDA when present). `force`: start again even if finished.
+    `resume`: continue a stopped run from its checkpoint. `checkpoint_seconds`: wall-clock between
+    checkpoints (0: every evaluation; None: never), kept in `checkpoints` (default: beside the store).
+    `workers`: DataLoader workers for streamed data. `allow_unverified_data`: accept files that fail their
+    checksums (recorded). `at_compressions`: also evaluate the trained weights cut to these compressions.
+    `record_thresholds`: store every weight and its learned threshold at each evaluation (DT Fig. 4).
+    `distributed`: this process's rank in a DDP run. `save_model`: where the writer keeps the deployed
+    network once the run finished."""
+
+    device: str | torch.device | None = None
+    force: bool = False
+    resume: bool = True
+    checkpoint_seconds: float | None = CHECKPOINT_SECONDS
+    checkpoints: Path | None = None
+    workers: int | None = None
+    allow_unverified_data: bool = False
+    at_compressions: tuple[float, ...] = ()
+    record_thresholds: bool = False
+    distributed: ddp.Context | None = None
+    save_model: Path | None = None
+
+
+def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, options: TrainOptions | None = None,
+          observer: Observer | None = None, dataset: TensorDataset | None = None,
           evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
-          at_compressions: tuple[float, ...] = (), checkpoint_seconds: float | None = CHECKPOINT_SECONDS,
-          resume: bool = True, allow_unverified_data: bool = False, workers: int | None = None,
-          checkpoints: Path | None = None, distributed: ddp.Context | None = None,
-          save_model: Path | None = None) -> RunResult:
+          **overrides: Any) -> RunResult:
     """Train one run and store it. A run whose identity already finished is skipped unless `force`.
 
     At an evaluation, once `checkpoint_seconds` of wall-clock have passed since the last checkpoint
@@ -271,6 +228,15 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
 
     `save_model`: where the writer keeps the deployed network once the run finished (`prunebench.deploy`;
     nothing is written for a run skipped, failed or interrupted)."""
+    opts = dataclasses.replace(options or TrainOptions(), **overrides)
+    device, force, resume = opts.device, opts.force, opts.resume
+    checkpoint_seconds, checkpoints, workers = opts.checkpoint_seconds, opts.checkpoints, opts.workers
+    allow_unverified_data, at_compressions = opts.allow_unverified_data, opts.at_compressions
+    distributed = opts.distributed
+    save_model = opts.save_model
+    if opts.record_thresholds:
+        from prunebench.report.fig4 import record_thresholds
+        evaluate_extra = record_thresholds
     observer = observer or Observer()
     ctx = distributed or ddp.SINGLE
     run_id, identity = spec.identity
@@ -309,7 +275,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, de
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     phases = pruner.phases(protocol)
-    total_steps = _check_phases(phases, protocol, spec.method, spec.budget)
+    total_steps = check_phases(phases, protocol, spec.method, spec.budget)
     # The dense architecture every deployed network is measured against (totals, reference FLOPs).
     reference = task.architecture().to(device)
     example = source.example

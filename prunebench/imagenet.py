@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunebench.cifar10 import md5_file
-from prunebench.data import DataUnavailableError, UnverifiedDataError
+from prunebench.errors import DataUnavailableError, UnverifiedDataError
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder

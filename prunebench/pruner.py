@@ -208,25 +208,6 @@ def register(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
     return decorate
 
 
-def _load_methods() -> None:
-    import prunebench.methods  # noqa: F401  (importing registers every method)
-    from prunebench.plugins import load_plugins
-
-    load_plugins()  # methods (and tasks) of installed plugin packages
-
-
-def method_names() -> list[str]:
-    _load_methods()
-    return sorted(REGISTRY)
-
-
-def get_method(name: str) -> type[Pruner]:
-    _load_methods()
-    if name not in REGISTRY:
-        raise KeyError(f"unknown method {name!r}; choose from: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
-
-
 def make_hparams(cls: type[Pruner], task: Task, overrides: dict[str, Any] | None = None) -> Hyperparameters:
     """The method's hyperparameters for a task: dataclass defaults, then the task's calibrated
     defaults for this method, then explicit overrides. Validated before any training."""

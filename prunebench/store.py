@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prunebench.errors import StoreError
 from prunebench.protocol import Protocol
 from prunebench.records import RUN_COLUMNS, RunRecord
 
@@ -126,10 +127,6 @@ ADDED_COLUMNS = {
 #: need no raise. Stores written before the number existed read 0.
 SCHEMA_VERSION = 1
 _SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-class StoreError(RuntimeError):
-    """The file given as a store is not one this prunebench can read (not SQLite, or a newer schema)."""
 
 
 def check_store_file(path: Path | str) -> None:

@@ -454,17 +454,3 @@ LARGE_TASKS: dict[str, Task] = {
     ),
 }
 TASKS.update(LARGE_TASKS)
-
-
-def task_names() -> list[str]:
-    """Built-in tasks, then those of installed plugin packages (`prunebench.plugins`)."""
-    from prunebench.plugins import load_plugins
-
-    load_plugins()
-    return list(TASKS)
-
-
-def get_task(name: str) -> Task:
-    if name not in task_names():
-        raise KeyError(f"unknown task {name!r}; choose from: {', '.join(TASKS)}")
-    return TASKS[name]

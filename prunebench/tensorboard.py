@@ -24,8 +24,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prunebench.executors import MissingExtraError
-from prunebench.harness import Observer, RunSpec
+from prunebench.errors import MissingExtraError
+from prunebench.harness import Observer
+from prunebench.request import RunSpec
 
 #: How to get the writer's dependency, named in the error when it is missing.
 INSTALL_HINT = "pip install 'prunebench[tensorboard]'"

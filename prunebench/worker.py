@@ -27,8 +27,10 @@ from typing import Any
 import torch
 
 from prunebench import harness
-from prunebench.checkpoint import CheckpointError, load_checkpoint
+from prunebench.checkpoint import load_checkpoint
+from prunebench.errors import CheckpointError
 from prunebench.records import RecordingStore, RunRecord
+from prunebench.request import make_spec
 
 #: Set by the local executor to its own pid: the worker asks Linux for SIGTERM when that process dies.
 PARENT_PID_ENV = "PRUNEBENCH_WORKER_PARENT"
@@ -91,7 +93,7 @@ def execute(job: RunJob) -> RunRecord:
     the run could not start at all."""
     if job.threads:
         torch.set_num_threads(job.threads)
-    spec = harness.make_spec(**job.spec_args)
+    spec = make_spec(**job.spec_args)
     if spec.run_id != job.run_id:
         raise WorkerError(f"this worker resolves {job.label} to identity {spec.run_id}, the driver planned "
                           f"{job.run_id}: is the same prunebench version installed on every node?")

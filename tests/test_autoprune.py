@@ -10,10 +10,11 @@ import torch
 from prunebench.methods.autoprune import AutoPruneHparams, AutoPruning, channel_mask, kept_units
 from torch import nn
 
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
 from prunebench.protocol import Phase
+from prunebench.registry import get_task
+from prunebench.request import make_spec
 from prunebench.structured import shrink
-from prunebench.tasks import get_task
 
 
 def _pruner(task_name: str, **hp) -> tuple[AutoPruning, nn.Module]:

@@ -24,7 +24,8 @@ from prunebench.check import (
     updated_baseline,
 )
 from prunebench.cli import main
-from prunebench.pruner import get_method, prunable_layers
+from prunebench.pruner import prunable_layers
+from prunebench.registry import get_method
 
 SHORT_SUITE = (("xor", 600, 300),)
 

@@ -240,7 +240,7 @@ def test_a_damaged_checkpoint_is_one_line_and_force_starts_over(tmp_path):
 
 def test_a_damaged_checkpoint_stops_a_sweep_worker_in_one_line(tmp_path):
     from prunebench.checkpoint import checkpoint_path
-    from prunebench.harness import make_spec
+    from prunebench.request import make_spec
     from prunebench.worker import RunJob, WorkerError, execute
 
     args = {"task": "xor", "method": "dense", "seed": 0, "iterations": 20}

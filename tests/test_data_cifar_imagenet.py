@@ -16,7 +16,7 @@ from torchvision.datasets import CIFAR10
 from prunebench import cifar10, imagenet
 from prunebench.cifar10 import cifar10_dir, cifar10_md5, cifar10_status, fetch_cifar10, load_cifar10, md5_file
 from prunebench.cli import main
-from prunebench.data import DataUnavailableError, UnverifiedDataError
+from prunebench.errors import DataUnavailableError, UnverifiedDataError
 from prunebench.fakedata import write_fake_cifar10, write_fake_imagefolder
 from prunebench.imagenet import imagenet_datasets, imagenet_status, imagenet_verified
 

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
 from prunebench.metrics import measure_compression
 from prunebench.pruner import Pruner
+from prunebench.request import make_spec
 
 # Overrides so that each pruning method prunes part of the 15 XOR weights within 300 iterations.
 METHODS = {
@@ -92,7 +93,7 @@ def test_deployed_is_plain_and_counts_agree_with_the_store(method, store, tmp_pa
 
 def test_deployed_network_is_independent_of_the_trained_model():
     """Changing the deployed copy never touches the trained model (and vice versa)."""
-    from prunebench.pruner import get_method
+    from prunebench.registry import get_method
 
     for method in METHODS:
         spec = make_spec("xor", method, hparams=METHODS[method])

@@ -28,6 +28,7 @@ from prunebench import distributed as ddp
 from prunebench import harness
 from prunebench.data import TensorDataset
 from prunebench.records import RecordingStore
+from prunebench.request import make_spec
 from prunebench.sources import ImageAugment, ResidentSource, Shard, _EpochSampler
 from prunebench.store import ResultStore
 
@@ -51,7 +52,7 @@ def _rank_main(rank: int, world: int, port: int, runs: list[tuple[str, str, dict
     ctx = ddp.Context(rank, world, rank, "gloo")
     results = []
     for task, method, hparams, iterations, eval_every in runs:
-        spec = harness.make_spec(task, method, 0, hparams, iterations, eval_every)
+        spec = make_spec(task, method, 0, hparams, iterations, eval_every)
         store = ResultStore(Path(out) / "ddp.sqlite") if ctx.is_writer else RecordingStore()
         own: list[str] = []
 
@@ -78,7 +79,7 @@ def _two_ranks(runs, data_dir: Path, out: Path) -> tuple[list, list]:
 
 def _one_process(task: str, method: str, hparams: dict, iterations: int, eval_every: int, data_dir: Path,
                  out: Path) -> tuple[float, float, str]:
-    spec = harness.make_spec(task, method, 0, hparams, iterations, eval_every)
+    spec = make_spec(task, method, 0, hparams, iterations, eval_every)
     own: list[str] = []
 
     def own_hash(pruner, model, data):  # noqa: ARG001

@@ -17,7 +17,7 @@ from prunebench.methods.dns import (
 from torch.nn import functional as F
 
 from prunebench.protocol import Phase
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
 
 # |w| = 0.1 ... 1.0: mu = 0.55, mean w^2 = 0.385, sigma = sqrt(0.385 - 0.3025) = 0.287228.
 PRETRAINED = torch.tensor([0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8, 0.9, -1.0])

@@ -18,9 +18,10 @@ from prunebench.methods.dst import (
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
 from prunebench.metrics import measure_compression
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
+from prunebench.request import make_spec
 
 
 def explicit_h(x: torch.Tensor) -> torch.Tensor:

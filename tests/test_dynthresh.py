@@ -15,7 +15,7 @@ from prunebench.methods.dynthresh import (
 )
 from torch import nn
 
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
 
 
 def test_forward_exact_zeros_where_below_threshold():

@@ -23,10 +23,11 @@ from test_resume import StopAt, comparable
 from prunebench import executors, harness
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path
 from prunebench.cli import main
-from prunebench.executors import MissingExtraError, RayExecutor, SubmititExecutor, require
-from prunebench.harness import make_spec
+from prunebench.errors import MissingExtraError
+from prunebench.executors import RayExecutor, SubmititExecutor, require
 from prunebench.records import RecordingStore
 from prunebench.report.sweep import SweepPlan, SweepReport, plan_sweep, run_sweep
+from prunebench.request import make_spec
 from prunebench.store import ResultStore
 from prunebench.worker import RunJob, execute, finished_record_path
 

@@ -13,10 +13,10 @@ import torch
 from prunebench.methods.dynthresh import DynamicThresholding, DynThreshHparams
 from prunebench.methods.magnitude import MagnitudePruning
 
-from prunebench.harness import make_spec
+from prunebench.registry import get_task
 from prunebench.report.fig4 import fig4, load_fig4_data, pruned_spans, record_thresholds, run_fig4
+from prunebench.request import make_spec
 from prunebench.store import ResultStore
-from prunebench.tasks import get_task
 
 STEPS = [50, 100, 150, 200, 250, 300]
 

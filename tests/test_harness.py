@@ -11,8 +11,9 @@ import pytest
 import torch
 from prunebench.methods.dynthresh import DynamicThresholding
 
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
 from prunebench.protocol import OPTIMIZERS, Protocol
+from prunebench.request import make_spec
 from prunebench.store import run_identity
 
 
@@ -137,7 +138,7 @@ def test_every_deployed_network_is_the_plain_architecture(tmp_path, store):
     for scale in ("individual", "layer", "global"):
         spec = make_spec("xor", "dynthresh", seed=0, iterations=300, hparams={"scale": scale}, eval_every=300)
         train(spec, store, tmp_path)
-    from prunebench.pruner import get_method
+    from prunebench.registry import get_method
 
     task = spec.task
     pruner = get_method("dynthresh")(spec.hparams, task)

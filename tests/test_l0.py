@@ -23,9 +23,10 @@ from prunebench.methods.l0 import (
 )
 from torch import nn
 
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
 from prunebench.metrics import measure_compression
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
+from prunebench.request import make_spec
 
 # By hand: beta = 2/3, -gamma/zeta = 1/11, and 11^(2/3) = 4.946087.
 # z = 0  <=>  s <= -gamma/(zeta - gamma) = 1/12  <=>  (logit u + la)/beta <= -log 11

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from prunebench.cli import main
 from prunebench.fakedata import write_fake_cifar10, write_fake_imagefolder
-from prunebench.pruner import method_names
+from prunebench.registry import method_names
 
 WEIGHTS = {"vgg-cifar10": 14_977_728, "resnet56-cifar10": 848_944, "alexnet-imagenet": 60_954_656}
 #: Small batches keep a step cheap on a CPU; the protocol's own batch (128) is exercised once below.
@@ -129,8 +129,9 @@ def test_streamed_run_resumes_at_the_right_batch(data_dir, tmp_path, monkeypatch
     the uninterrupted run ends (same batches, same crops, same weights). AlexNet with fc6/fc7 of 512
     units (the same conv part, groups and LRN) keeps the three runs cheap; the data path is the task's."""
     from prunebench import harness, tasks
-    from prunebench.harness import make_spec, train
+    from prunebench.harness import train
     from prunebench.models import AlexNetCaffe
+    from prunebench.request import make_spec
     from prunebench.store import ResultStore
 
     alexnet = tasks.TASKS["alexnet-imagenet"]

@@ -21,10 +21,11 @@ from prunebench.methods.ltp import (
 from torch import nn
 from torch.nn.utils import parametrize
 
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
 from prunebench.metrics import measure_compression
 from prunebench.protocol import Phase
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
+from prunebench.request import make_spec
 
 # Hand-made layer: w^2 = 0, 0.01, 0.04, 0.09, 0.25, 0.25, 0.36, 1.0 (0.5^2 = 0.25 exactly in binary).
 W = torch.tensor([0.0, 0.1, -0.2, 0.3, 0.5, -0.5, -0.6, 1.0], dtype=torch.float64)

@@ -13,7 +13,7 @@ from prunebench.methods.magnitude import (
 )
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
 
 # Zero mean, so the population std is the RMS: sqrt((4*4 + 2*1 + 2*0.25 + 0) / 10) = sqrt(1.85) = 1.360147.
 HAND_MADE = torch.tensor([2.0, -2.0, 2.0, -2.0, 1.0, -1.0, 0.5, -0.5, 0.0, 0.0])

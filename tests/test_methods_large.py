@@ -16,7 +16,8 @@ from prunebench.harness import training_step
 from prunebench.metrics import measure_compression
 from prunebench.models import AlexNetCaffe, LeNet5, ResNet56, VGGLike
 from prunebench.protocol import Protocol
-from prunebench.pruner import get_method, make_hparams, method_names, prunable_layers
+from prunebench.pruner import make_hparams, prunable_layers
+from prunebench.registry import get_method, method_names
 from prunebench.structured import network_structure, shrink, unread_units, zero_unread_units
 from prunebench.tasks import Task
 

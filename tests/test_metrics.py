@@ -67,8 +67,9 @@ def test_smaller_network_is_measured_against_the_reference():
 
 
 def test_accuracy_at_compression_keeps_exactly_the_top_scored_weights(store, tmp_path):
-    from prunebench.harness import make_spec, train
+    from prunebench.harness import train
     from prunebench.metrics import evaluate_accuracy
+    from prunebench.request import make_spec
 
     spec = make_spec("xor", "dense", seed=0, iterations=200, eval_every=100)
     expected = []

@@ -23,13 +23,14 @@ from prunebench.check import CheckConfig, Measurement, compare, default_configs,
 from prunebench.cli import main
 from prunebench.metrics import THRESHOLD_BINS_PER_DECADE, count_flops, threshold_distribution
 from prunebench.protocol import Protocol
-from prunebench.pruner import get_method, make_hparams, prunable_layers
+from prunebench.pruner import make_hparams, prunable_layers
+from prunebench.registry import get_method, get_task
 from prunebench.report import estimate as estimate_module
 from prunebench.report import reproduce as reproduce_module
 from prunebench.report.leaderboard import UNVERIFIED_NOTE, build_leaderboard, shown_name
 from prunebench.report.plots import fig5, fig6, fig7
 from prunebench.store import ResultStore, run_identity
-from prunebench.tasks import TASKS, Task, get_task
+from prunebench.tasks import TASKS, Task
 
 VGG_LAYERS = [f"conv{i}" for i in range(1, 14)] + ["fc1", "fc2"]
 ALEXNET_LAYERS = [f"conv{i}" for i in range(1, 6)] + ["fc6", "fc7", "fc8"]
@@ -319,7 +320,7 @@ def test_plan_lists_the_cifar_and_imagenet_columns_and_figs_5_to_7():
 
 
 def test_large_item_identity_is_make_specs():
-    from prunebench.harness import make_spec
+    from prunebench.request import make_spec
 
     item = reproduce_module.Item("table2", "vgg-cifar10", "dense", 0)
     assert item.run_id == make_spec("vgg-cifar10", "dense", 0).run_id

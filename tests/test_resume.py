@@ -12,8 +12,9 @@ from test_deployed import METHODS  # the XOR overrides under which every method 
 from torch import nn
 
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
-from prunebench.harness import Observer, make_spec, train
+from prunebench.harness import Observer, train
 from prunebench.pruner import Pruner
+from prunebench.request import make_spec
 from prunebench.store import ResultStore
 
 

@@ -19,10 +19,11 @@ from prunebench.methods.sensitivity import (
 )
 from torch import nn
 
-from prunebench.harness import make_spec, train, training_step
+from prunebench.harness import train, training_step
 from prunebench.metrics import measure_compression
 from prunebench.protocol import Phase
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
+from prunebench.request import make_spec
 
 # A tiny 2-layer net with C = 3 outputs: y = W2 tanh(W1 x + b1) + b2.
 gen = torch.Generator().manual_seed(0)

@@ -9,8 +9,8 @@ from torch.utils.data import Dataset
 
 from prunebench import harness
 from prunebench.data import TensorDataset
-from prunebench.harness import make_spec
 from prunebench.protocol import Protocol
+from prunebench.request import make_spec
 from prunebench.sources import ImageAugment, ResidentSource, StreamedSource
 
 

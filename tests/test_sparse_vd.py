@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunebench.models import XorNet
-from prunebench.tasks import get_task
+from prunebench.registry import get_task
 
 
 @pytest.mark.parametrize("log_alpha,kl", [

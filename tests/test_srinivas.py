@@ -22,11 +22,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path
-from prunebench.harness import Observer, make_spec, train
+from prunebench.harness import Observer, train
 from prunebench.metrics import measure_compression
 from prunebench.protocol import Phase
+from prunebench.registry import get_task
+from prunebench.request import make_spec
 from prunebench.store import ResultStore
-from prunebench.tasks import get_task
 
 # Hand-made numbers (all exact in binary): weights, a fixed draw z, the upstream gradient dL/d(wz).
 W = torch.tensor([0.5, -1.5, 2.0, -0.25, 3.0])

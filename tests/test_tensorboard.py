@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from prunebench.cli import main
-from prunebench.harness import Observer, Observers, make_spec, train
+from prunebench.harness import Observer, Observers, train
+from prunebench.request import make_spec
 from prunebench.store import ResultStore
 from prunebench.tensorboard import point_scalars
 from prunebench.worker import RunJob, WorkerError, execute

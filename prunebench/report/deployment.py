@@ -27,9 +27,10 @@ import torch
 
 from prunebench.deploy import model_path, models_dir
 from prunebench.export import ExportError, ExportResult, export_run, flops_reductions
-from prunebench.harness import Observer, RunSpec
+from prunebench.harness import Observer
 from prunebench.report.leaderboard import shown_name
 from prunebench.report.setting import rerun_command, setting_items, setting_string
+from prunebench.request import RunSpec
 from prunebench.sparse import LATENCY_ROUNDS, SAMPLE_SECONDS
 from prunebench.store import read_only
 

@@ -81,7 +81,7 @@ def dense_macs(task: str) -> int:
     import torch
 
     from prunebench.metrics import count_flops
-    from prunebench.tasks import get_task
+    from prunebench.registry import get_task
 
     if task not in INPUT_SHAPES:
         raise KeyError(f"no input shape known for task {task!r}")
@@ -149,7 +149,7 @@ def estimate_gpu_hours(task: str, method: str, epochs: float | None = None) -> G
     """The GPU-hour estimate of one `method` run on `task` under the task's protocol (`epochs`, default:
     the protocol's epochs, else its iterations x batch size / training-set size). KeyError when the task
     is not registered."""
-    from prunebench.tasks import get_task
+    from prunebench.registry import get_task
 
     task_obj = get_task(task)
     protocol = task_obj.protocol

@@ -41,9 +41,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunebench.data import TensorDataset
-from prunebench.harness import make_spec, train
+from prunebench.harness import train
 from prunebench.pruner import Pruner, prunable_layers
 from prunebench.report.plots import _style, save
+from prunebench.request import make_spec
 from prunebench.store import ResultStore
 
 #: seaborn "colorblind" palette: blue (index 0) for |w|, vermillion (index 3) for t, as blue/red in the paper.

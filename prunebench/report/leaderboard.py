@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from prunebench.pruner import get_method
+from prunebench.registry import get_method
 from prunebench.report import stats
 from prunebench.report.published import published
 from prunebench.report.setting import format_seeds, rerun_command, setting_items, setting_string

@@ -43,7 +43,7 @@ from typing import Any
 
 import pandas as pd
 
-from prunebench.harness import Observer, RunSpec, make_spec, train
+from prunebench.harness import Observer, train
 from prunebench.report import stats
 from prunebench.report.estimate import (
     METHOD_OVERHEAD,
@@ -56,6 +56,7 @@ from prunebench.report.estimate import (
 from prunebench.report.leaderboard import run_table, shown_name
 from prunebench.report.published import DT_TABLE1_SCALES, published
 from prunebench.report.setting import CLI_PROTOCOL_FLAGS, format_value
+from prunebench.request import RunSpec, make_spec
 from prunebench.results import load_trajectories
 from prunebench.store import ResultStore
 
@@ -161,9 +162,9 @@ class Item:
         network (a report plans about a hundred items: building each took 15 s of a report, and an AlexNet
         takes seconds to build); for a large task not registered, a placeholder. A batch size that rescales
         an epoch protocol goes through `make_spec` itself."""
-        from prunebench.pruner import get_method, make_hparams
+        from prunebench.pruner import make_hparams
+        from prunebench.registry import get_method, get_task
         from prunebench.store import run_identity
-        from prunebench.tasks import get_task
 
         try:
             task = get_task(self.task)
@@ -292,7 +293,7 @@ def needs(items: list[Item], data_dir: Path) -> dict[str, Needs]:
     task; no CUDA device means every large item needs a GPU)."""
     import torch
 
-    from prunebench.tasks import get_task
+    from prunebench.registry import get_task
 
     gpu = torch.cuda.is_available()
     data: dict[str, str | None] = {}

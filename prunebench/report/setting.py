@@ -10,9 +10,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from prunebench.protocol import Protocol
-from prunebench.pruner import _field_default, get_method, make_hparams
+from prunebench.pruner import _field_default, make_hparams
+from prunebench.registry import get_method, get_task
 from prunebench.store import _canonical, protocol_non_default
-from prunebench.tasks import get_task
 
 #: Protocol fields `prunebench run` / `prunebench sweep` can set from the command line.
 CLI_PROTOCOL_FLAGS = {"iterations": "--iterations", "optimizer": "--optimizer", "lr": "--lr",

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from prunebench import __version__
-from prunebench.executors import MissingExtraError
+from prunebench.errors import MissingExtraError
+from prunebench.registry import task_names
 from prunebench.report.leaderboard import DEFAULT_MAX_LOSS, UNVERIFIED_NOTE, Leaderboard, build_leaderboard
 from prunebench.results import load_runs
-from prunebench.tasks import task_names
 
 #: (plot kind, default settings only, caption) of each figure on a task page; as leaderboards/README.md draws them.
 FIGURES: tuple[tuple[str, bool, str], ...] = (

@@ -38,12 +38,15 @@ from rich.table import Table
 
 from prunebench import harness
 from prunebench.checkpoint import checkpoint_dir
-from prunebench.data import DataUnavailableError, TensorDataset
+from prunebench.data import TensorDataset
+from prunebench.errors import DataUnavailableError
 from prunebench.executors import Executor, LocalExecutor, Tracker
-from prunebench.harness import Observer, Observers, RunSpec, make_spec
-from prunebench.pruner import REGISTRY, method_names
+from prunebench.harness import Observer, Observers
+from prunebench.pruner import REGISTRY
 from prunebench.records import RunRecord
+from prunebench.registry import method_names
 from prunebench.report.setting import setting_items, setting_string
+from prunebench.request import RunSpec, make_spec
 from prunebench.store import ResultStore
 from prunebench.tensorboard import TensorBoardObserver, require_tensorboard
 from prunebench.worker import RunJob, discard_finished_record
