@@ -14,7 +14,8 @@ DIR gets:
   (`README.md` and its figures), and `index.html`, that README rendered by python-markdown (tables extension).
 
 Every page ends with a footer naming the store, the generation time and the command. Nothing is fetched at
-page-view time: styles and script are inline, images are local files. python-markdown is the `site` extra.
+page-view time: styles and script (`site_assets/site.css`, `site.js`) are inline, images are local files.
+python-markdown is the `site` extra.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -72,138 +74,10 @@ COLUMN_KEYS: dict[str, tuple[str, str | None]] = {
     "published loss pp": ("published-loss", "published_accuracy_loss"),
 }
 
-CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:0 16px 24px;
-color:#1d232a;font-size:14px;line-height:1.45}
-header{display:flex;gap:20px;align-items:baseline;border-bottom:1px solid #ccd3da;padding:8px 0;margin-bottom:8px}
-header a{color:#0b5cad;text-decoration:none}header a:hover{text-decoration:underline}
-header .brand{font-weight:700;font-size:16px;color:#1d232a}
-h1{font-size:22px;margin:10px 0 6px}h2{font-size:18px;margin:22px 0 8px}
-.note{color:#4d5661;font-size:12.5px;max-width:1200px}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;font-size:12.5px}
-th,td{border:1px solid #d3d9df;padding:3px 6px;text-align:right;white-space:nowrap}
-th{background:#eef2f5;position:sticky;top:0}
-table.board th{cursor:pointer;user-select:none}
-table.board th:hover{background:#dde5ec}
-th .arrow{color:#0b5cad;margin-left:3px}
-td.text,th.text{text-align:left}td.wrap{white-space:normal;min-width:9em;max-width:22em}
-tr.row:nth-child(4n+1) td,tr.row:nth-child(4n+1)+tr.cmd td{background:#f8fafb}
-tr.row td{border-bottom:none}
-tr.cmd td{text-align:left;border-top:none;padding:0 6px 4px 28px;white-space:normal}
-tr.cmd code{font-size:11.5px;color:#3c4650;word-break:break-all;user-select:all}
-button.copy{font-size:11px;margin-left:8px;padding:0 6px;cursor:pointer}
-.md{max-width:1500px}.md table th,.md table td{white-space:normal;text-align:left}
-.md td:last-child code{font-size:11.5px}
-.md code{background:#f1f3f5;padding:0 2px}.md pre{background:#f1f3f5;padding:6px 8px;overflow-x:auto}
-figure{margin:12px 0 24px}figure img{max-width:100%;border:1px solid #e1e5e9}
-figcaption{color:#4d5661;font-size:12.5px;max-width:1100px}
-footer{margin-top:28px;border-top:1px solid #ccd3da;padding-top:8px;color:#4d5661;font-size:12px}
-footer code{word-break:break-all}
-ul.tasks li{margin:4px 0}
-"""
-
-#: Renders the leaderboard from the JSON in #board-data into #board; sorting by header click and `#sort=key:dir`.
-SCRIPT = """
-(function () {
-  "use strict";
-  var data = JSON.parse(document.getElementById("board-data").textContent);
-  var table = document.getElementById("board");
-  var state = {key: "rank", dir: "asc"};
-  var WRAP = ["setting", "published-compression"];  // text that may be long: wrapped, other cells on one line
-
-  function missing(v) { return v === null || v === undefined; }
-  function compare(a, b) {
-    var x = a.sort[state.key], y = b.sort[state.key];
-    if (missing(x) || missing(y)) {
-      if (missing(x) !== missing(y)) { return missing(x) ? 1 : -1; }  // missing values last, either direction
-    } else {
-      var c = (typeof x === "number" && typeof y === "number") ? x - y : String(x).localeCompare(String(y));
-      if (c !== 0) { return state.dir === "desc" ? -c : c; }
-    }
-    return a.sort.rank - b.sort.rank;
-  }
-  function fromHash() {
-    var m = /(?:^#|&)sort=([A-Za-z0-9_.-]+)(?::(asc|desc))?/.exec(window.location.hash);
-    if (!m) { return false; }
-    var known = data.columns.some(function (c) { return c.key === m[1]; });
-    if (!known) { return false; }
-    state = {key: m[1], dir: m[2] || "asc"};
-    return true;
-  }
-  function cell(tag, text, cls) {
-    var el = document.createElement(tag);
-    el.textContent = text;
-    if (cls) { el.className = cls; }
-    return el;
-  }
-  function copy(text, button) {
-    function done() { button.textContent = "copied"; setTimeout(function () { button.textContent = "copy"; }, 1200); }
-    if (navigator.clipboard && navigator.clipboard.writeText) {
-      navigator.clipboard.writeText(text).then(done, function () { select(button); });
-    } else { select(button); }
-  }
-  function select(button) {
-    var range = document.createRange();
-    range.selectNodeContents(button.previousSibling);
-    var sel = window.getSelection();
-    sel.removeAllRanges();
-    sel.addRange(range);
-    try { if (document.execCommand("copy")) { button.textContent = "copied"; } } catch (e) { /* selected */ }
-  }
-  function render() {
-    table.textContent = "";
-    var head = document.createElement("thead"), tr = document.createElement("tr");
-    data.columns.forEach(function (c) {
-      var th = cell("th", c.label, c.numeric ? "" : "text");
-      th.dataset.key = c.key;
-      th.title = "sort by " + c.label + " (#sort=" + c.key + ":asc or :desc)";
-      if (c.key === state.key) {
-        th.setAttribute("aria-sort", state.dir === "asc" ? "ascending" : "descending");
-        th.appendChild(cell("span", state.dir === "asc" ? "\\u25b2" : "\\u25bc", "arrow"));
-      }
-      th.addEventListener("click", function () {
-        var dir = (state.key === c.key && state.dir === "asc") ? "desc" : (state.key === c.key ? "asc"
-          : (c.numeric && c.key !== "rank" ? "desc" : "asc"));
-        state = {key: c.key, dir: dir};
-        history.replaceState(null, "", "#sort=" + c.key + ":" + dir);
-        render();
-      });
-      tr.appendChild(th);
-    });
-    head.appendChild(tr);
-    table.appendChild(head);
-    var body = document.createElement("tbody");
-    data.rows.slice().sort(compare).forEach(function (r) {
-      var row = document.createElement("tr");
-      row.className = "row";
-      row.dataset.rank = r.sort.rank;
-      r.cells.forEach(function (v, i) {
-        var c = data.columns[i];
-        row.appendChild(cell("td", v, c.numeric ? "" : (WRAP.indexOf(c.key) >= 0 ? "text wrap" : "text")));
-      });
-      body.appendChild(row);
-      var cmd = document.createElement("tr");
-      cmd.className = "cmd";
-      cmd.dataset.rank = r.sort.rank;
-      var td = document.createElement("td");
-      td.colSpan = data.columns.length;
-      td.appendChild(document.createTextNode("rerun: "));
-      td.appendChild(cell("code", r.command));
-      var button = cell("button", "copy", "copy");
-      button.type = "button";
-      button.addEventListener("click", function () { copy(r.command, button); });
-      td.appendChild(button);
-      cmd.appendChild(td);
-      body.appendChild(cmd);
-    });
-    table.appendChild(body);
-  }
-  fromHash();
-  render();
-  window.addEventListener("hashchange", function () { if (fromHash()) { render(); } });
-})();
-"""
+#: The pages' style sheet and the leaderboard script (renders #board from the JSON in #board-data; sorting by
+#: header click and `#sort=key:dir`), inlined into every page; package data in site_assets/.
+CSS, SCRIPT = ((files("prunebench.report") / "site_assets" / name).read_text(encoding="utf-8")
+               for name in ("site.css", "site.js"))
 
 
 @dataclass
@@ -274,10 +148,10 @@ def _page(title: str, body: str, footer: str, root: str = "", script: str = "") 
     nav = (f'<header><a class="brand" href="{root}index.html">prunebench</a>'
            f'<a href="{root}index.html">leaderboards</a><a href="{root}dt-paper/index.html">DT-paper report</a>'
            "</header>")
-    tail = f"<script>{script}</script>\n" if script else ""
+    tail = f"<script>\n{script}</script>\n" if script else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n{nav}\n{body}\n"
+            f"<title>{html.escape(title)}</title><style>\n{CSS}</style></head>\n<body>\n{nav}\n{body}\n"
             f"{footer}\n{tail}</body></html>\n")
 
 
