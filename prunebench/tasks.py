@@ -151,69 +151,20 @@ MNIST_CHOICES = {
     "batches": "reshuffled every epoch from a seeded generator; test set = the 10,000 MNIST test images",
 }
 
-# dynthresh lambda on MNIST is not in the paper; calibrated by the sweep recorded in docs/results.md.
+# Calibrated defaults: how each value was chosen, with its runs and commands, is in docs/calibration.md.
 DT_MNIST = {"lam": 5e-4, "tau": 0.03}
-# LeNet-5's own lambda (issue 19; seed 0, equal budget, dense 99.35%): LeNet-300-100's 5e-4 gives 266.6x at
-# +0.26 pp (3 seeds 269x at +0.30), 2e-4 161.8x at +0.25 (published 151x at -0.03 pp): 2e-4, the compression
-# nearest the published one. The loss barely moves with lambda (the DT-paper report lists the runs).
 DT_LENET5 = {"lam": 2e-4, "tau": 0.03}
-
-# magnitude (Han et al. 2015): q per layer started from the Gaussian quantile Phi^-1(1 - keep/2) of the
-# published keep ratios (LeNet-300-100 8/9/26%, LeNet-5 66/12/8/19%). LeNet-300-100: (1.751, 1.695, 1.126)
-# kept 10/12/32% in a full run, so q was raised to (1.95, 1.9, 1.3): 8.2/10.7/26.1% kept, 11.7x, at
-# --budget paper, seed 0 (docs/results.md). LeNet-5: on the dense seed-0 network, pruning without
-# retraining at the quantile estimate (0.44, 1.555, 1.751, 1.311) keeps 58/12/9.4/17%; on LeNet-300-100 a full
-# run keeps 1.26-1.47x more per layer than that estimate (retraining widens the survivors), so q was set to
-# keep (66/1.1, 12/1.4, 8/1.3, 19/1.47)% without retraining: (0.44, 1.76, 2.07, 1.55) -> 58/8.7/6.2/12.8%.
 MAGNITUDE_LENET300 = {"rounds": 5, "quality": (1.95, 1.9, 1.3)}
 MAGNITUDE_LENET5 = {"rounds": 5, "quality": (0.44, 1.76, 2.07, 1.55)}
-# dns (Guo et al. 2016): LeNet-5 iter_stop from the maintainer's suggestion (issue #2); gamma/power from the
-# README example. LeNet-5 c_rate: the maintainer's (1, 3, 4, 2.5) kept 34/5.8/2.6/16% under our Adam
-# protocol (33.7x at +0.14 pp, --budget paper, seed 0) against the published 14.2/3.1/0.7/4.3%, and under
-# Caffe's SGD (--optimizer sgd --lr 0.01 --optimizer-weight-decay 5e-4) 14/4.2/2.8/7.3% (34.2x at -0.03 pp):
-# the keep ratios come from the c_rate, not the optimizer. (2.5, 4.5, 7, 4.5) overshot (281x at +0.55 pp);
-# (2.3, 3.7, 5.5, 4.3), set per layer towards the published keep ratios, gave 109.7x at +0.35 pp and is the
-# default (the published 108x; its accuracy loss misses the published 0.00 pp).
-# LeNet-300-100 has no published values: c_rate interpolated from
-# the LeNet-5 fc layers, then searched towards the published 1.8/1.8/5.5% kept at --budget paper, seed 0:
-# (3.5, 3.5, 2.3) -> 5.0/6.4/24.5% (equal budget), (5, 5, 4) -> 2.1/1.9/11.0% (47x), (5, 5, 5.5) ->
-# 2.0/1.6/9.6% (50x, but 0.7 pp loss); iter_stop as the LeNet-5 fc layers.
 DNS_LENET300 = {"gamma": 1e-4, "power": 1.0, "c_rate": (5.0, 5.0, 4.0), "iter_stop": (10_000, 10_000, 10_000)}
 DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (2.3, 3.7, 5.5, 4.3),
               "iter_stop": (14_000, 14_000, 10_000, 10_000)}
-# sparse-vd: the authors' scripts hold lr 1e-3 for 100 epochs then decay to 0 (LeNet-300-100) or decay
-# from epoch 0 (LeNet-5); only used under budget "paper".
 SPARSE_VD_LENET300 = {"lr_decay_start": 100}
-# dst: the authors' alpha 5e-4 (SGD lr 0.01) prunes little under our Adam protocol. LeNet-300-100, seed 0,
-# 10k steps (docs/results.md): alpha 5e-4 13.1x at +0.29 pp, 1e-3 21.1x at +0.29, 1.5e-3 25.4x at +0.88, 2e-3 29.1x at
-# +0.84; 1e-3 is the most compression within the published loss (+0.47 pp). LeNet-5: the same alpha, as
-# the authors use one alpha for both LeNets (not swept). Under the authors' own protocol (SGD lr 0.01, momentum
-# 0.9, batch 64, 20 epochs = 18,750 steps) and alpha 5e-4, LeNet-300-100 gives 15.4x at +0.93 pp (3 seeds, issue
-# 19), less than under Adam: the Adam default stays.
 DST_MNIST = {"alpha": 1e-3}
-# ltp (reconstruction): LeNet-300-100, seed 0, equal budget: lam 1 22.9x at -0.12 pp, 3 27.0x at -0.07,
-# 10 30.9x at +0.01; no published LeNet figure, so the strongest lam tried (no loss yet) is the default.
 LTP_MNIST = {"lam": 10.0}
-# sensitivity on ImageNet: the output sensitivity costs one backward pass per class and step (1,000 for
-# AlexNet), so the loss-gradient reading (|dL/dw|, the authors' later LOBSTER code) is the default there;
-# the output reading stays available (--hp sensitivity=output). Our choice, not the paper's.
 SENSITIVITY_IMAGENET = {"sensitivity": "loss"}
-# sensitivity (reconstruction), LeNet-300-100, seed 0, equal budget (issue 19; leaderboards/foundation/
-# calibration.sqlite, dense 97.73% there): threshold 0.05 x layer std prunes at most 3.1x at any lam (1, 3, 10;
-# Adam moves a weight by about lr a step, the size of that threshold); with larger thresholds: lam 0.3 /
-# threshold 0.5 4.4x at -0.27 pp, 0.3 / 1 10.4x at -0.30, 0.3 / 1.5 26.4x at +0.02, 0.3 / 2 65.0x at +1.29,
-# 1 / 0.5 9.2x at +0.04, 1 / 1 26.3x at +0.68, 1 / 1.5 57.6x at +2.14. 0.3 / 1.5: the most compression within
-# the published loss (+0.31 pp; published 103x is not reached by any setting within it).
 SENSITIVITY_LENET300 = {"lam": 0.3, "threshold": 1.5}
-# srinivas (reconstruction), lambda1 0.01, seed 0, equal budget (issue 19). LeNet-300-100 (calibration.sqlite,
-# dense 97.73%): lambda2 3 13.4x at -0.24 pp, 5 22.4x at -0.19, 10 46.2x at +0.57, 30 126x at +1.43; nothing is
-# published for it, so 5: the most compression tried within the leaderboards' 0.4 pp. LeNet-5 (runs.sqlite,
-# dense 99.35%): lambda2 3 31.4x at +0.18 pp, 2 21.0x at +0.05 (published 24x at +0.01): 2.
 SRINIVAS_LENET300 = {"lambda2": 5.0}
-# sensitivity on LeNet-5 (seed 0, runs.sqlite, dense 99.35%): lam 0.3 with threshold 1 x layer std 14.2x at
-# +0.09 pp; threshold 1.5 (LeNet-300-100's). refresh_every 10: the output sensitivity (10 backward passes,
-# about 9x a dense LeNet-5 step) every 10th step; on LeNet-300-100 (seed 0) refresh 10 gives 26.4x at 97.73%
-# against 26.4x at 97.71% for every step.
 SENSITIVITY_LENET5 = {"lam": 0.3, "threshold": 1.5, "refresh_every": 10}
 SRINIVAS_LENET5 = {"lambda2": 2.0}
 
@@ -232,12 +183,9 @@ TASKS: dict[str, Task] = {
             "saddle); the paper gives neither",
             "loss": "binary cross-entropy on the sigmoid output",
         },
-        # dst / l0 on xor: chosen so that part of the 15 weights is pruned at 100% accuracy (seeds 0-1)
+        # chosen so that part of the 15 weights is pruned at 100% accuracy: docs/calibration.md
         method_defaults={"dynthresh": {"lam": 1e-2, "tau": 0.5, "t_max": 20.0}, "dst": {"alpha": 1e-2},
-                         "l0": {"lam": (1.0, 30.0)},
-                         # seed 0, 10,000 steps: lam 0.05 / 0.2 keep all 15 weights, 0.5 keeps 12 at 99.57%,
-                         # 1 (the dataclass default) collapses the net (1 weight, 49.5%)
-                         "sensitivity": {"lam": 0.5}},
+                         "l0": {"lam": (1.0, 30.0)}, "sensitivity": {"lam": 0.5}},
         train_size=10_000,
     ),
     "lenet300": Task(
@@ -375,63 +323,43 @@ IMAGENET_CHOICES = {
     "weight decay": "applies to every trainable parameter, the methods' own included (the paper is silent)",
 }
 
-# DT lambdas from the paper (sec. 4.2.2, 4.2.3); tau is not given there: the MNIST calibration's 0.03.
+# From the papers or uncalibrated starting points: docs/calibration.md says which, and how they were made.
 DT_VGG = {"lam": 1.8e-4, "tau": 0.03}
 DT_ALEXNET = {"lam": 2e-5, "tau": 0.03}
-
-# magnitude / dns on the large nets: UNCALIBRATED starting points [I]. Keep ratios recalled from the papers
-# [R] (Han et al.'s AlexNet 84/38/35/37/37/9/9/25%; VGG-16 conv1_1 58%, other convs ~34%, fc 4%, last 23%;
-# DNS's AlexNet 53.8/40.6/29.0/32.3/32.5/3.7/6.6/4.6%) turned into q = Phi^-1(1 - keep/2) (magnitude) and
-# c = (q - 0.798) / 0.603 (dns, Gaussian weights); on LeNet-5 the calibrated c came out 1.2-2.4 above such
-# estimates. With layer_rule "first-conv-fc-last" four values cover the first layer, the other convs, the
-# other fc layers and the last layer. iter_stop 10,000 conv / 8,000 fc: caffe.proto's defaults [V].
 MAGNITUDE_VGG = {"rounds": 5, "quality": (0.553, 0.961, 2.054, 1.2), "layer_rule": "first-conv-fc-last"}
 DNS_VGG = {"gamma": 1e-4, "power": 1.0, "c_rate": (-0.3, 0.27, 1.91, 1.99), "iter_stop": (10_000, 10_000, 8_000, 8_000),
            "layer_rule": "first-conv-fc-last"}
 MAGNITUDE_ALEXNET = {"rounds": 5, "quality": (0.202, 0.878, 0.935, 0.896, 0.896, 1.695, 1.695, 1.15)}
 DNS_ALEXNET = {"gamma": 1e-4, "power": 1.0, "c_rate": (-0.3, 0.05, 0.43, 0.32, 0.31, 2.14, 1.73, 1.99),
                "iter_stop": (10_000, 10_000, 10_000, 10_000, 10_000, 8_000, 8_000, 8_000)}
-# ResNet-56: nothing published; AlexNet's pattern (first 84%, convs 37%, last 25%) [I].
 MAGNITUDE_RESNET56 = {"rounds": 5, "quality": (0.202, 0.896, 1.15, 1.15), "layer_rule": "first-conv-fc-last"}
 
+
+def _cifar10_task(name: str, description: str, architecture: Callable[[], nn.Module], *, weight_decay: float,
+                  epochs: int, lr_milestones: tuple[int, ...], open_choices: dict[str, str],
+                  method_defaults: dict[str, dict[str, Any]]) -> Task:
+    """A CIFAR-10 task: resident images augmented on the device, momentum SGD (0.9) at lr 0.1, batch 128,
+    `epochs` with lr / 10 at `lr_milestones`, an evaluation every epoch; the paper's network wants a GPU."""
+    per_epoch = CIFAR10_TRAIN // CIFAR10_BATCH
+    protocol = Protocol(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=weight_decay, batch_size=CIFAR10_BATCH,
+                        epochs=epochs, steps_per_epoch=per_epoch, iterations=epochs * per_epoch,
+                        lr_milestones=lr_milestones, init="default", eval_every=per_epoch)
+    return Task(name=name, description=description, architecture=architecture, load=_cifar10, protocol=protocol,
+                loss_kind="cross_entropy", open_choices=open_choices, method_defaults=method_defaults,
+                train_size=CIFAR10_TRAIN, augment=_cifar10_augment, data_verified=_cifar10_verified,
+                eval_batch_size=1000, needs_gpu=True)
+
+
 LARGE_TASKS: dict[str, Task] = {
-    "vgg-cifar10": Task(
-        name="vgg-cifar10",
-        description="VGG-like (cifar.torch) on CIFAR-10, 13 conv + 2 fc with BatchNorm, 14,977,728 weights "
-        "(DT paper Table 2)",
-        architecture=_vgg_like,
-        load=_cifar10,
-        protocol=Protocol(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_size=CIFAR10_BATCH,
-                          epochs=100, steps_per_epoch=CIFAR10_TRAIN // CIFAR10_BATCH,
-                          iterations=100 * (CIFAR10_TRAIN // CIFAR10_BATCH), lr_milestones=(25, 50, 75),
-                          init="default", eval_every=CIFAR10_TRAIN // CIFAR10_BATCH),
-        loss_kind="cross_entropy",
+    "vgg-cifar10": _cifar10_task(
+        "vgg-cifar10", "VGG-like (cifar.torch) on CIFAR-10, 13 conv + 2 fc with BatchNorm, 14,977,728 weights "
+        "(DT paper Table 2)", _vgg_like, weight_decay=5e-4, epochs=100, lr_milestones=(25, 50, 75),
         open_choices=VGG_CHOICES,
-        method_defaults={"dynthresh": dict(DT_VGG), "magnitude": dict(MAGNITUDE_VGG), "dns": dict(DNS_VGG)},
-        train_size=CIFAR10_TRAIN,
-        augment=_cifar10_augment,
-        data_verified=_cifar10_verified,
-        eval_batch_size=1000,
-        needs_gpu=True,
-    ),
-    "resnet56-cifar10": Task(
-        name="resnet56-cifar10",
-        description="ResNet-56 (He et al. 2016) on CIFAR-10, 55 conv + 1 fc, 848,944 weights",
-        architecture=_resnet56,
-        load=_cifar10,
-        protocol=Protocol(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, batch_size=CIFAR10_BATCH,
-                          epochs=164, steps_per_epoch=CIFAR10_TRAIN // CIFAR10_BATCH,
-                          iterations=164 * (CIFAR10_TRAIN // CIFAR10_BATCH), lr_milestones=(82, 123),
-                          init="default", eval_every=CIFAR10_TRAIN // CIFAR10_BATCH),
-        loss_kind="cross_entropy",
-        open_choices=RESNET56_CHOICES,
-        method_defaults={"dynthresh": dict(DT_VGG), "magnitude": dict(MAGNITUDE_RESNET56), "dns": dict(DNS_VGG)},
-        train_size=CIFAR10_TRAIN,
-        augment=_cifar10_augment,
-        data_verified=_cifar10_verified,
-        eval_batch_size=1000,
-        needs_gpu=True,
-    ),
+        method_defaults={"dynthresh": dict(DT_VGG), "magnitude": dict(MAGNITUDE_VGG), "dns": dict(DNS_VGG)}),
+    "resnet56-cifar10": _cifar10_task(
+        "resnet56-cifar10", "ResNet-56 (He et al. 2016) on CIFAR-10, 55 conv + 1 fc, 848,944 weights", _resnet56,
+        weight_decay=1e-4, epochs=164, lr_milestones=(82, 123), open_choices=RESNET56_CHOICES,
+        method_defaults={"dynthresh": dict(DT_VGG), "magnitude": dict(MAGNITUDE_RESNET56), "dns": dict(DNS_VGG)}),
     "alexnet-imagenet": Task(
         name="alexnet-imagenet",
         description="AlexNet (BVLC Caffe: LRN, grouped convs) on ImageNet, 60,954,656 weights (DT paper Table 2)",
