@@ -4,6 +4,7 @@ reproduction end to end (report with every published figure, figures, reuse, con
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -86,6 +87,23 @@ def test_plan_full_covers_every_published_mnist_number():
         i.run_id for i in items if i.purpose == "table1" and not i.hparams}
 
 
+def _final_rows(db) -> dict[str, sqlite3.Row]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return {r["run_id"]: r for r in conn.execute(
+            "SELECT r.run_id, r.task, r.method, r.seed, r.budget, r.identity, f.accuracy, f.compression "
+            "FROM runs r JOIN final f ON f.run_id = r.run_id WHERE r.status = 'finished'")}
+
+
+def _dense_accuracy(finals: dict[str, sqlite3.Row], run: sqlite3.Row) -> float:
+    """The accuracy of `dense` of the run's task, seed and protocol (its budget if stored, else 'equal')."""
+    protocol = json.loads(run["identity"]).get("protocol")
+    dense = {d["budget"]: d["accuracy"] for d in finals.values()
+             if (d["method"], d["task"], d["seed"]) == ("dense", run["task"], run["seed"])
+             and json.loads(d["identity"]).get("protocol") == protocol}
+    return dense[run["budget"]] if run["budget"] in dense else dense["equal"]
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, mnist_dir):
     root = tmp_path_factory.mktemp("reproduce")
@@ -96,6 +114,7 @@ def quick(tmp_path_factory, mnist_dir):
     return db, out, path, started, mnist_dir
 
 
+@pytest.mark.slow
 def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
     db, out, path, started, _ = quick
     text = path.read_text()
@@ -112,6 +131,28 @@ def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
     assert (out / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+def test_quick_report_measured_cells_are_the_stores(quick):
+    """Each table row of the quick report (one seed) shows its run's stored compression and its loss against
+    the stored dense run of the same seed and protocol, found from the row's own rerun command."""
+    db, _, path, _, _ = quick
+    by_command = {i.command(): i for i in plan(quick=True) if i.seed == 0}
+    finals = _final_rows(db)
+    checked = 0
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 11 or not cells[10].startswith("`"):  # the rows of the published-vs-measured tables
+            continue
+        item = by_command[cells[10].strip("`")]
+        run = finals[item.run_id]
+        assert cells[2] == f"{run['compression']:.1f}x", line
+        assert cells[5] == f"{100 * (_dense_accuracy(finals, run) - run['accuracy']):+.2f}", line
+        assert cells[7] == "1", line  # seeds
+        checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.slow
 def test_quick_reproduction_reuses_finished_runs_and_continues_an_interrupted_one(quick):
     db, out, _, started, data_dir = quick
     victim = started[3][0]
