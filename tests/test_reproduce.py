@@ -12,26 +12,19 @@ from prunebench.report.reproduce import FIG1_RATIOS, TABLE2_VARIANTS, Item, fig1
 from prunebench.store import ResultStore
 
 
-def _store_run(store: ResultStore, item: Item, points: list[dict]) -> None:
-    spec = item.spec
-    run_id, identity = spec.identity
-    store.start_run(run_id, task=item.task, method=item.method, seed=item.seed, budget=item.budget,
-                    identity=identity, hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__,
-                    environment={"device": "test"})
-    for p in points:
-        store.add_point(run_id, p)
+def _store_run(add_stored_run, store: ResultStore, item: Item, points: list[dict]) -> None:
     last = points[-1]
-    store.finish(run_id, {"iterations": last["step"], "train_seconds": last["train_seconds"],
-                          "accuracy": last["accuracy"], "compression": last["compression"]})
+    add_stored_run(store, item.spec, points, {"iterations": last["step"], "train_seconds": last["train_seconds"],
+                                              "accuracy": last["accuracy"], "compression": last["compression"]})
 
 
-def test_fig1_markers_by_hand(tmp_path):
+def test_fig1_markers_by_hand(add_stored_run, tmp_path):
     db = tmp_path / "fig1.sqlite"
     store = ResultStore(db)
     dt = Item("fig1", "lenet300", "dynthresh", 0, eval_every=100)
     vd = Item("fig1", "lenet300", "sparse-vd", 0, eval_every=100, at_compressions=FIG1_RATIOS)
     # DT: final accuracy 0.980; within 0.5 pp means >= 0.975.
-    _store_run(store, dt, [
+    _store_run(add_stored_run, store, dt, [
         {"step": 100, "train_seconds": 1.0, "accuracy": 0.960, "compression": 70.0},  # too inaccurate
         {"step": 200, "train_seconds": 2.0, "accuracy": 0.976, "compression": 55.0},  # 50x
         {"step": 300, "train_seconds": 3.0, "accuracy": 0.974, "compression": 80.0},  # 0.6 pp: not yet
@@ -41,7 +34,7 @@ def test_fig1_markers_by_hand(tmp_path):
     def vd_point(step, at):
         return {"step": step, "train_seconds": step / 50, "accuracy": 0.970, "compression": 2.0,
                 "extra": json.dumps({"at_compression": at})}
-    _store_run(store, vd, [
+    _store_run(add_stored_run, store, vd, [
         vd_point(100, {"50": 0.960, "60": 0.950, "70": 0.900}),
         vd_point(200, {"50": 0.966, "60": 0.964, "70": 0.950}),  # 50x (>= 0.965)
         vd_point(300, {"50": 0.970, "60": 0.965, "70": 0.960}),  # 60x

@@ -76,7 +76,7 @@ def test_plan_is_the_cross_product_with_dense_and_skips_keys_a_method_lacks():
         plan_sweep(["dynthresh"], ["xor"], [0], {"lam": ["-1"]})
 
 
-def test_sweep_skips_finished_and_reruns_interrupted_and_stale_runs(tmp_path, counted):
+def test_sweep_skips_finished_and_reruns_interrupted_and_stale_runs(tmp_path, counted, add_stored_run):
     db = tmp_path / "sweep.sqlite"
     store = ResultStore(db)
     # before the sweep: dense seed 0 finished (a real run), dynthresh seed 0 interrupted at step 100,
@@ -85,12 +85,8 @@ def test_sweep_skips_finished_and_reruns_interrupted_and_stale_runs(tmp_path, co
     harness.train(dense0, store, tmp_path)
     dt0 = make_spec("xor", "dynthresh", 0, iterations=ITER, eval_every=EVAL)
     dt1 = make_spec("xor", "dynthresh", 1, iterations=ITER, eval_every=EVAL)
-    for spec in (dt0, dt1):
-        run_id, identity = spec.identity
-        store.start_run(run_id, task="xor", method="dynthresh", seed=spec.seed, budget="equal", identity=identity,
-                        hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__, environment={})
-        store.add_point(run_id, {"step": 50, "accuracy": 0.5, "compression": 1.0})
-    store.mark(dt0.run_id, "interrupted", "interrupted at step 50", 50)
+    for spec, status in ((dt0, "interrupted"), (dt1, "running")):
+        add_stored_run(store, spec, [{"step": 50, "accuracy": 0.5, "compression": 1.0}], environment={}, status=status)
     counted.clear()
 
     plan = plan_sweep(["dynthresh"], ["xor"], [0, 1], {}, store, iterations=ITER, eval_every=EVAL)
