@@ -118,6 +118,7 @@ def test_two_gloo_ranks_of_lenet300_keep_one_mask_and_match_one_process(mnist_di
     store.close()
 
 
+@pytest.mark.slow
 def test_every_method_runs_on_two_ranks_with_one_mask_or_refuses(xor_methods, tmp_path):
     """Every registered method: those that declare a `ddp_refusal` refuse; every other one runs, on both
     ranks with one mask, within tolerance of one process."""

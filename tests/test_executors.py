@@ -30,7 +30,7 @@ from prunebench.request import make_spec
 from prunebench.store import ResultStore
 from prunebench.worker import RunJob, execute, finished_record_path
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 TIMINGS = ("train_seconds", "eval_seconds")
 NODE_MEMORY = 100 * 1024**2  # each Ray node's object store (the default takes 30% of the machine's memory)

@@ -169,6 +169,7 @@ def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_run_fig4_real_short_xor_run(tmp_path):
     db, out = tmp_path / "fig4.sqlite", tmp_path / "out"
     run_id, fig = run_fig4(db, tmp_path, seed=0, iterations=500, eval_every=50, out_dir=out)

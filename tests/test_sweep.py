@@ -128,6 +128,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, monkeypatch):
     assert statuses[0] == ("failed", "RuntimeError: boom") and statuses[1][0] == "finished"
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("protocol", [None, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4}])
 def test_worker_processes_fill_the_store(tmp_path, protocol):
     db = tmp_path / "jobs.sqlite"
@@ -200,6 +201,7 @@ def _sweep_in_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int
     return driver, db, workers
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_to_a_sweep_stops_its_workers_and_stores_their_runs_interrupted(tmp_path):
     driver, db, workers = _sweep_in_training(tmp_path)
@@ -212,6 +214,7 @@ def test_sigterm_to_a_sweep_stops_its_workers_and_stores_their_runs_interrupted(
     assert len(rows) == 2 and all(status == "interrupted" and step > 0 for status, step in rows), rows
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses PR_SET_PDEATHSIG")
 def test_workers_of_a_killed_sweep_stop_and_keep_their_checkpoints(tmp_path):
     driver, _db, workers = _sweep_in_training(tmp_path)
