@@ -49,16 +49,22 @@ def store(tmp_path):
     s.close()
 
 
+def _xor_overrides() -> dict[str, dict[str, Any]]:
+    names = method_names()
+    assert set(XOR_OVERRIDES) <= set(names), f"XOR overrides of unknown methods: {set(XOR_OVERRIDES) - set(names)}"
+    return {name: XOR_OVERRIDES.get(name, {}) for name in names}
+
+
 @pytest.fixture(params=method_names())
 def xor_method(request) -> tuple[str, dict[str, Any]]:
     """Each registered method (built-ins and installed plugins), with its XOR overrides."""
-    return request.param, XOR_OVERRIDES.get(request.param, {})
+    return request.param, _xor_overrides()[request.param]
 
 
 @pytest.fixture()
 def xor_methods() -> dict[str, dict[str, Any]]:
     """Every registered method -> its XOR overrides."""
-    return {name: XOR_OVERRIDES.get(name, {}) for name in method_names()}
+    return _xor_overrides()
 
 
 class StopAt(Observer):

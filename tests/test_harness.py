@@ -41,6 +41,7 @@ def test_protocol_rejects_invalid_values(changes, message):
         Protocol(**changes).validate()
 
 
+@pytest.mark.slow  # 4,000 steps
 def test_xor_trains_in_seconds_and_prunes_while_solving(store, tmp_path):
     spec = make_spec("xor", "dynthresh", seed=0, iterations=4000)
     result = train(spec, store, tmp_path)
