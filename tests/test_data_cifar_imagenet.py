@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fakedata import write_fake_cifar10, write_fake_imagefolder
 from torchvision.datasets import CIFAR10
 
 from prunebench import cifar10, imagenet
 from prunebench.cifar10 import cifar10_dir, cifar10_md5, cifar10_status, fetch_cifar10, load_cifar10, md5_file
 from prunebench.cli import main
 from prunebench.errors import DataUnavailableError, UnverifiedDataError
-from prunebench.fakedata import write_fake_cifar10, write_fake_imagefolder
 from prunebench.imagenet import imagenet_datasets, imagenet_status, imagenet_verified
 
 CIFAR_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",

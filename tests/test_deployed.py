@@ -3,7 +3,6 @@ between an independent count, `measure_compression`, the stored run, and the met
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -12,21 +11,6 @@ from prunebench.harness import train
 from prunebench.metrics import measure_compression
 from prunebench.pruner import Pruner
 from prunebench.request import make_spec
-
-# Overrides so that each pruning method prunes part of the 15 XOR weights within 300 iterations.
-METHODS = {
-    "dense": {},
-    "dynthresh": {},
-    "magnitude": {"quality": (1.0,), "rounds": 2},
-    "dns": {"c_rate": (0.0,), "gamma": 1e-3},
-    "sparse-vd": {"log_sigma2_init": 0.0},  # log alpha >= 3 where |theta| <= e^-1.5 from the start
-    "dst": {"alpha": 1e-2},  # 13 of 15 kept at steps 100/200/300 (seed 0)
-    "ltp": {"lam": 0.1},  # thresholds rise in the 175 prune steps: 11 of 15 kept at step 300 (seed 0)
-    "autoprune": {"flops_target": 0.2, "arch_lr": 0.1},  # fewer hidden units: a physically smaller net
-    "l0": {"lam": (300.0, 0.0)},  # one of the 2 input gates closes: 10 of 15 kept at step 300 (seed 0)
-    "srinivas": {"lambda1": 0.01, "lambda2": 0.1},  # 13 of 15 kept at step 300 (seed 0)
-    "sensitivity": {"lam": 2.0},  # 13 of 15 kept at step 300 (seed 0)
-}
 
 
 def independent_nonzero(net: nn.Module) -> int:
@@ -57,12 +41,12 @@ def method_kept(pruner: Pruner, model: nn.Module) -> int:
         return 5 * fc1.kept_units() + fc2.kept_units() if fc2.kept_units() == 5 else -1  # -1: not this case
     if name == "autoprune":  # each kept hidden unit keeps its 2 inputs and its 1 output weight
         return 3 * int((pruner.unit_masks(model)["fc1"] > 0).sum())
-    raise AssertionError(name)
+    raise AssertionError(f"{name}: say here how the method counts the weights it keeps")
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_deployed_is_plain_and_counts_agree_with_the_store(method, store, tmp_path):
-    spec = make_spec("xor", method, seed=0, hparams=METHODS[method], iterations=300, eval_every=100)
+def test_deployed_is_plain_and_counts_agree_with_the_store(xor_method, store, tmp_path):
+    method, overrides = xor_method
+    spec = make_spec("xor", method, seed=0, hparams=overrides, iterations=300, eval_every=100)
     task = spec.task
     plain_types = [type(m) for m in task.architecture().modules()]
     seen: list[dict] = []
@@ -91,12 +75,12 @@ def test_deployed_is_plain_and_counts_agree_with_the_store(method, store, tmp_pa
         assert 0 < final["weights_nonzero"] < 15, f"{method} should prune part of XOR's 15 weights"
 
 
-def test_deployed_network_is_independent_of_the_trained_model():
+def test_deployed_network_is_independent_of_the_trained_model(xor_methods):
     """Changing the deployed copy never touches the trained model (and vice versa)."""
     from prunebench.registry import get_method
 
-    for method in METHODS:
-        spec = make_spec("xor", method, hparams=METHODS[method])
+    for method, overrides in xor_methods.items():
+        spec = make_spec("xor", method, hparams=overrides)
         pruner = get_method(method)(spec.hparams, spec.task)
         model = pruner.attach(spec.task.build_model(0))
         pruner.phases(spec.protocol)

@@ -22,12 +22,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_deployed import METHODS  # the XOR overrides under which every method prunes within 300 steps
 
 from prunebench import distributed as ddp
 from prunebench import harness
 from prunebench.data import TensorDataset
 from prunebench.records import RecordingStore
+from prunebench.registry import get_method
 from prunebench.request import make_spec
 from prunebench.sources import ImageAugment, ResidentSource, Shard, _EpochSampler
 from prunebench.store import ResultStore
@@ -118,12 +118,17 @@ def test_two_gloo_ranks_of_lenet300_keep_one_mask_and_match_one_process(mnist_di
     store.close()
 
 
-def test_every_method_runs_on_two_ranks_with_one_mask_or_refuses(tmp_path):
-    runs = [("xor", method, hp, 300, 100) for method, hp in METHODS.items()]
+@pytest.mark.slow
+def test_every_method_runs_on_two_ranks_with_one_mask_or_refuses(xor_methods, tmp_path):
+    """Every registered method: those that declare a `ddp_refusal` refuse; every other one runs, on both
+    ranks with one mask, within tolerance of one process."""
+    runs = [("xor", method, hp, 300, 100) for method, hp in xor_methods.items()]
     rank0, rank1 = _two_ranks(runs, tmp_path, tmp_path)
     assert rank0 == rank1
+    refusing = {method for method in xor_methods if get_method(method).ddp_refusal}
+    assert [row[0] for row in rank0 if row[1] == "refused"] == [m for m in xor_methods if m in refusing], rank0
     for row, (task, method, hp, iterations, eval_every) in zip(rank0, runs, strict=True):
-        if row[1] == "refused":
+        if method in refusing:
             assert "does not run on several processes" in row[2]
             continue
         # xor's 10,000 test points: the same tolerance in points

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import xor_weights
 from prunebench.methods.dns import (
     DNSHparams,
     DynamicNetworkSurgery,
@@ -20,7 +21,8 @@ from prunebench.protocol import Phase
 from prunebench.registry import get_task
 
 # |w| = 0.1 ... 1.0: mu = 0.55, mean w^2 = 0.385, sigma = sqrt(0.385 - 0.3025) = 0.287228.
-PRETRAINED = torch.tensor([0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8, 0.9, -1.0])
+FC1, FC2 = xor_weights()
+PRETRAINED = FC1.flatten()
 
 
 @pytest.mark.parametrize("c_rate,a,b", [
@@ -50,7 +52,7 @@ def _xor_surgery(**hp) -> tuple[DynamicNetworkSurgery, torch.nn.Module]:
     model = pruner.attach(task.build_model(0))
     with torch.no_grad():
         model.fc1.parametrizations.weight.original.copy_(PRETRAINED.view(5, 2))
-        model.fc2.parametrizations.weight.original.copy_(torch.tensor([[1.0, -2.0, 3.0, -4.0, 5.0]]))
+        model.fc2.parametrizations.weight.original.copy_(FC2)
     return pruner, model
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from test_resume import StopAt, comparable
 
 from prunebench import executors, harness
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path
@@ -31,7 +30,7 @@ from prunebench.request import make_spec
 from prunebench.store import ResultStore
 from prunebench.worker import RunJob, execute, finished_record_path
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 TIMINGS = ("train_seconds", "eval_seconds")
 NODE_MEMORY = 100 * 1024**2  # each Ray node's object store (the default takes 30% of the machine's memory)
@@ -45,7 +44,7 @@ def sweep_plan(store: ResultStore | None = None) -> SweepPlan:
     return SweepPlan(xor.runs + mnist.runs)
 
 
-def contents(db: Path) -> dict[str, dict[str, Any]]:
+def contents(db: Path, timeless) -> dict[str, dict[str, Any]]:
     """What the store holds of each run, timings left out (the only thing that differs between machines
     and executors): status, final row, trajectory."""
     store = ResultStore(db)
@@ -56,7 +55,7 @@ def contents(db: Path) -> dict[str, dict[str, Any]]:
             out[row["run_id"]] = {
                 "status": row["status"],
                 "final": {k: v for k, v in final.items() if k not in TIMINGS} if final else None,
-                "points": comparable(store.trajectory(row["run_id"]))}
+                "points": timeless(store.trajectory(row["run_id"]))}
         return out
     finally:
         store.close()
@@ -69,7 +68,7 @@ def assert_each_finished_once(report: SweepReport, plan: SweepPlan) -> None:
 
 
 @pytest.fixture(scope="module")
-def local_result(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict[str, dict[str, Any]]:
+def local_result(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, timeless) -> dict[str, dict[str, Any]]:
     """The sweep trained in this process, one torch thread (as every executor below gives each run)."""
     db = tmp_path_factory.mktemp("local") / "local.sqlite"
     threads = torch.get_num_threads()
@@ -80,7 +79,7 @@ def local_result(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> d
     finally:
         torch.set_num_threads(threads)
     assert_each_finished_once(report, plan)
-    result = contents(db)
+    result = contents(db, timeless)
     assert sorted(result) == sorted(r.spec.run_id for r in plan.runs)
     return result
 
@@ -106,18 +105,18 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
             signal.signal(sig, handler)
 
 
-def test_ray_cluster_fills_the_store_as_this_process_does(ray_cluster, local_result, mnist_dir, tmp_path):
+def test_ray_cluster_fills_the_store_as_this_process_does(ray_cluster, local_result, mnist_dir, timeless, tmp_path):
     db = tmp_path / "ray.sqlite"
     plan = sweep_plan()
     report = run_sweep(plan, db, mnist_dir, executor=RayExecutor(cpus_per_run=1), checkpoint_seconds=0)
     assert_each_finished_once(report, plan)
-    assert contents(db) == local_result
+    assert contents(db, timeless) == local_result
     assert not list(checkpoint_dir(db).iterdir())  # checkpoints and kept records are gone once stored
 
 
 @pytest.mark.parametrize("death", ["node", "sigterm"])
-def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, local_result, mnist_dir, tmp_path,
-                                                         monkeypatch):
+def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, local_result, mnist_dir, timeless,
+                                                         tmp_path, monkeypatch):
     """Once lenet300 is past a checkpoint, its node dies ('node': the worker process and the raylet killed)
     or its worker is stopped ('sigterm': a drained node; the run comes back 'interrupted'). Either way
     the run is started again (by Ray; by the executor) and continues from that checkpoint, on the other
@@ -190,7 +189,7 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
             nodes[nodes.index(node)] = cluster.add_node(num_cpus=1, object_store_memory=NODE_MEMORY)
     assert stop_itself or stopped, "the lenet300 run was never seen past a checkpoint"
     assert_each_finished_once(report, plan)
-    assert contents(db) == local_result  # one row per run, no duplicate steps, the same numbers
+    assert contents(db, timeless) == local_result  # one row per run, no duplicate steps, the same numbers
     ran = [m.name.split("@") for m in markers.glob(f"{victim}@*")]
     assert len(ran) == 2  # started twice: the second time on the other node when the first is gone
     if death == "node":
@@ -227,7 +226,8 @@ def test_cli_sweep_on_ray(ray_cluster, tmp_path):
 
 
 @pytest.mark.parametrize("runs_per_job", [1, 2])
-def test_submitit_local_jobs_fill_the_store_as_this_process_does(runs_per_job, local_result, mnist_dir, tmp_path):
+def test_submitit_local_jobs_fill_the_store_as_this_process_does(runs_per_job, local_result, mnist_dir, timeless,
+                                                                 tmp_path):
     pytest.importorskip("submitit")
     db = tmp_path / "submitit.sqlite"
     plan = sweep_plan()
@@ -235,7 +235,7 @@ def test_submitit_local_jobs_fill_the_store_as_this_process_does(runs_per_job, l
                                 poll_seconds=0.2)
     report = run_sweep(plan, db, mnist_dir, executor=executor, checkpoint_seconds=0)
     assert_each_finished_once(report, plan)
-    assert contents(db) == local_result
+    assert contents(db, timeless) == local_result
     assert len(list((tmp_path / "jobs").glob("*_submitted.pkl"))) == -(-len(plan.runs) // runs_per_job)
 
 
@@ -290,7 +290,7 @@ def test_apply_twice_is_one_run_and_finished_needs_a_final_row(store, tmp_path):
     assert store.status(other.run_id) is None  # nothing of it was written
 
 
-def test_a_worker_continues_a_run_another_worker_left(tmp_path):
+def test_a_worker_continues_a_run_another_worker_left(stop_at, timeless, tmp_path):
     args = {"task": "xor", "method": "dynthresh", "seed": 0, "hparams": {}, "iterations": 300, "eval_every": 50,
             "budget": "equal", "protocol": {}}
     spec = make_spec(**args)
@@ -299,13 +299,13 @@ def test_a_worker_continues_a_run_another_worker_left(tmp_path):
 
     shared = tmp_path / "shared"
     with pytest.raises(KeyboardInterrupt):  # the first worker stops at step 180, after the checkpoint at 150
-        harness.train(spec, RecordingStore(), tmp_path, checkpoints=shared, observer=StopAt(180), checkpoint_seconds=0)
+        harness.train(spec, RecordingStore(), tmp_path, checkpoints=shared, observer=stop_at(180), checkpoint_seconds=0)
     job = RunJob(spec.run_id, "continued", args, str(tmp_path), str(shared), threads=1, checkpoint_seconds=0)
     continued = execute(job)  # another worker, with nothing but the shared checkpoint directory
 
     assert continued.status == "finished"
     assert [r["step"] for r in json.loads(continued.run["environment"])["resumed"]] == [150]
-    assert comparable(continued.points) == comparable(straight.points)
+    assert timeless(continued.points) == timeless(straight.points)
     assert [p["step"] for p in continued.points] == [50, 100, 150, 200, 250, 300]
     strip = {k: v for k, v in continued.final.items() if k not in TIMINGS}
     assert strip == {k: v for k, v in straight.final.items() if k not in TIMINGS}

@@ -109,24 +109,26 @@ def _hand_history() -> tuple[list[dict], int]:
     return extras, 4
 
 
-def _add_run(store: ResultStore, extras: list[dict | None], seed: int = 0) -> str:
-    spec = make_spec("xor", "dynthresh", seed, iterations=300, eval_every=50)
-    run_id, identity = spec.identity
-    store.start_run(run_id, task="xor", method="dynthresh", seed=seed, budget="equal", identity=identity,
-                    hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__, environment={"device": "x"})
-    for step, extra in zip(STEPS, extras, strict=True):
-        point = {"step": step, "train_seconds": step / 100, "accuracy": 1.0, "compression": 1.0}
-        if extra is not None:
-            point["extra"] = extra
-        store.add_point(run_id, point)
-    store.finish(run_id, {"iterations": STEPS[-1], "train_seconds": 3.0, "eval_seconds": 1.0, "accuracy": 1.0,
-                          "compression": 1.0, "weights_total": 15, "weights_nonzero": 15})
-    return run_id
+@pytest.fixture()
+def add_xor_run(add_stored_run):
+    """`add_xor_run(store, extras, seed=0) -> run_id`: a finished XOR dynthresh run with a point at each of STEPS
+    carrying its extra (None: no extra)."""
+
+    def add(store: ResultStore, extras: list[dict | None], seed: int = 0) -> str:
+        spec = make_spec("xor", "dynthresh", seed, iterations=300, eval_every=50)
+        points = [{"step": step, "train_seconds": step / 100, "accuracy": 1.0, "compression": 1.0,
+                   **({"extra": extra} if extra is not None else {})}
+                  for step, extra in zip(STEPS, extras, strict=True)]
+        final = {"iterations": STEPS[-1], "train_seconds": 3.0, "eval_seconds": 1.0, "accuracy": 1.0,
+                 "compression": 1.0, "weights_total": 15, "weights_nonzero": 15}
+        return add_stored_run(store, spec, points, final, environment={"device": "x"})
+
+    return add
 
 
-def test_fig4_hand_filled_store_panels_lines_spans(store):
+def test_fig4_hand_filled_store_panels_lines_spans(add_xor_run, store):
     extras, n_spans = _hand_history()
-    run_id = _add_run(store, extras)
+    run_id = add_xor_run(store, extras)
     fig = fig4(store.path, run_id)
     panels = [ax for ax in fig.axes if ax.get_title()]
     assert len(panels) == 15
@@ -152,8 +154,8 @@ def test_fig4_hand_filled_store_panels_lines_spans(store):
     assert [(p.label, s) for p, s in data.spliced()] == [("layer 1, weight 1", [150]), ("layer 1, weight 9", [200])]
 
 
-def test_fig4_without_recorded_thresholds_says_how_to_record(store):
-    run_id = _add_run(store, [None] * len(STEPS))
+def test_fig4_without_recorded_thresholds_says_how_to_record(add_xor_run, store):
+    run_id = add_xor_run(store, [None] * len(STEPS))
     with pytest.raises(ValueError, match="evaluate_extra=prunebench.report.fig4.record_thresholds"):
         fig4(store.path, run_id)
     with pytest.raises(ValueError, match="no run"):
@@ -167,6 +169,7 @@ def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_run_fig4_real_short_xor_run(tmp_path):
     db, out = tmp_path / "fig4.sqlite", tmp_path / "out"
     run_id, fig = run_fig4(db, tmp_path, seed=0, iterations=500, eval_every=50, out_dir=out)
@@ -185,12 +188,12 @@ def test_run_fig4_real_short_xor_run(tmp_path):
     assert nonzero == 15 - len(data.pruned_at_end())
 
 
-def test_run_fig4_reruns_a_stored_run_without_thresholds(tmp_path):
+def test_run_fig4_reruns_a_stored_run_without_thresholds(add_xor_run, tmp_path):
     """A finished run of the same identity stored without the extra (here: by hand) is trained again."""
     db = tmp_path / "fig4.sqlite"
     store = ResultStore(db)
     spec = make_spec("xor", "dynthresh", 0, iterations=300, eval_every=50)
-    assert _add_run(store, [None] * len(STEPS)) == spec.run_id
+    assert add_xor_run(store, [None] * len(STEPS)) == spec.run_id
     store.close()
     run_id, _ = run_fig4(db, tmp_path, seed=0, iterations=300, eval_every=50)
     assert run_id == spec.run_id

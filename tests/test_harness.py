@@ -41,6 +41,7 @@ def test_protocol_rejects_invalid_values(changes, message):
         Protocol(**changes).validate()
 
 
+@pytest.mark.slow  # 4,000 steps
 def test_xor_trains_in_seconds_and_prunes_while_solving(store, tmp_path):
     spec = make_spec("xor", "dynthresh", seed=0, iterations=4000)
     result = train(spec, store, tmp_path)
@@ -135,10 +136,29 @@ def test_finished_identity_is_skipped_unless_forced(store, tmp_path):
 
 
 def test_every_deployed_network_is_the_plain_architecture(tmp_path, store):
-    for scale in ("individual", "layer", "global"):
-        spec = make_spec("xor", "dynthresh", seed=0, iterations=300, hparams={"scale": scale}, eval_every=300)
-        train(spec, store, tmp_path)
+    """Under each threshold scale the run's kept network is XOR's plain net (its four tensors), its non-zero
+    weights are the stored count, and the scales are three runs with their own thresholds."""
+    from prunebench.deploy import load_saved
     from prunebench.registry import get_method
+
+    plain_keys = list(make_spec("xor", "dense").task.architecture().state_dict())
+    thresholds = {"individual": 15, "layer": 2, "global": 1}  # one per weight, per layer, for the network
+    finals = {}
+    for scale, count in thresholds.items():
+        spec = make_spec("xor", "dynthresh", seed=0, iterations=300, hparams={"scale": scale}, eval_every=300)
+        result = train(spec, store, tmp_path, save_model=tmp_path / f"{scale}.pt")
+        assert result.status == "finished"
+        saved = load_saved(tmp_path / f"{scale}.pt").state_dict
+        assert list(saved) == plain_keys == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+        nonzero = sum(int((t != 0).sum()) for k, t in saved.items() if k.endswith("weight"))
+        final = store.final_row(spec.run_id)
+        assert final["weights_nonzero"] == result.final["weights_nonzero"] == nonzero
+        assert final["weights_total"] == 15 and final["compression"] == pytest.approx(15 / nonzero)
+        pruner = get_method("dynthresh")(spec.hparams, spec.task)
+        pruner.attach(spec.task.build_model(0))
+        assert sum(s.numel() for s, _ in pruner.threshold_params) == count
+        finals[spec.run_id] = saved
+    assert len(finals) == 3  # three identities
 
     task = spec.task
     pruner = get_method("dynthresh")(spec.hparams, task)

@@ -12,11 +12,14 @@ import json
 import sqlite3
 
 import pytest
+import torch
 from click.testing import CliRunner
+from fakedata import write_fake_cifar10, write_fake_imagefolder
 
 from prunebench.cli import main
-from prunebench.fakedata import write_fake_cifar10, write_fake_imagefolder
 from prunebench.registry import method_names
+
+pytestmark = pytest.mark.slow  # large networks: seconds per step on a CPU
 
 WEIGHTS = {"vgg-cifar10": 14_977_728, "resnet56-cifar10": 848_944, "alexnet-imagenet": 60_954_656}
 #: Small batches keep a step cheap on a CPU; the protocol's own batch (128) is exercised once below.
@@ -124,11 +127,13 @@ def test_protocol_batch_on_generated_cifar(tmp_path):
     assert out["status"] == "finished" and out["iterations"] == 3 and out["weights_total"] == WEIGHTS["vgg-cifar10"]
 
 
-def test_streamed_run_resumes_at_the_right_batch(data_dir, tmp_path, monkeypatch):
+def test_streamed_run_resumes_at_the_right_batch(data_dir, stop_at, tmp_path, monkeypatch):
     """An AlexNet run on the ImageFolder tree interrupted after step 4 and continued ends exactly where
-    the uninterrupted run ends (same batches, same crops, same weights). AlexNet with fc6/fc7 of 512
-    units (the same conv part, groups and LRN) keeps the three runs cheap; the data path is the task's."""
+    the uninterrupted run ends (same batches, same crops, the same final weights bit for bit). AlexNet with
+    fc6/fc7 of 512 units (the same conv part, groups and LRN) keeps the three runs cheap; the data path is
+    the task's."""
     from prunebench import harness, tasks
+    from prunebench.deploy import load_saved
     from prunebench.harness import train
     from prunebench.models import AlexNetCaffe
     from prunebench.request import make_spec
@@ -141,17 +146,13 @@ def test_streamed_run_resumes_at_the_right_batch(data_dir, tmp_path, monkeypatch
     spec = make_spec("alexnet-imagenet", "dynthresh", seed=0, iterations=6, eval_every=2,
                      protocol={"batch_size": 4})
     whole = ResultStore(tmp_path / "whole.sqlite")
-    expected = train(spec, whole, data_dir, allow_unverified_data=True, checkpoint_seconds=None)
+    expected = train(spec, whole, data_dir, allow_unverified_data=True, checkpoint_seconds=None,
+                     save_model=tmp_path / "whole.pt")
     whole.close()
-
-    class StopAfter(harness.Observer):
-        def step(self, step: int) -> None:
-            if step == 5:
-                raise KeyboardInterrupt
 
     store = ResultStore(tmp_path / "split.sqlite")
     with pytest.raises(KeyboardInterrupt):
-        train(spec, store, data_dir, allow_unverified_data=True, checkpoint_seconds=0, observer=StopAfter())
+        train(spec, store, data_dir, allow_unverified_data=True, checkpoint_seconds=0, observer=stop_at(5))
     assert store.status(spec.run_id) == "interrupted"
     resumed_at = []
 
@@ -159,9 +160,13 @@ def test_streamed_run_resumes_at_the_right_batch(data_dir, tmp_path, monkeypatch
         def resumed(self, step: int) -> None:
             resumed_at.append(step)
 
-    result = train(spec, store, data_dir, allow_unverified_data=True, checkpoint_seconds=0, observer=Resumed())
+    result = train(spec, store, data_dir, allow_unverified_data=True, checkpoint_seconds=0, observer=Resumed(),
+                   save_model=tmp_path / "split.pt")
     store.close()
     assert resumed_at == [4]  # the checkpoint of the evaluation at step 4
     assert result.final["weights_nonzero"] == expected.final["weights_nonzero"]
     assert result.final["accuracy"] == expected.final["accuracy"]
     assert result.final["top5"] == expected.final["top5"]
+    whole_weights, split_weights = (load_saved(tmp_path / f"{name}.pt").state_dict for name in ("whole", "split"))
+    assert list(whole_weights) == list(split_weights)
+    assert all(torch.equal(whole_weights[k], split_weights[k]) for k in whole_weights)

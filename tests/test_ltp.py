@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import xor_weights
 from prunebench.methods.ltp import (
     LearnedThresholdPruning,
     LTPHparams,
@@ -115,8 +116,7 @@ def test_soft_l0_value():
 
 
 # XOR's fc1 (5x2) and fc2 (1x5): 15 weights.
-FC1 = torch.tensor([[0.1, -0.2], [0.3, -0.4], [0.5, -0.6], [0.7, -0.8], [0.9, -1.0]])
-FC2 = torch.tensor([[1.0, -2.0, 3.0, -4.0, 5.0]])
+FC1, FC2 = xor_weights()
 
 
 def _xor_pruner(budget: str = "paper", **hp) -> tuple[LearnedThresholdPruning, nn.Module]:

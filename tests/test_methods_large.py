@@ -21,6 +21,8 @@ from prunebench.registry import get_method, method_names
 from prunebench.structured import network_structure, shrink, unread_units, zero_unread_units
 from prunebench.tasks import Task
 
+pytestmark = pytest.mark.slow  # every method on the large networks: minutes on a CPU
+
 
 class NarrowAlexNet(AlexNetCaffe):
     """AlexNetCaffe with fc6/fc7 of 512 units instead of 4096: the same conv part (groups, LRN, 227x227

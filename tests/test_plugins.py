@@ -17,6 +17,8 @@ import pytest
 
 from prunebench.store import ResultStore
 
+pytestmark = pytest.mark.slow  # pip installs the example plugin; each command is a new process
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "prunebench-example-plugin"
 PRUNEBENCH = Path(sys.executable).with_name("prunebench")

@@ -18,71 +18,16 @@ from prunebench.report.plots import fig1, pareto, pareto_frontier, time_plot, wr
 from prunebench.report.published import published
 from prunebench.report.setting import format_seeds, parse_seeds
 from prunebench.report.stats import ci95_halfwidth, std, t_quantile
-from prunebench.request import make_spec
 from prunebench.store import ResultStore
 
 T975_DF2 = 4.302652729911275  # Student t, 0.975 quantile, 2 degrees of freedom (tables)
 
 
-def add_run(store: ResultStore, method: str, seed: int, accuracy: float, compression: float, train_seconds: float,
-            points: list[tuple[int, float, float, float]], *, task: str = "lenet300", hparams: dict | None = None,
-            iterations: int | None = None, device: str = "test-gpu") -> str:
-    """One finished run, written straight into the store. points: (step, train seconds, accuracy, compression)."""
-    spec = make_spec(task, method, seed, hparams, iterations)
-    run_id, identity = spec.identity
-    store.start_run(run_id, task=task, method=method, seed=seed, budget="equal", identity=identity,
-                    hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__, environment={"device": device})
-    for step, secs, acc, cr in points:
-        store.add_point(run_id, {"step": step, "train_seconds": secs, "accuracy": acc, "compression": cr,
-                                 "weights_total": 1000, "weights_nonzero": round(1000 / cr)})
-    store.finish(run_id, {"iterations": points[-1][0] if points else 0, "train_seconds": train_seconds,
-                          "eval_seconds": 1.0, "accuracy": accuracy, "compression": compression,
-                          "weights_total": 1000, "weights_nonzero": round(1000 / compression)})
-    return run_id
-
-
-def fill(store: ResultStore) -> dict[str, str]:
-    ids = {}
-    # dense references, seeds 0-2 (final accuracy 98.0 / 98.2 / 97.8 %)
-    for seed, acc in ((0, 0.980), (1, 0.982), (2, 0.978)):
-        ids[f"dense{seed}"] = add_run(store, "dense", seed, acc, 1.0, 10.0 + seed,
-                                      [(s, s / 40, acc, 1.0) for s in (100, 200, 300, 400)])
-    # dynthresh, default setting: losses 0.4 / 0.2 / 0.3 pp, compression 80 / 90 / 100
-    ids["dt0"] = add_run(store, "dynthresh", 0, 0.976, 80.0, 20.0, [
-        (100, 5.0, 0.950, 30.0), (200, 10.0, 0.970, 55.0),   # 55x but loss 1.0 pp: too much
-        (300, 15.0, 0.977, 65.0),                            # 50x and 60x within 0.4 pp
-        (400, 20.0, 0.976, 80.0)])                           # 70x at exactly 0.4 pp
-    ids["dt1"] = add_run(store, "dynthresh", 1, 0.980, 90.0, 22.0, [
-        (100, 5.5, 0.960, 52.0),                             # loss 2.2 pp
-        (200, 11.0, 0.980, 58.0),                            # 50x
-        (300, 16.5, 0.981, 75.0),                            # 60x and 70x
-        (400, 22.0, 0.980, 90.0)])
-    ids["dt2"] = add_run(store, "dynthresh", 2, 0.975, 100.0, 24.0, [
-        (100, 6.0, 0.975, 40.0), (200, 12.0, 0.976, 50.0),   # 50x at loss 0.2
-        (300, 18.0, 0.970, 65.0),                            # loss 0.8: not yet 60x
-        (400, 24.0, 0.975, 100.0)])                          # 60x and 70x
-    # magnitude with a non-default setting, 2 seeds: loss 1.0 pp each, over the 0.4 pp limit
-    for seed, acc, cr in ((0, 0.970, 12.0), (1, 0.972, 13.0)):
-        ids[f"mag{seed}"] = add_run(store, "magnitude", seed, acc, cr, 30.0,
-                                    [(200, 15.0, acc, cr / 2), (400, 30.0, acc, cr)], hparams={"rounds": 3})
-    # dns seed 5: no dense run of seed 5 with the same protocol; one with another protocol must not be used
-    ids["dns5"] = add_run(store, "dns", 5, 0.981, 60.0, 40.0, [(200, 20.0, 0.979, 30.0), (400, 40.0, 0.981, 60.0)])
-    ids["dense5_other"] = add_run(store, "dense", 5, 0.990, 1.0, 5.0, [(100, 5.0, 0.990, 1.0)], iterations=2000)
-    # an interrupted run is left out (and counted)
-    spec = make_spec("lenet300", "dynthresh", 3)
-    run_id, identity = spec.identity
-    store.start_run(run_id, task="lenet300", method="dynthresh", seed=3, budget="equal", identity=identity,
-                    hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__, environment={"device": "x"})
-    store.add_point(run_id, {"step": 100, "train_seconds": 1.0, "accuracy": 0.5, "compression": 200.0})
-    store.mark(run_id, "interrupted", "interrupted at step 100", 100)
-    return ids
-
-
 @pytest.fixture()
-def filled(tmp_path):
+def filled(tmp_path, fill_board):
     db = tmp_path / "hand.sqlite"
     store = ResultStore(db)
-    ids = fill(store)
+    ids = fill_board(store)
     store.close()
     return db, ids
 
@@ -319,13 +264,13 @@ def test_time_plot_one_line_per_pruning_group(filled, tmp_path):
         assert (tmp_path / "cli" / name).stat().st_size > 1000
 
 
-def test_reconstructions_are_labelled_and_flops_reduction_is_aggregated(tmp_path):
+def test_reconstructions_are_labelled_and_flops_reduction_is_aggregated(add_board_run, tmp_path):
     db = tmp_path / "flops.sqlite"
     store = ResultStore(db)
     for seed, acc in ((0, 0.98), (1, 0.98)):
-        add_run(store, "dense", seed, acc, 1.0, 10.0, [(400, 10.0, acc, 1.0)])
+        add_board_run(store, "dense", seed, acc, 1.0, 10.0, [(400, 10.0, acc, 1.0)])
     for seed, flops in ((0, 1000), (1, 4000)):  # reference 20,000 MACs: 20x and 5x
-        run_id = add_run(store, "autoprune", seed, 0.97, 10.0, 10.0, [(400, 10.0, 0.97, 10.0)])
+        run_id = add_board_run(store, "autoprune", seed, 0.97, 10.0, 10.0, [(400, 10.0, 0.97, 10.0)])
         store.finish(run_id, {"iterations": 400, "accuracy": 0.97, "compression": 10.0, "compression_all": 8.0,
                               "weights_total": 1000, "weights_nonzero": 100, "flops": flops,
                               "flops_nonzero": flops // 2, "flops_reference": 20_000})

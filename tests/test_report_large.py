@@ -5,7 +5,6 @@ that cannot run here (needs the data / needs a GPU), and `prunebench check --tas
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -29,7 +28,8 @@ from prunebench.report import estimate as estimate_module
 from prunebench.report import reproduce as reproduce_module
 from prunebench.report.leaderboard import UNVERIFIED_NOTE, build_leaderboard, shown_name
 from prunebench.report.plots import fig5, fig6, fig7
-from prunebench.store import ResultStore, run_identity
+from prunebench.request import RunSpec
+from prunebench.store import ResultStore
 from prunebench.tasks import TASKS, Task
 
 VGG_LAYERS = [f"conv{i}" for i in range(1, 14)] + ["fc1", "fc2"]
@@ -49,23 +49,23 @@ def large_tasks(monkeypatch):
             monkeypatch.setitem(TASKS, name, _stand_in(name, train_size, 128))
 
 
-def add_run(store: ResultStore, task: str, method: str, seed: int, points: list[dict], *, final: dict | None = None,
+@pytest.fixture()
+def add_run(add_stored_run):
+    """`add_run(store, task, method, seed, points, *, final=None, environment=None) -> run_id`: a finished run at
+    the task's calibrated defaults, written straight into the store (no network built)."""
+
+    def add(store: ResultStore, task: str, method: str, seed: int, points: list[dict], *, final: dict | None = None,
             environment: dict | None = None) -> str:
-    """A finished run at the task's calibrated defaults, written straight into the store (no network built)."""
-    task_obj = get_task(task)
-    hp = make_hparams(get_method(method), task_obj)
-    run_id, identity = run_identity(task, task_obj.protocol, method, hp.non_default(), seed)
-    store.start_run(run_id, task=task, method=method, seed=seed, budget="equal", identity=identity,
-                    hparams=hp.as_dict(), protocol=dataclasses.asdict(task_obj.protocol),
-                    environment={"device": "test-gpu", **(environment or {})})
-    for p in points:
-        store.add_point(run_id, p)
-    last = points[-1]
-    store.finish(run_id, {"iterations": last["step"], "train_seconds": 10.0, "eval_seconds": 1.0,
-                          "accuracy": last["accuracy"], "compression": last["compression"],
-                          "weights_total": 1000, "weights_nonzero": round(1000 / last["compression"]),
-                          **(final or {})})
-    return run_id
+        task_obj = get_task(task)
+        spec = RunSpec(task_obj, method, make_hparams(get_method(method), task_obj), task_obj.protocol, seed)
+        last = points[-1]
+        return add_stored_run(store, spec, points, {
+            "iterations": last["step"], "train_seconds": 10.0, "eval_seconds": 1.0, "accuracy": last["accuracy"],
+            "compression": last["compression"], "weights_total": 1000,
+            "weights_nonzero": round(1000 / last["compression"]), **(final or {})},
+            environment={"device": "test-gpu", **(environment or {})})
+
+    return add
 
 
 def point(step: int, accuracy: float, compression: float, layers: list[str], kept: float,
@@ -179,7 +179,7 @@ def test_ltp_thresholds_are_the_square_root_of_tau():
 # -- fig5 / fig6 / fig7 ------------------------------------------------------------------------------------
 
 @pytest.fixture()
-def vgg_store(tmp_path, large_tasks):
+def vgg_store(add_run, tmp_path, large_tasks):
     db = tmp_path / "vgg.sqlite"
     store = ResultStore(db)
     ids = {"dense": add_run(store, "vgg-cifar10", "dense", 0,
@@ -223,7 +223,7 @@ def test_fig6_remaining_weights_per_layer(vgg_store):
     np.testing.assert_allclose(fc2.get_ydata(), [50.0, 20.0, 10.0])
 
 
-def test_fig7_top1_and_top5_where_stored(vgg_store, tmp_path, large_tasks):
+def test_fig7_top1_and_top5_where_stored(add_run, vgg_store, tmp_path, large_tasks):
     db, _ = vgg_store
     fig = fig7(db, "vgg-cifar10")
     assert "top1:dynthresh" in gids(fig) and not any(g.startswith("top5:") for g in gids(fig))
@@ -240,7 +240,7 @@ def test_fig7_top1_and_top5_where_stored(vgg_store, tmp_path, large_tasks):
     np.testing.assert_allclose(line(fig, "top5:dynthresh").get_xdata(), np.array(steps) * 128 / 1_281_167)
 
 
-def test_new_kinds_from_the_cli_and_clear_errors(vgg_store, tmp_path):
+def test_new_kinds_from_the_cli_and_clear_errors(add_run, vgg_store, tmp_path):
     db, _ = vgg_store
     out = tmp_path / "plots"
     assert "fig5|fig6|fig7" in CliRunner().invoke(main, ["plot", "--help"]).output
@@ -262,7 +262,7 @@ def test_new_kinds_from_the_cli_and_clear_errors(vgg_store, tmp_path):
 
 # -- leaderboards ------------------------------------------------------------------------------------------
 
-def test_leaderboard_top5_column_and_unverified_mark(tmp_path, large_tasks):
+def test_leaderboard_top5_column_and_unverified_mark(add_run, tmp_path, large_tasks):
     db = tmp_path / "alexnet.sqlite"
     store = ResultStore(db)
     add_run(store, "alexnet-imagenet", "dense", 0, [point(100, 0.57, 1.0, ALEXNET_LAYERS, 1.0, top5=0.80)])
@@ -285,7 +285,7 @@ def test_leaderboard_top5_column_and_unverified_mark(tmp_path, large_tasks):
     assert UNVERIFIED_NOTE in board._caption()
 
 
-def test_leaderboard_without_top5_and_an_unverified_dense_reference(vgg_store, tmp_path):
+def test_leaderboard_without_top5_and_an_unverified_dense_reference(add_run, vgg_store, tmp_path):
     db, _ = vgg_store
     board = build_leaderboard(db, "vgg-cifar10")
     assert not board.has_top5 and "top-5" not in board.to_markdown("cmd")

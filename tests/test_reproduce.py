@@ -4,6 +4,7 @@ reproduction end to end (report with every published figure, figures, reuse, con
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -11,26 +12,19 @@ from prunebench.report.reproduce import FIG1_RATIOS, TABLE2_VARIANTS, Item, fig1
 from prunebench.store import ResultStore
 
 
-def _store_run(store: ResultStore, item: Item, points: list[dict]) -> None:
-    spec = item.spec
-    run_id, identity = spec.identity
-    store.start_run(run_id, task=item.task, method=item.method, seed=item.seed, budget=item.budget,
-                    identity=identity, hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__,
-                    environment={"device": "test"})
-    for p in points:
-        store.add_point(run_id, p)
+def _store_run(add_stored_run, store: ResultStore, item: Item, points: list[dict]) -> None:
     last = points[-1]
-    store.finish(run_id, {"iterations": last["step"], "train_seconds": last["train_seconds"],
-                          "accuracy": last["accuracy"], "compression": last["compression"]})
+    add_stored_run(store, item.spec, points, {"iterations": last["step"], "train_seconds": last["train_seconds"],
+                                              "accuracy": last["accuracy"], "compression": last["compression"]})
 
 
-def test_fig1_markers_by_hand(tmp_path):
+def test_fig1_markers_by_hand(add_stored_run, tmp_path):
     db = tmp_path / "fig1.sqlite"
     store = ResultStore(db)
     dt = Item("fig1", "lenet300", "dynthresh", 0, eval_every=100)
     vd = Item("fig1", "lenet300", "sparse-vd", 0, eval_every=100, at_compressions=FIG1_RATIOS)
     # DT: final accuracy 0.980; within 0.5 pp means >= 0.975.
-    _store_run(store, dt, [
+    _store_run(add_stored_run, store, dt, [
         {"step": 100, "train_seconds": 1.0, "accuracy": 0.960, "compression": 70.0},  # too inaccurate
         {"step": 200, "train_seconds": 2.0, "accuracy": 0.976, "compression": 55.0},  # 50x
         {"step": 300, "train_seconds": 3.0, "accuracy": 0.974, "compression": 80.0},  # 0.6 pp: not yet
@@ -40,7 +34,7 @@ def test_fig1_markers_by_hand(tmp_path):
     def vd_point(step, at):
         return {"step": step, "train_seconds": step / 50, "accuracy": 0.970, "compression": 2.0,
                 "extra": json.dumps({"at_compression": at})}
-    _store_run(store, vd, [
+    _store_run(add_stored_run, store, vd, [
         vd_point(100, {"50": 0.960, "60": 0.950, "70": 0.900}),
         vd_point(200, {"50": 0.966, "60": 0.964, "70": 0.950}),  # 50x (>= 0.965)
         vd_point(300, {"50": 0.970, "60": 0.965, "70": 0.960}),  # 60x
@@ -86,6 +80,23 @@ def test_plan_full_covers_every_published_mnist_number():
         i.run_id for i in items if i.purpose == "table1" and not i.hparams}
 
 
+def _final_rows(db) -> dict[str, sqlite3.Row]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return {r["run_id"]: r for r in conn.execute(
+            "SELECT r.run_id, r.task, r.method, r.seed, r.budget, r.identity, f.accuracy, f.compression "
+            "FROM runs r JOIN final f ON f.run_id = r.run_id WHERE r.status = 'finished'")}
+
+
+def _dense_accuracy(finals: dict[str, sqlite3.Row], run: sqlite3.Row) -> float:
+    """The accuracy of `dense` of the run's task, seed and protocol (its budget if stored, else 'equal')."""
+    protocol = json.loads(run["identity"]).get("protocol")
+    dense = {d["budget"]: d["accuracy"] for d in finals.values()
+             if (d["method"], d["task"], d["seed"]) == ("dense", run["task"], run["seed"])
+             and json.loads(d["identity"]).get("protocol") == protocol}
+    return dense[run["budget"]] if run["budget"] in dense else dense["equal"]
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, mnist_dir):
     root = tmp_path_factory.mktemp("reproduce")
@@ -96,6 +107,7 @@ def quick(tmp_path_factory, mnist_dir):
     return db, out, path, started, mnist_dir
 
 
+@pytest.mark.slow
 def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
     db, out, path, started, _ = quick
     text = path.read_text()
@@ -112,6 +124,28 @@ def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
     assert (out / "fig1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+def test_quick_report_measured_cells_are_the_stores(quick):
+    """Each table row of the quick report (one seed) shows its run's stored compression and its loss against
+    the stored dense run of the same seed and protocol, found from the row's own rerun command."""
+    db, _, path, _, _ = quick
+    by_command = {i.command(): i for i in plan(quick=True) if i.seed == 0}
+    finals = _final_rows(db)
+    checked = 0
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 11 or not cells[10].startswith("`"):  # the rows of the published-vs-measured tables
+            continue
+        item = by_command[cells[10].strip("`")]
+        run = finals[item.run_id]
+        assert cells[2] == f"{run['compression']:.1f}x", line
+        assert cells[5] == f"{100 * (_dense_accuracy(finals, run) - run['accuracy']):+.2f}", line
+        assert cells[7] == "1", line  # seeds
+        checked += 1
+    assert checked >= 15
+
+
+@pytest.mark.slow
 def test_quick_reproduction_reuses_finished_runs_and_continues_an_interrupted_one(quick):
     db, out, _, started, data_dir = quick
     victim = started[3][0]

@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
-from test_deployed import METHODS  # the XOR overrides under which every method prunes within 300 steps
 from torch import nn
 
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
+from prunebench.deploy import load_saved
 from prunebench.harness import Observer, train
 from prunebench.pruner import Pruner
 from prunebench.request import make_spec
@@ -32,25 +32,9 @@ def weights_digests(pruner: Pruner, model: nn.Module, data) -> dict:  # noqa: AR
             "method": hashlib.sha256(repr(pruner.state_dict()).encode()).hexdigest()}
 
 
-class StopAt(Observer):
-    """Ctrl-C after optimizer step `step`."""
-
-    def __init__(self, step: int) -> None:
-        self.at = step
-
-    def step(self, step: int) -> None:
-        if step == self.at:
-            raise KeyboardInterrupt
-
-
-def comparable(points: list[dict]) -> list[dict]:
-    """The trajectory without its timings (the only thing a resumed run may differ in)."""
-    return [{k: v for k, v in p.items() if k not in ("train_seconds", "eval_seconds")} for p in points]
-
-
-@pytest.mark.parametrize("method", list(METHODS))
-def test_a_run_stopped_twice_continues_bit_for_bit(method, tmp_path):
-    spec = make_spec("xor", method, seed=0, hparams=METHODS[method], iterations=300, eval_every=50)
+def test_a_run_stopped_twice_continues_bit_for_bit(xor_method, stop_at, timeless, tmp_path):
+    method, overrides = xor_method
+    spec = make_spec("xor", method, seed=0, hparams=overrides, iterations=300, eval_every=50)
     straight = ResultStore(tmp_path / "straight.sqlite")
     train(spec, straight, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=None)
     assert not checkpoint_path(checkpoint_dir(straight.path), spec.run_id).exists()
@@ -59,15 +43,15 @@ def test_a_run_stopped_twice_continues_bit_for_bit(method, tmp_path):
     for stop in (130, 230):  # checkpoints at every evaluation: continues from 100, then from 200
         with pytest.raises(KeyboardInterrupt):
             train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests,
-                  observer=StopAt(stop), checkpoint_seconds=0)
+                  observer=stop_at(stop), checkpoint_seconds=0)
         assert stopped.status(spec.run_id) == "interrupted"
         assert checkpoint_path(checkpoint_dir(stopped.path), spec.run_id).exists()
     result = train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=0)
 
     assert result.status == "finished" and not result.skipped
-    expected = comparable(straight.trajectory(spec.run_id))
+    expected = timeless(straight.trajectory(spec.run_id))
     assert [p["step"] for p in expected] == [50, 100, 150, 200, 250, 300]
-    assert comparable(stopped.trajectory(spec.run_id)) == expected
+    assert timeless(stopped.trajectory(spec.run_id)) == expected
     environment = json.loads(stopped.run_row(spec.run_id)["environment"])
     assert [r["step"] for r in environment["resumed"]] == [100, 200]
     assert result.final["accuracy"] == straight.final_row(spec.run_id)["accuracy"]
@@ -76,10 +60,10 @@ def test_a_run_stopped_twice_continues_bit_for_bit(method, tmp_path):
     stopped.close()
 
 
-def test_a_run_killed_hard_continues_and_force_starts_again(store, tmp_path):
-    spec = make_spec("xor", "dns", seed=1, hparams=METHODS["dns"], iterations=300, eval_every=50)
+def test_a_run_killed_hard_continues_and_force_starts_again(store, stop_at, tmp_path):
+    spec = make_spec("xor", "dns", seed=1, hparams={"c_rate": (0.0,), "gamma": 1e-3}, iterations=300, eval_every=50)
     with pytest.raises(KeyboardInterrupt):
-        train(spec, store, tmp_path, observer=StopAt(180), checkpoint_seconds=0)
+        train(spec, store, tmp_path, observer=stop_at(180), checkpoint_seconds=0)
     with store.conn:  # as a SIGKILL leaves it: still 'running', no error recorded
         store.conn.execute("UPDATE runs SET status = 'running', error = NULL WHERE run_id = ?", (spec.run_id,))
     steps: list[int] = []
@@ -93,16 +77,16 @@ def test_a_run_killed_hard_continues_and_force_starts_again(store, tmp_path):
 
     steps.clear()
     with pytest.raises(KeyboardInterrupt):
-        train(spec, store, tmp_path, observer=StopAt(120), force=True, checkpoint_seconds=0)
+        train(spec, store, tmp_path, observer=stop_at(120), force=True, checkpoint_seconds=0)
     train(spec, store, tmp_path, observer=Record(), checkpoint_seconds=None, resume=False)
     assert steps[0] == 1  # resume=False: from scratch
     assert json.loads(store.run_row(spec.run_id)["environment"]).get("resumed") is None
 
 
-def test_a_checkpoint_of_another_schedule_is_not_used(store, tmp_path):
+def test_a_checkpoint_of_another_schedule_is_not_used(store, stop_at, tmp_path):
     spec = make_spec("xor", "dense", seed=2, iterations=200, eval_every=50)
     with pytest.raises(KeyboardInterrupt):
-        train(spec, store, tmp_path, observer=StopAt(120), checkpoint_seconds=0)
+        train(spec, store, tmp_path, observer=stop_at(120), checkpoint_seconds=0)
     saved = load_checkpoint(checkpoint_dir(store.path), spec.run_id)
     assert saved is not None and saved.step == 100 and saved.phases == [["train", 200, spec.protocol.lr]]
     saved.phases = [["train", 150, spec.protocol.lr]]  # as if the method's schedule had changed since
@@ -115,3 +99,61 @@ def test_a_checkpoint_of_another_schedule_is_not_used(store, tmp_path):
 
     train(spec, store, tmp_path, observer=Record(), checkpoint_seconds=0)
     assert steps[0] == 1 and steps[-1] == 200
+
+
+def _final_weights(path) -> dict[str, torch.Tensor]:
+    return load_saved(path).state_dict
+
+
+def _stopped_and_continued(spec, data_dir, tmp_path, stop_at, stop: int, **options) -> tuple[dict, dict, list]:
+    """The run trained straight, and stopped after step `stop` then continued: each one's final deployed
+    weights (kept with `save_model`), and the resumed run's continuation steps."""
+    straight = ResultStore(tmp_path / "straight.sqlite")
+    train(spec, straight, data_dir, device="cpu", checkpoint_seconds=None, save_model=tmp_path / "straight.pt",
+          **options)
+    stopped = ResultStore(tmp_path / "stopped.sqlite")
+    with pytest.raises(KeyboardInterrupt):
+        train(spec, stopped, data_dir, device="cpu", checkpoint_seconds=0, observer=stop_at(stop), **options)
+    result = train(spec, stopped, data_dir, device="cpu", checkpoint_seconds=0, save_model=tmp_path / "stopped.pt",
+                   **options)
+    assert result.status == "finished"
+    resumed = [r["step"] for r in json.loads(stopped.run_row(spec.run_id)["environment"])["resumed"]]
+    points = [straight.trajectory(spec.run_id), stopped.trajectory(spec.run_id)]
+    straight.close()
+    stopped.close()
+    return _final_weights(tmp_path / "straight.pt"), _final_weights(tmp_path / "stopped.pt"), [resumed, *points]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    differ = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not differ, f"weights differ after resuming: {differ}"
+
+
+@pytest.mark.slow
+def test_lenet5_on_mnist_stopped_and_continued_ends_with_the_same_weights(mnist_dir, stop_at, timeless, tmp_path):
+    """Real MNIST, LeNet-5 with dynamic thresholds: 200 steps straight, or stopped at 150 (checkpoint at 100)
+    and continued: the final weights are equal bit for bit."""
+    spec = make_spec("lenet5", "dynthresh", seed=0, iterations=200, eval_every=100)
+    straight, continued, (resumed, expected, points) = _stopped_and_continued(spec, mnist_dir, tmp_path, stop_at, 150)
+    assert resumed == [100]
+    _assert_same_weights(straight, continued)
+    assert any(bool((w == 0).any()) for w in straight.values())  # some weights pruned: the masks matter too
+    assert timeless(points) == timeless(expected)
+
+
+@pytest.mark.slow
+def test_cifar10_with_augmentation_stopped_and_continued_ends_with_the_same_weights(stop_at, timeless, tmp_path):
+    """ResNet-56 (BatchNorm buffers included) on generated CIFAR-10 files in the real format, random crops and
+    flips on: 24 steps of batch 8 over 64 images (3 epochs, reshuffled), stopped at 14 (checkpoint at 12)."""
+    from fakedata import write_fake_cifar10
+
+    write_fake_cifar10(tmp_path, n_train=64, n_test=16, seed=0)
+    spec = make_spec("resnet56-cifar10", "dynthresh", seed=0, iterations=24, eval_every=6, protocol={"batch_size": 8})
+    assert spec.task.augment is not None
+    straight, continued, (resumed, expected, points) = _stopped_and_continued(
+        spec, tmp_path, tmp_path, stop_at, 14, allow_unverified_data=True)
+    assert resumed == [12]
+    _assert_same_weights(straight, continued)
+    assert any("running_mean" in name for name in straight)
+    assert timeless(points) == timeless(expected)

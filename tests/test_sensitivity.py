@@ -8,6 +8,7 @@ import io
 
 import pytest
 import torch
+from helpers import xor_weights
 from prunebench.methods import sensitivity
 from prunebench.methods.sensitivity import (
     SensitivityHparams,
@@ -34,8 +35,7 @@ B2 = torch.randn(3, generator=gen, dtype=torch.float64)
 X = torch.randn(5, 3, generator=gen, dtype=torch.float64)
 
 # XOR's fc1 (5x2) and fc2 (1x5): 15 weights, and a batch of the four corners.
-FC1 = torch.tensor([[0.1, -0.2], [0.3, -0.4], [0.5, -0.6], [0.7, -0.8], [0.9, -1.0]], dtype=torch.float64)
-FC2 = torch.tensor([[1.0, -2.0, 3.0, -4.0, 5.0]], dtype=torch.float64)
+FC1, FC2 = xor_weights(torch.float64)
 XOR_X = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
 XOR_Y = torch.tensor([[0.0], [1.0], [1.0], [0.0]], dtype=torch.float64)
 # Overrides under which sensitivity prunes part of XOR's 15 weights within 300 iterations (seeds 0 and 1).

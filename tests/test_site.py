@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_report import add_run, fill
 
 from prunebench.cli import main
 from prunebench.store import ResultStore
@@ -92,12 +91,12 @@ class BoardParser(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict:
+def built(tmp_path_factory, fill_board, add_board_run) -> dict:
     root = tmp_path_factory.mktemp("site")
     db = root / "runs.sqlite"
     store = ResultStore(db)
-    fill(store)
-    add_run(store, "ltp", 0, 0.975, 40.0, 25.0, [(200, 12.0, 0.970, 20.0), (400, 25.0, 0.975, 40.0)])
+    fill_board(store)
+    add_board_run(store, "ltp", 0, 0.975, 40.0, 25.0, [(200, 12.0, 0.970, 20.0), (400, 25.0, 0.975, 40.0)])
     store.close()
     out = root / "site"
     result = CliRunner().invoke(main, ["site", "--out", str(out), "--db", str(db)], catch_exceptions=False)

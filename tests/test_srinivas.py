@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from helpers import xor_weights
 from prunebench.methods import srinivas
 from prunebench.methods.srinivas import (
     SrinivasGates,
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path
-from prunebench.harness import Observer, train
+from prunebench.harness import train
 from prunebench.metrics import measure_compression
 from prunebench.protocol import Phase
 from prunebench.registry import get_task
@@ -34,8 +35,7 @@ W = torch.tensor([0.5, -1.5, 2.0, -0.25, 3.0])
 Z = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
 G = torch.tensor([2.0, -1.0, 0.5, 4.0, -0.75])
 # XOR's fc1 (5x2) and fc2 (1x5): 15 weights.
-FC1 = torch.tensor([[0.1, -0.2], [0.3, -0.4], [0.5, -0.6], [0.7, -0.8], [0.9, -1.0]])
-FC2 = torch.tensor([[1.0, -2.0, 3.0, -4.0, 5.0]])
+FC1, FC2 = xor_weights()
 # Overrides under which srinivas prunes part of XOR's 15 weights within 300 iterations (seed 0: 13 of 15
 # kept at step 300, at 99.5% accuracy), spelled out so that no task default changes the test.
 XOR_OVERRIDES = {"lambda1": 0.01, "lambda2": 0.1, "gate_init": 1.0}
@@ -286,16 +286,7 @@ def test_xor_run_prunes_part_of_the_weights(store, tmp_path):
     assert result.final["accuracy"] > 0.9
 
 
-class StopAt(Observer):
-    def __init__(self, step: int) -> None:
-        self.at = step
-
-    def step(self, step: int) -> None:
-        if step == self.at:
-            raise KeyboardInterrupt
-
-
-def test_a_stopped_run_continues_bit_for_bit_in_the_gated_phase(tmp_path):
+def test_a_stopped_run_continues_bit_for_bit_in_the_gated_phase(stop_at, timeless, tmp_path):
     """The Bernoulli draws come from the checkpointed global generator: stopped at step 170 (checkpoint at
     150, inside the gated phase) and continued, the run is the one that never stopped."""
     spec = make_spec("xor", "srinivas", seed=0, hparams=XOR_OVERRIDES, iterations=200, eval_every=50)
@@ -308,18 +299,14 @@ def test_a_stopped_run_continues_bit_for_bit_in_the_gated_phase(tmp_path):
     train(spec, straight, tmp_path, device="cpu", evaluate_extra=digest, checkpoint_seconds=None)
     stopped = ResultStore(tmp_path / "stopped.sqlite")
     with pytest.raises(KeyboardInterrupt):
-        train(spec, stopped, tmp_path, device="cpu", evaluate_extra=digest, observer=StopAt(170),
+        train(spec, stopped, tmp_path, device="cpu", evaluate_extra=digest, observer=stop_at(170),
               checkpoint_seconds=0)
     assert checkpoint_path(checkpoint_dir(stopped.path), spec.run_id).exists()
     train(spec, stopped, tmp_path, device="cpu", evaluate_extra=digest, checkpoint_seconds=0)
 
-    def comparable(store: ResultStore) -> list[dict]:
-        return [{k: v for k, v in p.items() if k not in ("train_seconds", "eval_seconds")}
-                for p in store.trajectory(spec.run_id)]
-
-    expected = comparable(straight)
+    expected = timeless(straight.trajectory(spec.run_id))
     assert [p["step"] for p in expected] == [50, 100, 150, 200]
-    assert comparable(stopped) == expected
+    assert timeless(stopped.trajectory(spec.run_id)) == expected
     first, last = (json.loads(p["extra"]) if isinstance(p["extra"], str) else p["extra"] for p in (expected[0],
                                                                                                 expected[-1]))
     assert first["state"] == {"active": False} and last["state"] == {"active": True}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing
 import time
 
+import pytest
+
 from prunebench.store import ResultStore
 
 
@@ -25,6 +27,7 @@ def _open_and_write(args: tuple[str, int, float]) -> str:
     return "ok"
 
 
+@pytest.mark.slow  # many processes opening stores at once
 def test_concurrent_openers_of_new_stores_all_succeed(tmp_path):
     results = []
     with multiprocessing.get_context("spawn").Pool(8) as pool:

@@ -76,7 +76,7 @@ def test_plan_is_the_cross_product_with_dense_and_skips_keys_a_method_lacks():
         plan_sweep(["dynthresh"], ["xor"], [0], {"lam": ["-1"]})
 
 
-def test_sweep_skips_finished_and_reruns_interrupted_and_stale_runs(tmp_path, counted):
+def test_sweep_skips_finished_and_reruns_interrupted_and_stale_runs(tmp_path, counted, add_stored_run):
     db = tmp_path / "sweep.sqlite"
     store = ResultStore(db)
     # before the sweep: dense seed 0 finished (a real run), dynthresh seed 0 interrupted at step 100,
@@ -85,12 +85,8 @@ def test_sweep_skips_finished_and_reruns_interrupted_and_stale_runs(tmp_path, co
     harness.train(dense0, store, tmp_path)
     dt0 = make_spec("xor", "dynthresh", 0, iterations=ITER, eval_every=EVAL)
     dt1 = make_spec("xor", "dynthresh", 1, iterations=ITER, eval_every=EVAL)
-    for spec in (dt0, dt1):
-        run_id, identity = spec.identity
-        store.start_run(run_id, task="xor", method="dynthresh", seed=spec.seed, budget="equal", identity=identity,
-                        hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__, environment={})
-        store.add_point(run_id, {"step": 50, "accuracy": 0.5, "compression": 1.0})
-    store.mark(dt0.run_id, "interrupted", "interrupted at step 50", 50)
+    for spec, status in ((dt0, "interrupted"), (dt1, "running")):
+        add_stored_run(store, spec, [{"step": 50, "accuracy": 0.5, "compression": 1.0}], environment={}, status=status)
     counted.clear()
 
     plan = plan_sweep(["dynthresh"], ["xor"], [0, 1], {}, store, iterations=ITER, eval_every=EVAL)
@@ -132,6 +128,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tmp_path, monkeypatch):
     assert statuses[0] == ("failed", "RuntimeError: boom") and statuses[1][0] == "finished"
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("protocol", [None, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4}])
 def test_worker_processes_fill_the_store(tmp_path, protocol):
     db = tmp_path / "jobs.sqlite"
@@ -204,6 +201,7 @@ def _sweep_in_training(tmp_path: Path) -> tuple[subprocess.Popen, Path, list[int
     return driver, db, workers
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_to_a_sweep_stops_its_workers_and_stores_their_runs_interrupted(tmp_path):
     driver, db, workers = _sweep_in_training(tmp_path)
@@ -216,6 +214,7 @@ def test_sigterm_to_a_sweep_stops_its_workers_and_stores_their_runs_interrupted(
     assert len(rows) == 2 and all(status == "interrupted" and step > 0 for status, step in rows), rows
 
 
+@pytest.mark.slow  # worker processes
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses PR_SET_PDEATHSIG")
 def test_workers_of_a_killed_sweep_stop_and_keep_their_checkpoints(tmp_path):
     driver, _db, workers = _sweep_in_training(tmp_path)

@@ -65,7 +65,7 @@ def test_run_streams_every_point(tmp_path):
     assert text_steps == [0]  # the run's identity and hyperparameters, once
 
 
-@pytest.mark.parametrize("jobs", [2, 1])
+@pytest.mark.parametrize("jobs", [pytest.param(2, marks=pytest.mark.slow), 1])  # 2: worker processes
 def test_sweep_writes_one_directory_per_run(tmp_path, jobs):
     db, tb = tmp_path / "sweep.sqlite", tmp_path / "tb"
     result = CliRunner().invoke(main, ["sweep", "--methods", "dense,magnitude", "--tasks", "xor", "--no-dense",
