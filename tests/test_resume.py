@@ -12,7 +12,8 @@ from test_deployed import METHODS  # the XOR overrides under which every method 
 from torch import nn
 
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
-from prunebench.harness import Observer, train
+from prunebench.harness import train
+from prunebench.observers import Measure, Observer, Observers
 from prunebench.pruner import Pruner
 from prunebench.request import make_spec
 from prunebench.store import ResultStore
@@ -52,17 +53,17 @@ def comparable(points: list[dict]) -> list[dict]:
 def test_a_run_stopped_twice_continues_bit_for_bit(method, tmp_path):
     spec = make_spec("xor", method, seed=0, hparams=METHODS[method], iterations=300, eval_every=50)
     straight = ResultStore(tmp_path / "straight.sqlite")
-    train(spec, straight, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=None)
+    train(spec, straight, tmp_path, device="cpu", observer=Measure(weights_digests), checkpoint_seconds=None)
     assert not checkpoint_path(checkpoint_dir(straight.path), spec.run_id).exists()
 
     stopped = ResultStore(tmp_path / "stopped.sqlite")
     for stop in (130, 230):  # checkpoints at every evaluation: continues from 100, then from 200
         with pytest.raises(KeyboardInterrupt):
-            train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests,
-                  observer=StopAt(stop), checkpoint_seconds=0)
+            train(spec, stopped, tmp_path, device="cpu", observer=Observers(Measure(weights_digests), StopAt(stop)),
+                  checkpoint_seconds=0)
         assert stopped.status(spec.run_id) == "interrupted"
         assert checkpoint_path(checkpoint_dir(stopped.path), spec.run_id).exists()
-    result = train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=0)
+    result = train(spec, stopped, tmp_path, device="cpu", observer=Measure(weights_digests), checkpoint_seconds=0)
 
     assert result.status == "finished" and not result.skipped
     expected = comparable(straight.trajectory(spec.run_id))
