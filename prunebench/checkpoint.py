@@ -103,13 +103,13 @@ class Checkpointer:
         self.record: dict[str, Any] = {"run": {}, "points": []}
         self.last = 0.0
 
-    def load(self) -> Checkpoint | None:
-        """The run's checkpoint when it is of this run's phases ([name, iterations, lr] each); one of another
-        schedule (the method's changed since) is deleted: the run starts again."""
-        checkpoint = load_checkpoint(self.directory, self.run_id)
-        if checkpoint is not None and checkpoint.phases != self.phases:
-            checkpoint = None
+    def load(self, resume: bool) -> Checkpoint | None:
+        """The run's checkpoint to continue from, when `resume` and it is of this run's phases ([name, iterations,
+        lr] each; the method's schedule may have changed since); any other is deleted: the run starts again."""
+        checkpoint = load_checkpoint(self.directory, self.run_id) if resume else None
+        if checkpoint is None or checkpoint.phases != self.phases:
             self.delete()
+            return None
         return checkpoint
 
     def delete(self) -> None:

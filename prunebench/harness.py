@@ -7,7 +7,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from prunebench import distributed as ddp
-from prunebench.checkpoint import Checkpointer, checkpoint_dir
+from prunebench.checkpoint import Checkpoint, Checkpointer, checkpoint_dir
 from prunebench.data import TensorDataset
 from prunebench.deploy import save_deployed
 from prunebench.environment import environment, pick_device
@@ -83,6 +84,18 @@ class SigtermToInterrupt:
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+
+
+@contextmanager
+def threads_for(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Within the block, one CPU thread for a tiny model (thread start-up costs more than it saves)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def default_workers(device: torch.device) -> int:
@@ -249,20 +262,34 @@ def _checkpoints(store: ResultStore | RecordingStore, opts: TrainOptions) -> Pat
     return checkpoint_dir(store.path)
 
 
+def start_or_resume(spec: RunSpec, store: ResultStore | RecordingStore, run: Setup, ctx: ddp.Context,
+                    checkpoints: Checkpointer, checkpoint: Checkpoint | None) -> None:
+    """Start the run in the store, or continue it there from `checkpoint`, whose state is restored (a rank other
+    than the writer takes the run's record from the checkpoint)."""
+    run_id, identity = spec.identity
+    if checkpoint is None:
+        store.start_run(run_id, task=spec.task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
+                        identity=identity, hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__,
+                        environment=run.environment(spec, ctx))
+    else:
+        if not ctx.is_writer and isinstance(store, RecordingStore):
+            store.restore(checkpoint.record or {"run": {"run_id": run_id, "environment": "{}"}, "points": []})
+        checkpoints.restore(checkpoint)
+        store.resume_run(run_id, checkpoint.step, run.environment(spec, ctx))
+    checkpoints.follow(store)
+
+
 def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, options: TrainOptions | None = None,
           observer: Observer | None = None, dataset: TensorDataset | None = None, **overrides: Any) -> RunResult:
-    """Train one run and store it (`options`, or keyword `overrides` of its fields: `TrainOptions`). A run whose
-    identity already finished is skipped unless `force`; a stopped one (interrupted, or killed while 'running')
-    continues from its checkpoint when `resume`, bit for bit, its points after the checkpoint evaluated again
-    (`train_seconds` counts the steps of the final network only). Each evaluation point is measured by the
-    `Evaluator`, stored, and shown to `observer`, whose `measure` adds to the point's extras. In a DDP run
-    (`distributed`) every rank calls `train` with the same spec, rank 0 with the real store and the others with
-    a `RecordingStore`; rank 0's store decides whether the run is skipped, resumed or started. `dataset`
-    (tests) replaces the task's resident data."""
+    """Train one run and store it (`options`, or keyword `overrides` of its fields: `TrainOptions`). A finished
+    run is skipped unless `force`; a stopped one continues from its checkpoint when `resume`, bit for bit, its
+    points after the checkpoint evaluated again. Each evaluation point is measured by the `Evaluator`, stored
+    and shown to `observer`. In a DDP run every rank calls `train` alike, rank 0 with the store and the others
+    with a `RecordingStore`. `dataset` (tests) replaces the task's resident data."""
     opts = dataclasses.replace(options or TrainOptions(), **overrides)
     ctx = opts.distributed or ddp.SINGLE
     observer = Observers(observer, ThresholdRecorder() if opts.record_thresholds else None)
-    (run_id, identity), directory = spec.identity, _checkpoints(store, opts)
+    run_id, directory = spec.run_id, _checkpoints(store, opts)
     status = ctx.broadcast(store.status(run_id) if ctx.is_writer else None)
     if not opts.force and status == "finished":
         return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
@@ -271,31 +298,18 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
     evaluate = Evaluator(spec, pruner, model, run.source, device, ctx, observer.measure, opts.at_compressions)
     checkpoints = Checkpointer(directory, run_id, opts.checkpoint_seconds, ctx.is_writer, model=model, pruner=pruner,
                                source=run.source, device=device, phases=run.schedule)
-    checkpoint = checkpoints.load() if opts.resume and not opts.force and status in ("interrupted", "running") else None
-    if checkpoint is None:
-        checkpoints.delete()
+    checkpoint = checkpoints.load(opts.resume and not opts.force and status in ("interrupted", "running"))
     ctx.barrier()  # every rank has read the checkpoint before rank 0 may replace it
-    step, train_seconds, first_phase = 0, 0.0, 0
-    if checkpoint is None:
-        store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
-                        identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
-                        environment=run.environment(spec, ctx))
-    else:
-        if not ctx.is_writer and isinstance(store, RecordingStore):
-            store.restore(checkpoint.record or {"run": {"run_id": run_id, "environment": "{}"}, "points": []})
-        checkpoints.restore(checkpoint)
-        step, first_phase = checkpoint.step, checkpoint.phase_index
-        train_seconds, evaluate.seconds = checkpoint.counters["train_seconds"], checkpoint.counters["eval_seconds"]
-        store.resume_run(run_id, step, run.environment(spec, ctx))
-    checkpoints.follow(store)
+    start_or_resume(spec, store, run, ctx, checkpoints, checkpoint)
+    step, first_phase = (checkpoint.step, checkpoint.phase_index) if checkpoint else (0, 0)
+    counters = checkpoint.counters if checkpoint else {"train_seconds": 0.0, "eval_seconds": 0.0}
+    train_seconds, evaluate.seconds = counters["train_seconds"], counters["eval_seconds"]
     observer.start(spec, run.total_steps)
     if step:
         observer.resumed(step)
-    threads, losses, point = torch.get_num_threads(), LossMeter(device), None
-    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
-        torch.set_num_threads(1)  # tiny tensors: thread start-up costs more than it saves
+    losses, point = LossMeter(device), None
     try:
-        with SigtermToInterrupt():
+        with SigtermToInterrupt(), threads_for(model, device):
             model.train()
             for index in range(first_phase, len(run.phases)):
                 phase = run.phases[index]
@@ -340,7 +354,6 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
         store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
         raise
     finally:
-        torch.set_num_threads(threads)
         observer.end()
     assert point is not None  # the last step is always evaluated
     final = point.final(step, train_seconds, evaluate.seconds, evaluate.flops_reference)
