@@ -99,6 +99,7 @@ class Checkpointer:
     def __init__(self, directory: Path, run_id: str, seconds: float | None, writer: bool, *, model: Any, pruner: Any,
                  source: Any, device: torch.device, phases: list[list[Any]]) -> None:
         self.directory, self.run_id, self.seconds, self.writer = Path(directory), run_id, seconds, writer
+        self.saves = writer and seconds is not None
         self.model, self.pruner, self.source, self.device, self.phases = model, pruner, source, device, phases
         self.record: dict[str, Any] = {"run": {}, "points": []}
         self.last = 0.0
@@ -128,17 +129,18 @@ class Checkpointer:
     def follow(self, store: Any) -> None:
         """Take the run's record so far from `store` (a `ResultStore` or `RecordingStore`) as it starts or
         continues; the wall-clock to the first checkpoint starts now."""
-        if self.writer and self.seconds is not None:
+        if self.saves:
             self.record = snapshot(store, self.run_id)
         self.last = time.perf_counter()
 
     def add(self, row: dict[str, Any]) -> None:
         """A trajectory row the store was given."""
-        self.record["points"].append(row)
+        if self.saves:
+            self.record["points"].append(row)
 
     def save(self, step: int, phase_index: int, phase_steps: int, counters: dict[str, Any], optimizer: Any) -> None:
         """Checkpoint after `step` (`phase_steps` into phase `phase_index`) when it is time to."""
-        if not self.writer or self.seconds is None or time.perf_counter() - self.last < self.seconds:
+        if not self.saves or time.perf_counter() - self.last < self.seconds:
             return
         rng = {"torch": torch.get_rng_state(), "data": self.source.state_dict(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}

@@ -77,22 +77,17 @@ class Evaluation:
 def check_plain(net: nn.Module, reference: nn.Module, method: str) -> None:
     """`TypeError` unless `net` is the task's plain architecture: `reference`'s modules (names and types) and
     parameters (names, and shapes no larger: a structured method deploys fewer units)."""
-    modules = {name: type(m) for name, m in net.named_modules()}
     plain = {name: type(m) for name, m in reference.named_modules()}
-    shapes = {name: tuple(p.shape) for name, p in net.named_parameters()}
-    plain_shapes = {name: tuple(p.shape) for name, p in reference.named_parameters()}
-    differ = [name for name in modules.keys() | plain.keys() if modules.get(name) is not plain.get(name)]
-    differ += [name for name in shapes.keys() | plain_shapes.keys()
-               if not _fits(shapes.get(name), plain_shapes.get(name))]
-    if differ:
+    sizes = {name: p.shape for name, p in reference.named_parameters()}
+    differ = {name for name, m in net.named_modules() if plain.pop(name, None) is not type(m)} | set(plain)
+    for name, p in net.named_parameters():
+        size = sizes.pop(name, None)
+        if size is None or p.dim() != len(size) or any(a > b for a, b in zip(p.shape, size, strict=True)):
+            differ.add(name)
+    if differ | set(sizes):
         raise TypeError(f"{method}'s deployed network is not the task's plain {type(reference).__name__} (it differs "
-                        f"at {', '.join(sorted(name or 'the network itself' for name in set(differ))[:5])}): "
+                        f"at {', '.join(name or 'the network itself' for name in sorted(differ | set(sizes))[:5])}): "
                         "`Pruner.deployed` must return the task's architecture")
-
-
-def _fits(shape: tuple[int, ...] | None, plain: tuple[int, ...] | None) -> bool:
-    return shape is not None and plain is not None and len(shape) == len(plain) and all(
-        a <= b for a, b in zip(shape, plain, strict=True))
 
 
 def device_clock(device: torch.device) -> float:

@@ -54,8 +54,7 @@ def point_scalars(point: Evaluation) -> dict[str, float]:
         if value is not None:
             scalars[tag] = value
     scalars["compression/weights"] = point.compression
-    if point.compression_all is not None:
-        scalars["compression/all_parameters"] = point.compression_all
+    scalars["compression/all_parameters"] = point.compression_all
     for layer, (nonzero, total) in point.per_layer.items():
         scalars[f"kept/{layer}"] = nonzero / total
     scalars["loss/train"] = point.loss
