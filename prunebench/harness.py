@@ -1,4 +1,8 @@
-"""The one training loop every method runs through; it, not the method, measures the deployed network."""
+"""The one training loop every method runs through; it, not the method, measures the deployed network.
+
+`train` is the loop: `prepare` builds the run, an `Evaluator` measures each evaluation point
+(`prunebench.evaluation`), a `Checkpointer` saves and restores it (`prunebench.checkpoint`), and observers
+follow it (`prunebench.observers`)."""
 
 from __future__ import annotations
 
