@@ -21,8 +21,10 @@ from prunebench.distributed import close as close_processes
 from prunebench.distributed import from_environment as join_processes
 from prunebench.environment import pick_device
 from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError
+from prunebench.evaluation import Evaluation
 from prunebench.executors import EXECUTORS, Executor, make_executor
-from prunebench.harness import CHECKPOINT_SECONDS, Observer, Observers, RunResult, train
+from prunebench.harness import CHECKPOINT_SECONDS, RunResult, train
+from prunebench.observers import Observer, Observers
 from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
 from prunebench.protocol import AUTOCAST, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner
@@ -88,9 +90,9 @@ class RichObserver(Observer):
     def step(self, step: int) -> None:
         self.progress.update(self.bar, completed=step)
 
-    def evaluation(self, point: dict[str, Any]) -> None:
-        self.progress.update(self.bar, completed=point["step"], metrics=(
-            f"acc {100 * point['accuracy']:.2f}%  CR {point['compression']:.1f}x"))
+    def evaluation(self, point: Evaluation) -> None:
+        self.progress.update(self.bar, completed=point.step, metrics=(
+            f"acc {100 * point.accuracy:.2f}%  CR {point.compression:.1f}x"))
 
     def end(self) -> None:
         if self.progress is not None:
@@ -318,7 +320,7 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         result = train(spec, store, data_dir or default_data_dir(), device=device,
                        observer=observer, force=force,
                        at_compressions=ratios, checkpoint_seconds=checkpoint_seconds,
-                       evaluate_extra=_threshold_recorder() if record_thresholds else None,
+                       record_thresholds=record_thresholds,
                        allow_unverified_data=allow_unverified_data, workers=workers,
                        checkpoints=checkpoint_dir(db_path), distributed=context,
                        save_model=model_path(models_dir(db_path), spec.run_id) if save_model else None)
@@ -348,12 +350,6 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         click.echo(json.dumps(result.as_json()))
     if result.status != "finished":
         sys.exit(1)
-
-
-def _threshold_recorder():
-    from prunebench.report.fig4 import record_thresholds
-
-    return record_thresholds
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:

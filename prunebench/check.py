@@ -59,7 +59,9 @@ from rich.table import Table
 from prunebench.data import TensorDataset
 from prunebench.environment import git_commit, pick_device
 from prunebench.errors import DataUnavailableError
-from prunebench.harness import Observer, train
+from prunebench.evaluation import Evaluation
+from prunebench.harness import train
+from prunebench.observers import Observer
 from prunebench.registry import get_task, method_names
 from prunebench.request import RunSpec, make_spec
 from prunebench.store import ResultStore
@@ -195,9 +197,9 @@ class _ProgressObserver(Observer):
         if self.progress is not None and step % 50 == 0:
             self.progress.update(self.bar, completed=step)
 
-    def evaluation(self, point: dict[str, Any]) -> None:
+    def evaluation(self, point: Evaluation) -> None:
         if self.progress is not None:
-            self.progress.update(self.bar, completed=point["step"])
+            self.progress.update(self.bar, completed=point.step)
 
 
 def run_config(config: CheckConfig, store: ResultStore, data_dir: Path, device: str | torch.device,

@@ -8,12 +8,14 @@ continued from one is bit-for-bit the run that was never stopped (on the same de
 result store (`<store>.checkpoints/<run_id>.pt`; a sweep over several machines puts them where every
 worker sees them, `--checkpoint-dir`), are written atomically and are deleted when the run finishes.
 Each also carries the run's record so far (its row and trajectory points, `prunebench.records`), so a
-worker that takes up a run another worker left behind continues it without reading the store.
+worker that takes up a run another worker left behind continues it without reading the store. The harness
+takes them through a `Checkpointer`, which keeps that record in memory as points are added.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 
 from prunebench.errors import CheckpointError
+from prunebench.records import snapshot
 
 FORMAT = 1
 
@@ -40,8 +43,8 @@ class Checkpoint:
     optimizer: dict[str, Any]
     pruner: dict[str, Any]
     rng: dict[str, Any]          #: "torch", "cuda" (or None), "data" (the data-order generator and position)
-    #: train_seconds, eval_seconds, last_point. Taken right after an evaluation, so the running loss sum is
-    #: empty and no non-finite loss is pending (the evaluation would have raised): neither is stored.
+    #: train_seconds, eval_seconds. Taken right after an evaluation, so the running loss sum is empty and no
+    #: non-finite loss is pending (the evaluation would have raised): neither is stored.
     counters: dict[str, Any]
     phases: list[list[Any]]      #: [name, iterations, lr] of every phase: a checkpoint of another schedule is not used
     record: dict[str, Any] | None = None  #: the run's row and points so far (`records.snapshot`)
@@ -84,3 +87,64 @@ def load_checkpoint(directory: Path, run_id: str) -> Checkpoint | None:
 
 def delete_checkpoint(directory: Path, run_id: str) -> None:
     checkpoint_path(directory, run_id).unlink(missing_ok=True)
+
+
+class Checkpointer:
+    """One run's checkpoints in `directory`, of its `model`, `pruner` (the method's state), data `source` and
+    random number generators. The `writer` (rank 0) alone saves (`save`: at an evaluation, once `seconds` of
+    wall-clock passed since the last; 0: at every evaluation; None: never) and deletes them. The record a
+    checkpoint carries is taken from the store once (`follow`, when the run starts or continues) and then
+    kept in memory as points are added (`add`), so checkpointing never reads the store back."""
+
+    def __init__(self, directory: Path, run_id: str, seconds: float | None, writer: bool, *, model: Any, pruner: Any,
+                 source: Any, device: torch.device, phases: list[list[Any]]) -> None:
+        self.directory, self.run_id, self.seconds, self.writer = Path(directory), run_id, seconds, writer
+        self.saves = writer and seconds is not None
+        self.model, self.pruner, self.source, self.device, self.phases = model, pruner, source, device, phases
+        self.record: dict[str, Any] = {"run": {}, "points": []}
+        self.last = 0.0
+
+    def load(self, resume: bool) -> Checkpoint | None:
+        """The run's checkpoint to continue from, when `resume` and it is of this run's phases ([name, iterations,
+        lr] each; the method's schedule may have changed since); any other is deleted: the run starts again."""
+        checkpoint = load_checkpoint(self.directory, self.run_id) if resume else None
+        if checkpoint is None or checkpoint.phases != self.phases:
+            self.delete()
+            return None
+        return checkpoint
+
+    def delete(self) -> None:
+        if self.writer:
+            delete_checkpoint(self.directory, self.run_id)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """The model's, the method's and the data order's state, and the random number generators."""
+        self.model.load_state_dict(checkpoint.model)
+        self.pruner.load_state_dict(checkpoint.pruner)
+        self.source.load_state_dict(checkpoint.rng["data"])
+        torch.set_rng_state(checkpoint.rng["torch"])
+        if self.device.type == "cuda" and checkpoint.rng["cuda"] is not None:
+            torch.cuda.set_rng_state(checkpoint.rng["cuda"], self.device)
+
+    def follow(self, store: Any) -> None:
+        """Take the run's record so far from `store` (a `ResultStore` or `RecordingStore`) as it starts or
+        continues; the wall-clock to the first checkpoint starts now."""
+        if self.saves:
+            self.record = snapshot(store, self.run_id)
+        self.last = time.perf_counter()
+
+    def add(self, row: dict[str, Any]) -> None:
+        """A trajectory row the store was given."""
+        if self.saves:
+            self.record["points"].append(row)
+
+    def save(self, step: int, phase_index: int, phase_steps: int, counters: dict[str, Any], optimizer: Any) -> None:
+        """Checkpoint after `step` (`phase_steps` into phase `phase_index`) when it is time to."""
+        if not self.saves or time.perf_counter() - self.last < self.seconds:
+            return
+        rng = {"torch": torch.get_rng_state(), "data": self.source.state_dict(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        save_checkpoint(self.directory, Checkpoint(
+            self.run_id, step, phase_index, phase_steps, self.model.state_dict(), optimizer.state_dict(),
+            self.pruner.state_dict(), rng, counters, self.phases, self.record))
+        self.last = time.perf_counter()

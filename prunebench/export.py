@@ -47,8 +47,9 @@ from prunebench.deploy import (
     rebuild,
     save_deployed,
 )
-from prunebench.harness import Observer, train
+from prunebench.harness import train
 from prunebench.metrics import Flops, count_flops
+from prunebench.observers import Observer
 from prunebench.records import RecordingStore
 from prunebench.registry import get_task
 from prunebench.request import RunSpec, make_spec

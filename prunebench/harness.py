@@ -1,4 +1,8 @@
-"""The one training loop every method runs through; it, not the method, measures the deployed network."""
+"""The one training loop every method runs through; it, not the method, measures the deployed network.
+
+`train` is the loop: `prepare` builds the run, an `Evaluator` measures each evaluation point
+(`prunebench.evaluation`), a `Checkpointer` saves and restores it (`prunebench.checkpoint`), and observers
+follow it (`prunebench.observers`)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,26 +20,15 @@ from typing import Any
 import torch
 
 from prunebench import distributed as ddp
-from prunebench.checkpoint import (
-    Checkpoint,
-    checkpoint_dir,
-    delete_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from prunebench.checkpoint import Checkpoint, Checkpointer, checkpoint_dir
 from prunebench.data import TensorDataset
 from prunebench.deploy import save_deployed
 from prunebench.environment import environment, pick_device
-from prunebench.metrics import (
-    accuracy_at_compressions,
-    count_flops,
-    evaluate_batches,
-    measure_compression,
-    threshold_distribution,
-)
-from prunebench.protocol import Protocol
+from prunebench.evaluation import Evaluator, device_clock
+from prunebench.observers import Observer, Observers, ThresholdRecorder
+from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import Pruner
-from prunebench.records import RecordingStore, snapshot
+from prunebench.records import RecordingStore
 from prunebench.registry import get_method
 from prunebench.request import RunSpec, check_phases
 from prunebench.sources import DataSource, Shard
@@ -80,48 +74,6 @@ class RunResult:
         }
 
 
-class Observer:
-    """Receives progress from the harness (the CLI's rich progress bar implements it)."""
-
-    def start(self, spec: RunSpec, total_steps: int) -> None: ...
-    def resumed(self, step: int) -> None: ...
-    def step(self, step: int) -> None: ...
-    def evaluation(self, point: dict[str, Any]) -> None: ...
-    def end(self) -> None: ...
-
-
-class Observers(Observer):
-    """Several observers as one (the harness takes one), called in order; None entries are left out."""
-
-    def __init__(self, *observers: Observer | None) -> None:
-        self.observers = [o for o in observers if o is not None]
-
-    def start(self, spec: RunSpec, total_steps: int) -> None:
-        for o in self.observers:
-            o.start(spec, total_steps)
-
-    def resumed(self, step: int) -> None:
-        for o in self.observers:
-            o.resumed(step)
-
-    def step(self, step: int) -> None:
-        for o in self.observers:
-            o.step(step)
-
-    def evaluation(self, point: dict[str, Any]) -> None:
-        for o in self.observers:
-            o.evaluation(point)
-
-    def end(self) -> None:
-        for o in self.observers:
-            o.end()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class SigtermToInterrupt:
     """Within the block, SIGTERM raises RunInterrupted in the main thread (so the run is stored, or a sweep
     driver stops its workers as on Ctrl-C)."""
@@ -136,6 +88,18 @@ class SigtermToInterrupt:
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+
+
+@contextmanager
+def threads_for(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Within the block, one CPU thread for a tiny model (thread start-up costs more than it saves)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def default_workers(device: torch.device) -> int:
@@ -198,62 +162,79 @@ class TrainOptions:
     save_model: Path | None = None
 
 
-def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, options: TrainOptions | None = None,
-          observer: Observer | None = None, dataset: TensorDataset | None = None,
-          evaluate_extra: Callable[[Pruner, torch.nn.Module, TensorDataset], dict] | None = None,
-          **overrides: Any) -> RunResult:
-    """Train one run and store it. A run whose identity already finished is skipped unless `force`.
+class LossMeter:
+    """The training loss between evaluation points, summed on the device (no synchronisation per step), and
+    the first step whose loss with the method's penalty was not finite."""
 
-    At an evaluation, once `checkpoint_seconds` of wall-clock have passed since the last checkpoint
-    (0: at every evaluation; None: never), the run is checkpointed into `checkpoints` (default: beside
-    the store; `prunebench.checkpoint`). A run that stopped (interrupted, or killed while 'running') continues
-    from its checkpoint when `resume`, bit for bit as if it had not stopped; its stored points after
-    the checkpoint are evaluated again, and `train_seconds` counts the steps of the final network only.
-    `force` starts from scratch.
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.sum = torch.zeros((), device=device)
+        self.steps = 0
 
-    The task's data comes through its `DataSource` (resident tensors, or streamed by `workers` loader
-    processes; default `default_workers`). `allow_unverified_data` accepts files that fail their
-    published checksums; the run then records `"unverified_data": true` in its environment and
-    leaderboards mark it. `dataset` (tests) replaces the task's resident data.
+    def add(self, step: int, loss: torch.Tensor, total: torch.Tensor) -> None:
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(total.detach()),
+                                     torch.tensor(step, device=self.device), self.first_bad)
+        self.sum += loss.detach()
+        self.steps += 1
 
-    `evaluate_extra(pruner, model, data)` (resident data only) and, for each ratio in `at_compressions`,
-    the accuracy of the trained weights cut to exactly that compression by the method's `scores`
-    ("at_compression") are stored in each evaluation's `extra`, as is the distribution of the method's
-    learned thresholds (`Pruner.thresholds`, "thresholds"). All are evaluation-only: not part of the
-    identity.
+    def mean(self, ctx: ddp.Context) -> float:
+        """The mean loss over the global batch since the last call; `NonFiniteLoss` if one was not finite."""
+        bad = int(ctx.maximum(self.first_bad.clone()).item())
+        if bad >= 0:
+            raise NonFiniteLoss(bad)
+        value = float(ctx.mean(self.sum).item()) / max(self.steps, 1)
+        self.sum.zero_()
+        self.steps = 0
+        return value
 
-    `distributed`: this process's rank in a DDP run (`prunebench.distributed`; default: one process).
-    Every rank calls `train` with the same spec; rank 0 passes the real store, the others a
-    `RecordingStore`. Rank 0's store decides whether the run is skipped, resumed or started.
 
-    `save_model`: where the writer keeps the deployed network once the run finished (`prunebench.deploy`;
-    nothing is written for a run skipped, failed or interrupted)."""
-    opts = dataclasses.replace(options or TrainOptions(), **overrides)
-    device, force, resume = opts.device, opts.force, opts.resume
-    checkpoint_seconds, checkpoints, workers = opts.checkpoint_seconds, opts.checkpoints, opts.workers
-    allow_unverified_data, at_compressions = opts.allow_unverified_data, opts.at_compressions
-    distributed = opts.distributed
-    save_model = opts.save_model
-    if opts.record_thresholds:
-        from prunebench.report.fig4 import record_thresholds
-        evaluate_extra = record_thresholds
-    observer = observer or Observer()
-    ctx = distributed or ddp.SINGLE
-    run_id, identity = spec.identity
-    if checkpoints is None:
-        if not isinstance(store, ResultStore):
-            raise ValueError("a run recorded in memory needs a checkpoint directory")
-        checkpoints = checkpoint_dir(store.path)
-    status = ctx.broadcast(store.status(run_id) if ctx.is_writer else None)
-    if not force and status == "finished":
-        return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
-    checkpoint = None
-    if resume and not force and status in ("interrupted", "running"):
-        checkpoint = load_checkpoint(checkpoints, run_id)
-    if checkpoint is None and ctx.is_writer:
-        delete_checkpoint(checkpoints, run_id)
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """The protocol's schedule on top of each group's lr at the phase start ("initial_lr", which torch's own
+    schedulers use too and which the optimizer's state_dict keeps across a resume). Returns `factor`."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * factor
+    return factor
 
-    device = pick_device(str(device) if device is not None else None)
+
+@dataclass
+class Setup:
+    """What a run trains with, built by `prepare` before its first step."""
+
+    device: torch.device
+    source: DataSource
+    pruner: Pruner
+    model: torch.nn.Module
+    phases: list[Phase]
+    total_steps: int
+    unverified: bool
+    channels_last: bool
+    autocast: bool  #: bf16 autocast on CUDA
+
+    @property
+    def schedule(self) -> list[list[Any]]:
+        """[name, iterations, lr] of each phase, as a checkpoint records them."""
+        return [[p.name, p.iterations, p.lr] for p in self.phases]
+
+    def environment(self, spec: RunSpec, ctx: ddp.Context) -> dict[str, Any]:
+        """The run's environment as the store keeps it (versions, device; unverified data, device options, DDP)."""
+        env: dict[str, Any] = environment(self.device)
+        if self.unverified:
+            env["unverified_data"] = True
+        if self.channels_last or spec.protocol.autocast != "off":
+            env["device_options"] = {"autocast": spec.protocol.autocast, "channels_last": self.channels_last}
+        if ctx.active:
+            env["distributed"] = ctx.describe()
+        return env
+
+
+def prepare(spec: RunSpec, data_dir: Path, opts: TrainOptions, ctx: ddp.Context,
+            dataset: TensorDataset | None = None) -> Setup:
+    """The device, data source, method, model and phases of a run, in the order the random draws depend on.
+    Raises ValueError for device options off CUDA, and for a method that refuses DDP or a batch that does not
+    split across the processes."""
+    device = pick_device(str(opts.device) if opts.device is not None else None)
     task, protocol = spec.task, spec.protocol
     check_device_options(protocol, device)
     if ctx.active:
@@ -261,228 +242,128 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
         refusal = get_method(spec.method).ddp_refusal
         if refusal:
             raise ValueError(f"{spec.method} does not run on several processes: {refusal}")
-    unverified = not task.verified(Path(data_dir))
+    unverified = not task.verified(data_dir)
     source: DataSource = task.make_source(
-        Path(data_dir), protocol.batch_size, spec.seed, device, allow_unverified=allow_unverified_data,
-        dataset=dataset, workers=default_workers(device) if workers is None else workers,
+        data_dir, protocol.batch_size, spec.seed, device, allow_unverified=opts.allow_unverified_data,
+        dataset=dataset, workers=default_workers(device) if opts.workers is None else opts.workers,
         shard=Shard(ctx.rank, ctx.world_size))
-    if evaluate_extra is not None and source.resident is None:
-        raise ValueError(f"evaluation extras need resident data; {task.name} streams its data")
     channels_last = protocol.channels_last and device.type == "cuda"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     pruner = get_method(spec.method)(spec.hparams, task, spec.budget)
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     phases = pruner.phases(protocol)
     total_steps = check_phases(phases, protocol, spec.method, spec.budget)
-    # The dense architecture every deployed network is measured against (totals, reference FLOPs).
-    reference = task.architecture().to(device)
-    example = source.example
-    flops_reference = count_flops(reference, example).dense
-    schedule = [[p.name, p.iterations, p.lr] for p in phases]
-    if checkpoint is not None and checkpoint.phases != schedule:
-        checkpoint = None  # the method's schedule changed since (new code): start again
-        if ctx.is_writer:
-            delete_checkpoint(checkpoints, run_id)
-    ctx.barrier()  # every rank has read the checkpoint before rank 0 may replace it
-    if checkpoint is not None and not ctx.is_writer and isinstance(store, RecordingStore):
-        store.restore(checkpoint.record or {"run": {"run_id": run_id, "environment": "{}"}, "points": []})
+    return Setup(device, source, pruner, model, phases, total_steps, unverified, channels_last,
+                 protocol.autocast == "bf16" and device.type == "cuda")
 
-    def run_environment() -> dict[str, Any]:
-        env: dict[str, Any] = environment(device)
-        if unverified:
-            env["unverified_data"] = True
-        if channels_last or protocol.autocast != "off":
-            env["device_options"] = {"autocast": protocol.autocast, "channels_last": channels_last}
-        if ctx.active:
-            env["distributed"] = ctx.describe()
-        return env
 
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
-    train_seconds = eval_seconds = 0.0
-    step, steps_since, last_point = 0, 0, None
-    start_phase, start_phase_steps = 0, 0
+def _checkpoints(store: ResultStore | RecordingStore, opts: TrainOptions) -> Path:
+    if opts.checkpoints is not None:
+        return opts.checkpoints
+    if not isinstance(store, ResultStore):
+        raise ValueError("a run recorded in memory needs a checkpoint directory")
+    return checkpoint_dir(store.path)
+
+
+def start_or_resume(spec: RunSpec, store: ResultStore | RecordingStore, run: Setup, ctx: ddp.Context,
+                    checkpoints: Checkpointer, checkpoint: Checkpoint | None) -> None:
+    """Start the run in the store, or continue it there from `checkpoint`, whose state is restored (a rank other
+    than the writer takes the run's record from the checkpoint)."""
+    run_id, identity = spec.identity
     if checkpoint is None:
-        store.start_run(run_id, task=task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
-                        identity=identity, hparams=spec.hparams.as_dict(), protocol=protocol.__dict__,
-                        environment=run_environment())
+        store.start_run(run_id, task=spec.task.name, method=spec.method, seed=spec.seed, budget=spec.budget,
+                        identity=identity, hparams=spec.hparams.as_dict(), protocol=spec.protocol.__dict__,
+                        environment=run.environment(spec, ctx))
     else:
-        model.load_state_dict(checkpoint.model)
-        pruner.load_state_dict(checkpoint.pruner)
-        source.load_state_dict(checkpoint.rng["data"])
-        torch.set_rng_state(checkpoint.rng["torch"])
-        if device.type == "cuda" and checkpoint.rng["cuda"] is not None:
-            torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
-        counters = checkpoint.counters
-        train_seconds, eval_seconds = counters["train_seconds"], counters["eval_seconds"]
-        last_point = counters["last_point"]
-        step, start_phase, start_phase_steps = checkpoint.step, checkpoint.phase_index, checkpoint.phase_steps
-        store.resume_run(run_id, step, run_environment())
-    last_saved = time.perf_counter()
+        if not ctx.is_writer and isinstance(store, RecordingStore):
+            store.restore(checkpoint.record or {"run": {"run_id": run_id, "environment": "{}"}, "points": []})
+        checkpoints.restore(checkpoint)
+        store.resume_run(run_id, checkpoint.step, run.environment(spec, ctx))
+    checkpoints.follow(store)
 
-    def save(phase_index: int, phase_steps: int, optimizer: torch.optim.Optimizer) -> None:
-        nonlocal last_saved
-        if not ctx.is_writer or checkpoint_seconds is None or time.perf_counter() - last_saved < checkpoint_seconds:
-            return
-        rng = {"torch": torch.get_rng_state(), "data": source.state_dict(),
-               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        counters = {"train_seconds": train_seconds, "eval_seconds": eval_seconds, "last_point": last_point}
-        save_checkpoint(checkpoints, Checkpoint(run_id, step, phase_index, phase_steps, model.state_dict(),
-                                                optimizer.state_dict(), pruner.state_dict(), rng, counters,
-                                                # the record so far, for a worker (RecordingStore) or another
-                                                # rank that continues this run without this store; a SQLite
-                                                # read per checkpoint (every checkpoint_seconds)
-                                                schedule, snapshot(store, run_id)))
-        last_saved = time.perf_counter()
 
-    def accuracy(net: torch.nn.Module) -> tuple[float, float | None]:
-        return evaluate_batches(net, source.eval_batches(), task.correct, top5=task.top5,
-                                autocast=protocol.autocast if device.type == "cuda" else "off")
-
-    def evaluate(phase_name: str, steps_since: int) -> dict[str, Any]:
-        nonlocal eval_seconds
-        t0 = time.perf_counter()
-        bad = int(ctx.maximum(first_bad.clone()).item())
-        if bad >= 0:
-            raise NonFiniteLoss(bad)
-        ctx.mean(loss_sum)  # the loss over the global batch
-        net = pruner.deployed(model)
-        mask = ddp.check_masks_agree(ctx, net) if ctx.active else None
-        counts = measure_compression(net, reference)
-        flops = count_flops(net, example)
-        if channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        top1, top5 = accuracy(net)
-        point = {
-            "step": step, "phase": phase_name, "train_seconds": train_seconds,
-            "loss": float(loss_sum.item()) / max(steps_since, 1),
-            "accuracy": top1,
-            "compression": counts.compression, "weights_nonzero": counts.weights_nonzero,
-            "weights_total": counts.weights_total, "compression_all": counts.compression_all,
-            "per_layer": counts.per_layer, "flops": flops.dense, "flops_nonzero": flops.nonzero,
-        }
-        if top5 is not None:
-            point["top5"] = top5
-        if pruner.trained_network_differs:
-            point["trained_accuracy"] = accuracy(model)[0]
-        extra = {}
-        if at_compressions:
-            at = accuracy_at_compressions(pruner, model, lambda n: accuracy(n)[0], at_compressions)
-            if at is not None:
-                extra["at_compression"] = at
-        thresholds = pruner.thresholds(model)
-        if thresholds is not None:
-            extra["thresholds"] = threshold_distribution(thresholds)
-        if evaluate_extra is not None:
-            extra.update(evaluate_extra(pruner, model, source.resident))
-        if mask is not None:
-            extra["mask_hash"] = mask  # the same on every rank (checked)
-        if extra:
-            point["extra"] = extra
-        _sync(device)
-        eval_seconds += time.perf_counter() - t0
-        point["eval_seconds"] = eval_seconds
-        store.add_point(run_id, point)
-        observer.evaluation(point)
-        return {**point, "params_nonzero": counts.params_nonzero, "params_total": counts.params_total}
-
-    def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-        """The protocol's schedule on top of each group's lr at the phase start ("initial_lr", which
-        torch's own schedulers use too and which the optimizer's state_dict keeps across a resume)."""
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-            group["lr"] = group["initial_lr"] * factor
-
-    observer.start(spec, total_steps)
+def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, options: TrainOptions | None = None,
+          observer: Observer | None = None, dataset: TensorDataset | None = None, **overrides: Any) -> RunResult:
+    """Train one run and store it (`options`, or keyword `overrides` of its fields: `TrainOptions`). A finished
+    run is skipped unless `force`; a stopped one continues from its checkpoint when `resume`, bit for bit, its
+    points after the checkpoint evaluated again. Each evaluation point is measured by the `Evaluator`, stored
+    and shown to `observer`. In a DDP run every rank calls `train` alike, rank 0 with the store and the others
+    with a `RecordingStore`. `dataset` (tests) replaces the task's resident data."""
+    opts = dataclasses.replace(options or TrainOptions(), **overrides)
+    ctx = opts.distributed or ddp.SINGLE
+    observer = Observers(observer, ThresholdRecorder() if opts.record_thresholds else None)
+    run_id, directory = spec.run_id, _checkpoints(store, opts)
+    status = ctx.broadcast(store.status(run_id) if ctx.is_writer else None)
+    if not opts.force and status == "finished":
+        return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
+    run = prepare(spec, Path(data_dir), opts, ctx, dataset)
+    task, protocol, device, model, pruner = spec.task, spec.protocol, run.device, run.model, run.pruner
+    evaluate = Evaluator(spec, pruner, model, run.source, device, ctx, observer.measure, opts.at_compressions)
+    checkpoints = Checkpointer(directory, run_id, opts.checkpoint_seconds, ctx.is_writer, model=model, pruner=pruner,
+                               source=run.source, device=device, phases=run.schedule)
+    checkpoint = checkpoints.load(opts.resume and not opts.force and status in ("interrupted", "running"))
+    ctx.barrier()  # every rank has read the checkpoint before rank 0 may replace it
+    start_or_resume(spec, store, run, ctx, checkpoints, checkpoint)
+    step, first_phase = (checkpoint.step, checkpoint.phase_index) if checkpoint else (0, 0)
+    counters = checkpoint.counters if checkpoint else {"train_seconds": 0.0, "eval_seconds": 0.0}
+    train_seconds, evaluate.seconds = counters["train_seconds"], counters["eval_seconds"]
+    observer.start(spec, run.total_steps)
     if step:
         observer.resumed(step)
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
-        torch.set_num_threads(1)  # tiny tensors: thread start-up costs more than it saves
-    scheduled = bool(protocol.lr_milestones)
-    autocast = protocol.autocast == "bf16" and device.type == "cuda"
+    losses, point = LossMeter(device), None
     try:
-        with SigtermToInterrupt():
+        with SigtermToInterrupt(), threads_for(model, device):
             model.train()
-            for phase_index, phase in enumerate(phases):
-                if phase_index < start_phase:
-                    continue
+            for index in range(first_phase, len(run.phases)):
+                phase = run.phases[index]
                 optimizer = protocol.make_optimizer(model.parameters(), lr=phase.lr)
-                phase_steps = 0
-                if checkpoint is not None and phase_index == start_phase:
+                if checkpoint is not None:  # continue the phase the checkpoint was taken in
                     pruner.on_resume(phase, model, optimizer)
                     optimizer.load_state_dict(checkpoint.optimizer)
-                    phase_steps = start_phase_steps
-                    checkpoint = None
+                    phase_steps, checkpoint = checkpoint.phase_steps, None
                 else:
                     pruner.on_phase_start(phase, model, optimizer)
-                    steps_since = 0
+                    phase_steps = losses.steps = 0  # (the loss sum runs on across phases, as it always has)
                 forward = ddp.wrap(model, ctx, device)  # after the phase start: it may change the parameters
-                factor = None
-                _sync(device)
-                t0 = time.perf_counter()
+                factor, t0 = None, device_clock(device)
                 while phase_steps < phase.iterations:
-                    step += 1
-                    phase_steps += 1
-                    if scheduled and (now := protocol.lr_factor(step)) != factor:
-                        factor = now
-                        set_lr(optimizer, factor)
-                    x, y = source.next_batch()
-                    if channels_last:
-                        x = x.contiguous(memory_format=memory_format)
-                    loss, total = training_step(forward, task, pruner, optimizer, x, y, step, autocast=autocast)
-                    detached = total.detach()
-                    first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached),
-                                            torch.tensor(step, device=device), first_bad)
-                    loss_sum += loss.detach()
-                    steps_since += 1
+                    step, phase_steps = step + 1, phase_steps + 1
+                    if protocol.lr_milestones and (now := protocol.lr_factor(step)) != factor:
+                        factor = set_lr(optimizer, now)
+                    x, y = run.source.next_batch()
+                    if run.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    losses.add(step, *training_step(forward, task, pruner, optimizer, x, y, step, run.autocast))
                     observer.step(step)
-                    if step % protocol.eval_every == 0 or step == total_steps:
-                        _sync(device)
-                        train_seconds += time.perf_counter() - t0
-                        last_point = evaluate(phase.name, steps_since)
-                        loss_sum.zero_()
-                        steps_since = 0
-                        if step < total_steps:
-                            save(phase_index, phase_steps, optimizer)
+                    if step % protocol.eval_every == 0 or step == run.total_steps:
+                        train_seconds += device_clock(device) - t0
+                        point = evaluate(step, phase.name, losses.mean(ctx), train_seconds)
+                        store.add_point(run_id, point.row())
+                        checkpoints.add(point.row())
+                        observer.evaluation(point)
+                        if step < run.total_steps:
+                            checkpoints.save(step, index, phase_steps, {"train_seconds": train_seconds,
+                                                                        "eval_seconds": evaluate.seconds}, optimizer)
                         t0 = time.perf_counter()
-                _sync(device)
-                train_seconds += time.perf_counter() - t0
+                train_seconds += device_clock(device) - t0
     except NonFiniteLoss as exc:
         store.mark(run_id, "failed", str(exc), exc.step)
-        if ctx.is_writer:
-            delete_checkpoint(checkpoints, run_id)
-        observer.end()
+        checkpoints.delete()
         return RunResult(run_id, "failed", spec, error=str(exc), failed_step=exc.step)
     except KeyboardInterrupt as exc:
         store.mark(run_id, "interrupted", f"interrupted at step {step} ({type(exc).__name__})", step)
-        observer.end()
         raise
     except Exception as exc:
         store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
-        observer.end()
         raise
     finally:
-        torch.set_num_threads(threads)
-    observer.end()
-    assert last_point is not None
-    final = {
-        "iterations": step, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-        **{k: last_point[k] for k in ("accuracy", "compression", "weights_nonzero", "weights_total",
-                                       "compression_all", "params_nonzero", "params_total", "per_layer",
-                                       "flops", "flops_nonzero")},
-        "flops_reference": flops_reference,
-    }
-    if "top5" in last_point:
-        final["top5"] = last_point["top5"]
-    if "extra" in last_point:
-        final["extra"] = last_point["extra"]
+        observer.end()
+    assert point is not None  # the last step is always evaluated
+    final = point.final(step, train_seconds, evaluate.seconds, evaluate.flops_reference)
     store.finish(run_id, final)
-    if ctx.is_writer:
-        delete_checkpoint(checkpoints, run_id)
-        if save_model is not None:
-            save_deployed(save_model, pruner.deployed(model), run_id=run_id, task=task.name, method=spec.method,
-                          seed=spec.seed, architecture=task.architecture, final=final)
+    checkpoints.delete()
+    if ctx.is_writer and opts.save_model is not None:
+        save_deployed(opts.save_model, pruner.deployed(model), run_id=run_id, task=task.name, method=spec.method,
+                      seed=spec.seed, architecture=task.architecture, final=final)
     return RunResult(run_id, "finished", spec, final)

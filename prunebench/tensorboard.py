@@ -1,6 +1,6 @@
 """Live TensorBoard logs of runs (`--tensorboard DIR` on `prunebench run` and `prunebench sweep`).
 
-`TensorBoardObserver` is a harness `Observer`: at every evaluation point it writes the point's scalars
+`TensorBoardObserver` is a harness `Observer`: at every evaluation point (an `Evaluation`) it writes its scalars
 (`point_scalars`) at the point's step, and flushes, so a TensorBoard watching DIR shows the run live. Each
 run writes its own directory, `DIR/<task>/<method>/seed<k>-<run_id>` (`run_log_dir`), so sweep workers
 never share a file; the run's identity, hyperparameters and protocol are recorded once, at step 0, as a
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from prunebench.errors import MissingExtraError
-from prunebench.harness import Observer
+from prunebench.evaluation import Evaluation
+from prunebench.observers import Observer
 from prunebench.request import RunSpec
 
 #: How to get the writer's dependency, named in the error when it is missing.
@@ -46,24 +47,20 @@ def run_log_dir(root: Path | str, spec: RunSpec) -> Path:
     return Path(root) / spec.task.name / spec.method / f"seed{spec.seed}-{spec.run_id}"
 
 
-def point_scalars(point: dict[str, Any]) -> dict[str, float]:
-    """The scalars of one evaluation point (a trajectory row: `per_layer` a dict or its JSON), by tag."""
-    scalars = {"accuracy/top1": point["accuracy"]}
-    for key, tag in (("top5", "accuracy/top5"), ("trained_accuracy", "accuracy/trained")):
-        if point.get(key) is not None:
-            scalars[tag] = point[key]
-    scalars["compression/weights"] = point["compression"]
-    if point.get("compression_all") is not None:
-        scalars["compression/all_parameters"] = point["compression_all"]
-    per_layer = point.get("per_layer") or {}
-    if isinstance(per_layer, str):
-        per_layer = json.loads(per_layer)
-    for layer, (nonzero, total) in per_layer.items():
+def point_scalars(point: Evaluation) -> dict[str, float]:
+    """The scalars of one evaluation point, by tag."""
+    scalars = {"accuracy/top1": point.accuracy}
+    for value, tag in ((point.top5, "accuracy/top5"), (point.trained_accuracy, "accuracy/trained")):
+        if value is not None:
+            scalars[tag] = value
+    scalars["compression/weights"] = point.compression
+    scalars["compression/all_parameters"] = point.compression_all
+    for layer, (nonzero, total) in point.per_layer.items():
         scalars[f"kept/{layer}"] = nonzero / total
-    scalars["loss/train"] = point["loss"]
-    scalars["time/train_seconds"] = point["train_seconds"]
-    if point.get("eval_seconds") is not None:
-        scalars["time/eval_seconds"] = point["eval_seconds"]
+    scalars["loss/train"] = point.loss
+    scalars["time/train_seconds"] = point.train_seconds
+    if point.eval_seconds is not None:
+        scalars["time/eval_seconds"] = point.eval_seconds
     return {tag: float(value) for tag, value in scalars.items()}
 
 
@@ -127,10 +124,10 @@ class TensorBoardObserver(Observer):
         _experiment, session_start, _session_end = hparams(run_hparams(spec), {})
         self.writer.file_writer.add_summary(session_start, 0)
 
-    def evaluation(self, point: dict[str, Any]) -> None:
+    def evaluation(self, point: Evaluation) -> None:
         writer = self._open()
         for tag, value in point_scalars(point).items():
-            writer.add_scalar(tag, value, point["step"])
+            writer.add_scalar(tag, value, point.step)
         writer.flush()
 
     def end(self) -> None:

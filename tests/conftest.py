@@ -9,14 +9,10 @@ from typing import Any
 import pytest
 
 from prunebench.data import default_data_dir, fetch_mnist
+from prunebench.observers import Observer
 from prunebench.registry import method_names
 from prunebench.request import RunSpec, make_spec
 from prunebench.store import ResultStore
-
-try:
-    from prunebench.observers import Observer
-except ImportError:  # before the observers module (issue 27): the harness held the class
-    from prunebench.harness import Observer
 
 #: Overrides under which each built-in method prunes part of the 15 XOR weights within 300 iterations
 #: (seed 0). A method not named here (a new one, a plugin) runs the invariants at its task defaults.

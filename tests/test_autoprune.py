@@ -11,6 +11,7 @@ from prunebench.methods.autoprune import AutoPruneHparams, AutoPruning, channel_
 from torch import nn
 
 from prunebench.harness import train
+from prunebench.observers import Measure
 from prunebench.protocol import Phase
 from prunebench.registry import get_task
 from prunebench.request import make_spec
@@ -108,7 +109,7 @@ def test_a_run_deploys_a_smaller_network_measured_against_the_dense_one(store, t
         seen.append(net.fc1.out_features)
         return {}
 
-    result = train(spec, store, tmp_path, evaluate_extra=check)
+    result = train(spec, store, tmp_path, observer=Measure(check))
     final = store.final_row(result.run_id)
     hidden = seen[-1]
     assert hidden < 5

@@ -9,6 +9,7 @@ from torch.nn.utils import parametrize
 
 from prunebench.harness import train
 from prunebench.metrics import measure_compression
+from prunebench.observers import Measure
 from prunebench.pruner import Pruner
 from prunebench.request import make_spec
 
@@ -62,7 +63,7 @@ def test_deployed_is_plain_and_counts_agree_with_the_store(xor_method, store, tm
         seen.append(record)
         return record
 
-    result = train(spec, store, tmp_path, device="cpu", evaluate_extra=check)
+    result = train(spec, store, tmp_path, device="cpu", observer=Measure(check))
     assert result.status == "finished"
     points = store.trajectory(result.run_id)
     assert [p["step"] for p in points] == [100, 200, 300] and len(seen) == 3

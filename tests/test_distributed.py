@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 from prunebench import distributed as ddp
 from prunebench import harness
 from prunebench.data import TensorDataset
+from prunebench.observers import Measure
 from prunebench.records import RecordingStore
 from prunebench.registry import get_method
 from prunebench.request import make_spec
@@ -61,7 +62,7 @@ def _rank_main(rank: int, world: int, port: int, runs: list[tuple[str, str, dict
             return {}
 
         try:
-            result = harness.train(spec, store, Path(data_dir), device="cpu", evaluate_extra=own_hash,
+            result = harness.train(spec, store, Path(data_dir), device="cpu", observer=Measure(own_hash),
                                    checkpoints=Path(out) / "checkpoints", checkpoint_seconds=None, distributed=ctx)
             results.append([method, result.status, result.final.get("accuracy"), result.final.get("compression"),
                             own[-1]])
@@ -89,8 +90,8 @@ def _one_process(task: str, method: str, hparams: dict, iterations: int, eval_ev
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = harness.train(spec, ResultStore(out / "one.sqlite"), data_dir, device="cpu", evaluate_extra=own_hash,
-                               checkpoint_seconds=None)
+        result = harness.train(spec, ResultStore(out / "one.sqlite"), data_dir, device="cpu",
+                               observer=Measure(own_hash), checkpoint_seconds=None)
     finally:
         torch.set_num_threads(threads)
     return result.final["accuracy"], result.final["compression"], own[-1]

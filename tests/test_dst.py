@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from prunebench.harness import train
 from prunebench.metrics import measure_compression
+from prunebench.observers import Measure
 from prunebench.registry import get_task
 from prunebench.request import make_spec
 
@@ -220,7 +221,7 @@ def test_deployed_is_plain_with_the_masks_nonzeros(store, tmp_path):
         seen.append((nonzero, kept))
         return {"kept": kept}
 
-    result = train(spec, store, tmp_path, device="cpu", evaluate_extra=check)
+    result = train(spec, store, tmp_path, device="cpu", observer=Measure(check))
     assert result.status == "finished" and len(seen) == 3
     assert all(nonzero == kept for nonzero, kept in seen)
     assert 0 < result.final["weights_nonzero"] == seen[-1][0] < 15

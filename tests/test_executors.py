@@ -19,6 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from prunebench import checkpoint as checkpointing
 from prunebench import executors, harness
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path
 from prunebench.cli import main
@@ -142,7 +143,7 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
         Path(where, f"{job.run_id}@{ray.get_runtime_context().get_node_id()}@{os.getpid()}@{time.time_ns()}").touch()
         if not (first and job.run_id == victim):
             return real(job)
-        saved = harness.save_checkpoint
+        saved = checkpointing.save_checkpoint
 
         def save_then_stop(directory, checkpoint):
             path = saved(directory, checkpoint)
@@ -153,11 +154,11 @@ def test_a_run_whose_worker_dies_mid_sweep_finishes_once(death, ray_cluster, loc
                 time.sleep(600)  # killed here with its node
             return path
 
-        harness.save_checkpoint = save_then_stop
+        checkpointing.save_checkpoint = save_then_stop
         try:
             return real(job)
         finally:
-            harness.save_checkpoint = saved  # Ray reuses the worker process for other tasks
+            checkpointing.save_checkpoint = saved  # Ray reuses the worker process for other tasks
 
     monkeypatch.setattr(executors, "execute", execute_noting_node)
     stopped: list[tuple[str, Any]] = []  # (node id, the node object when it was removed)

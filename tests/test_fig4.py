@@ -13,8 +13,9 @@ import torch
 from prunebench.methods.dynthresh import DynamicThresholding, DynThreshHparams
 from prunebench.methods.magnitude import MagnitudePruning
 
+from prunebench.observers import ThresholdRecorder
 from prunebench.registry import get_task
-from prunebench.report.fig4 import fig4, load_fig4_data, pruned_spans, record_thresholds, run_fig4
+from prunebench.report.fig4 import fig4, load_fig4_data, pruned_spans, run_fig4
 from prunebench.request import make_spec
 from prunebench.store import ResultStore
 
@@ -64,7 +65,7 @@ def test_record_thresholds_raw_signed_weights_and_broadcast_thresholds(scale):
     task = get_task("xor")
     pruner = DynamicThresholding(DynThreshHparams(scale=scale, t_max=20.0), task)
     model = pruner.attach(task.build_model(0))
-    extra = json.loads(json.dumps(record_thresholds(pruner, model, None)))  # survives the JSON column
+    extra = json.loads(json.dumps(ThresholdRecorder().measure(pruner, model, None)))  # survives the JSON column
     assert list(extra["weights"]) == ["fc1", "fc2"] == list(extra["thresholds"])
     raw = model.fc1.parametrizations.weight.original
     assert np.allclose(extra["weights"]["fc1"], raw.detach().numpy())  # signed, not the pruned forward
@@ -75,14 +76,14 @@ def test_record_thresholds_raw_signed_weights_and_broadcast_thresholds(scale):
     assert np.allclose(extra["thresholds"]["fc2"], t0)
     with torch.no_grad():
         pruner.threshold_params[0][0].fill_(0.0)  # t = t_max / 2 for the first threshold parameter
-    assert np.allclose(record_thresholds(pruner, model, None)["thresholds"]["fc1"], 10.0)
+    assert np.allclose(ThresholdRecorder().measure(pruner, model, None)["thresholds"]["fc1"], 10.0)
 
 
 def test_record_thresholds_refuses_a_method_without_thresholds():
     task = get_task("xor")
     pruner = MagnitudePruning(MagnitudePruning.hparams_class(), task)
     with pytest.raises(TypeError, match="threshold_of"):
-        record_thresholds(pruner, pruner.attach(task.build_model(0)), None)
+        ThresholdRecorder().measure(pruner, pruner.attach(task.build_model(0)), None)
 
 
 # -- fig4 on a hand-filled store ------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_fig4_hand_filled_store_panels_lines_spans(add_xor_run, store):
 
 def test_fig4_without_recorded_thresholds_says_how_to_record(add_xor_run, store):
     run_id = add_xor_run(store, [None] * len(STEPS))
-    with pytest.raises(ValueError, match="evaluate_extra=prunebench.report.fig4.record_thresholds"):
+    with pytest.raises(ValueError, match="record_thresholds=True"):
         fig4(store.path, run_id)
     with pytest.raises(ValueError, match="no run"):
         fig4(store.path, "0123456789abcdef")

@@ -167,3 +167,16 @@ def test_every_deployed_network_is_the_plain_architecture(tmp_path, store):
     assert type(net) is type(task.architecture())
     assert not any(hasattr(m, "parametrizations") for m in net.modules())
     assert torch.equal(net.fc1.weight, model.fc1.weight)
+
+
+def test_a_deployed_network_of_another_architecture_fails_the_run(store, tmp_path, monkeypatch):
+    from prunebench.registry import get_method
+
+    def other(self, model):  # the XOR weights, but in an nn.Sequential, not the task's XorNet
+        return torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Sigmoid(), torch.nn.Linear(5, 1))
+
+    monkeypatch.setattr(get_method("dense"), "deployed", other)
+    spec = make_spec("xor", "dense", seed=0, iterations=100, eval_every=50)
+    with pytest.raises(TypeError, match="dense's deployed network is not the task's plain XorNet"):
+        train(spec, store, tmp_path)
+    assert store.run_row(spec.run_id)["status"] == "failed"

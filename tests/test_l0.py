@@ -25,6 +25,7 @@ from torch import nn
 
 from prunebench.harness import train
 from prunebench.metrics import measure_compression
+from prunebench.observers import Measure
 from prunebench.registry import get_task
 from prunebench.request import make_spec
 
@@ -269,7 +270,7 @@ def test_xor_run_prunes_input_units_and_the_counts_agree(store, tmp_path):
             assert layer.log_alpha.min() >= LOG_ALPHA_MIN and layer.log_alpha.max() <= LOG_ALPHA_MAX
         return {}
 
-    result = train(spec, store, tmp_path, device="cpu", evaluate_extra=check)
+    result = train(spec, store, tmp_path, device="cpu", observer=Measure(check))
     assert result.status == "finished"
     points = store.trajectory(result.run_id)
     assert all("trained_accuracy" in p for p in points)

@@ -132,10 +132,11 @@ def test_streamed_run_resumes_at_the_right_batch(data_dir, stop_at, tmp_path, mo
     the uninterrupted run ends (same batches, same crops, the same final weights bit for bit). AlexNet with
     fc6/fc7 of 512 units (the same conv part, groups and LRN) keeps the three runs cheap; the data path is
     the task's."""
-    from prunebench import harness, tasks
+    from prunebench import tasks
     from prunebench.deploy import load_saved
     from prunebench.harness import train
     from prunebench.models import AlexNetCaffe
+    from prunebench.observers import Observer
     from prunebench.request import make_spec
     from prunebench.store import ResultStore
 
@@ -156,7 +157,7 @@ def test_streamed_run_resumes_at_the_right_batch(data_dir, stop_at, tmp_path, mo
     assert store.status(spec.run_id) == "interrupted"
     resumed_at = []
 
-    class Resumed(harness.Observer):
+    class Resumed(Observer):
         def resumed(self, step: int) -> None:
             resumed_at.append(step)
 

@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 from prunebench.harness import train
 from prunebench.metrics import measure_compression
+from prunebench.observers import Measure
 from prunebench.protocol import Phase
 from prunebench.registry import get_task
 from prunebench.request import make_spec
@@ -258,7 +259,7 @@ def test_thresholds_neither_move_nor_apply_while_pretraining(store, tmp_path):
                      "active": pruner.active})
         return {}
 
-    result = train(spec, store, tmp_path, device="cpu", evaluate_extra=record)
+    result = train(spec, store, tmp_path, device="cpu", observer=Measure(record))
     assert result.status == "finished"
     pretrain, prune = seen[:5], seen[5:]  # 125 pretrain steps, evaluations at 25, 50, ..., 125
     assert seen[0]["s"] == pytest.approx([0.3, 0.3])
@@ -287,7 +288,7 @@ def test_deployed_is_the_plain_architecture_with_the_hard_mask_count(store, tmp_
         seen.append(record)
         return record
 
-    result = train(spec, store, tmp_path, device="cpu", evaluate_extra=check)
+    result = train(spec, store, tmp_path, device="cpu", observer=Measure(check))
     assert result.status == "finished" and len(seen) == 3
     points = store.trajectory(result.run_id)
     for point, record in zip(points, seen, strict=True):

@@ -69,6 +69,7 @@ def test_smaller_network_is_measured_against_the_reference():
 def test_accuracy_at_compression_keeps_exactly_the_top_scored_weights(store, tmp_path):
     from prunebench.harness import train
     from prunebench.metrics import evaluate_accuracy
+    from prunebench.observers import Measure
     from prunebench.request import make_spec
 
     spec = make_spec("xor", "dense", seed=0, iterations=200, eval_every=100)
@@ -85,7 +86,7 @@ def test_accuracy_at_compression_keeps_exactly_the_top_scored_weights(store, tmp
         expected.append(evaluate_accuracy(net, data.x_test, data.y_test, spec.task.correct))
         return {}
 
-    result = train(spec, store, tmp_path, evaluate_extra=by_hand, at_compressions=(3.0, 1.5))
+    result = train(spec, store, tmp_path, observer=Measure(by_hand), at_compressions=(3.0, 1.5))
     points = store.trajectory(result.run_id)
     import json
     stored = [json.loads(p["extra"])["at_compression"] for p in points]

@@ -12,7 +12,8 @@ from torch import nn
 
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path, load_checkpoint, save_checkpoint
 from prunebench.deploy import load_saved
-from prunebench.harness import Observer, train
+from prunebench.harness import train
+from prunebench.observers import Measure, Observer, Observers
 from prunebench.pruner import Pruner
 from prunebench.request import make_spec
 from prunebench.store import ResultStore
@@ -36,17 +37,17 @@ def test_a_run_stopped_twice_continues_bit_for_bit(xor_method, stop_at, timeless
     method, overrides = xor_method
     spec = make_spec("xor", method, seed=0, hparams=overrides, iterations=300, eval_every=50)
     straight = ResultStore(tmp_path / "straight.sqlite")
-    train(spec, straight, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=None)
+    train(spec, straight, tmp_path, device="cpu", observer=Measure(weights_digests), checkpoint_seconds=None)
     assert not checkpoint_path(checkpoint_dir(straight.path), spec.run_id).exists()
 
     stopped = ResultStore(tmp_path / "stopped.sqlite")
     for stop in (130, 230):  # checkpoints at every evaluation: continues from 100, then from 200
         with pytest.raises(KeyboardInterrupt):
-            train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests,
-                  observer=stop_at(stop), checkpoint_seconds=0)
+            train(spec, stopped, tmp_path, device="cpu", observer=Observers(Measure(weights_digests), stop_at(stop)),
+                  checkpoint_seconds=0)
         assert stopped.status(spec.run_id) == "interrupted"
         assert checkpoint_path(checkpoint_dir(stopped.path), spec.run_id).exists()
-    result = train(spec, stopped, tmp_path, device="cpu", evaluate_extra=weights_digests, checkpoint_seconds=0)
+    result = train(spec, stopped, tmp_path, device="cpu", observer=Measure(weights_digests), checkpoint_seconds=0)
 
     assert result.status == "finished" and not result.skipped
     expected = timeless(straight.trajectory(spec.run_id))

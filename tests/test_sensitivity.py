@@ -22,6 +22,7 @@ from torch import nn
 
 from prunebench.harness import train, training_step
 from prunebench.metrics import measure_compression
+from prunebench.observers import Measure
 from prunebench.protocol import Phase
 from prunebench.registry import get_task
 from prunebench.request import make_spec
@@ -362,7 +363,7 @@ def test_xor_run_through_the_harness_prunes_and_finishes(store, tmp_path):
         seen.append(record)
         return record
 
-    result = train(spec, store, tmp_path, device="cpu", evaluate_extra=check)
+    result = train(spec, store, tmp_path, device="cpu", observer=Measure(check))
     assert result.status == "finished"
     points = store.trajectory(result.run_id)
     assert [p["step"] for p in points] == [100, 200, 300]

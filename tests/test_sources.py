@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from prunebench import harness
 from prunebench.data import TensorDataset
+from prunebench.observers import Observer
 from prunebench.protocol import Protocol
 from prunebench.request import make_spec
 from prunebench.sources import ImageAugment, ResidentSource, StreamedSource
@@ -149,7 +150,7 @@ def test_harness_applies_the_lr_schedule_to_every_group(monkeypatch, tmp_path, s
     monkeypatch.setattr(Protocol, "make_optimizer", capture)
     seen: dict[int, float] = {}
 
-    class LrObserver(harness.Observer):
+    class LrObserver(Observer):
         def step(self, step: int) -> None:
             seen[step] = optimizers[-1].param_groups[0]["lr"]
 

@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path
 from prunebench.harness import train
 from prunebench.metrics import measure_compression
+from prunebench.observers import Measure, Observers
 from prunebench.protocol import Phase
 from prunebench.registry import get_task
 from prunebench.request import make_spec
@@ -274,7 +275,7 @@ def test_xor_run_prunes_part_of_the_weights(store, tmp_path):
         seen.append(record)
         return record
 
-    result = train(spec, store, tmp_path, device="cpu", evaluate_extra=check)
+    result = train(spec, store, tmp_path, device="cpu", observer=Measure(check))
     assert result.status == "finished"
     points = store.trajectory(result.run_id)
     assert [p["phase"] for p in points] == ["pretrain", "gated", "gated"]  # 125 pretrain steps, then gated
@@ -296,13 +297,13 @@ def test_a_stopped_run_continues_bit_for_bit_in_the_gated_phase(stop_at, timeles
                 "state": pruner.state_dict()}
 
     straight = ResultStore(tmp_path / "straight.sqlite")
-    train(spec, straight, tmp_path, device="cpu", evaluate_extra=digest, checkpoint_seconds=None)
+    train(spec, straight, tmp_path, device="cpu", observer=Measure(digest), checkpoint_seconds=None)
     stopped = ResultStore(tmp_path / "stopped.sqlite")
     with pytest.raises(KeyboardInterrupt):
-        train(spec, stopped, tmp_path, device="cpu", evaluate_extra=digest, observer=stop_at(170),
+        train(spec, stopped, tmp_path, device="cpu", observer=Observers(Measure(digest), stop_at(170)),
               checkpoint_seconds=0)
     assert checkpoint_path(checkpoint_dir(stopped.path), spec.run_id).exists()
-    train(spec, stopped, tmp_path, device="cpu", evaluate_extra=digest, checkpoint_seconds=0)
+    train(spec, stopped, tmp_path, device="cpu", observer=Measure(digest), checkpoint_seconds=0)
 
     expected = timeless(straight.trajectory(spec.run_id))
     assert [p["step"] for p in expected] == [50, 100, 150, 200]

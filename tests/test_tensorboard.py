@@ -15,7 +15,9 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from prunebench.cli import main
-from prunebench.harness import Observer, Observers, train
+from prunebench.evaluation import Evaluation
+from prunebench.harness import train
+from prunebench.observers import Observer, Observers
 from prunebench.request import make_spec
 from prunebench.store import ResultStore
 from prunebench.tensorboard import point_scalars
@@ -92,8 +94,8 @@ class StopInEvaluation(Observer):
     def __init__(self, step: int) -> None:
         self.at = step
 
-    def evaluation(self, point: dict) -> None:
-        if point["step"] == self.at:
+    def evaluation(self, point: Evaluation) -> None:
+        if point.step == self.at:
             raise KeyboardInterrupt
 
 
@@ -131,8 +133,9 @@ def test_a_resumed_run_continues_its_directory_without_duplicates(tmp_path, stor
 
 
 def test_point_scalars_name_top5_and_trained_accuracy():
-    point = {"step": 5, "accuracy": 0.5, "top5": 0.75, "trained_accuracy": 0.625, "compression": 4.0,
-             "compression_all": 2.0, "per_layer": {"conv1": [3, 12]}, "loss": 1.5, "train_seconds": 2.0}
+    point = Evaluation(step=5, phase="train", train_seconds=2.0, loss=1.5, accuracy=0.5, compression=4.0,
+                       weights_nonzero=3, weights_total=12, compression_all=2.0, per_layer={"conv1": (3, 12)},
+                       flops=12, flops_nonzero=3, top5=0.75, trained_accuracy=0.625)
     assert point_scalars(point) == {"accuracy/top1": 0.5, "accuracy/top5": 0.75, "accuracy/trained": 0.625,
                                     "compression/weights": 4.0, "compression/all_parameters": 2.0,
                                     "kept/conv1": 0.25, "loss/train": 1.5, "time/train_seconds": 2.0}

@@ -27,7 +27,7 @@ import torch
 
 from prunebench.deploy import model_path, models_dir
 from prunebench.export import ExportError, ExportResult, export_run, flops_reductions
-from prunebench.harness import Observer
+from prunebench.observers import Observer
 from prunebench.report.leaderboard import shown_name
 from prunebench.report.setting import rerun_command, setting_items, setting_string
 from prunebench.request import RunSpec

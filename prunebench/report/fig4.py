@@ -8,8 +8,8 @@ pruning function keeps |w| >= t). Row 1 holds the weights from input node 1 to t
 weights (layer 2, weights 1-5); the paper reports weights 1, 2, 6 of layer 1 and weight 1 of layer 2 pruned
 at the end.
 
-- `record_thresholds`: an `evaluate_extra` callable for `harness.train` that stores, at every evaluation,
-  each prunable layer's signed weights and per-weight thresholds in the trajectory row's `extra` column.
+- The run records, at every evaluation, each prunable layer's signed weights and per-weight thresholds in the
+  trajectory row's `extra` column (`observers.ThresholdRecorder`, `harness.TrainOptions.record_thresholds`).
 - `pruned_spans`: the (first step, last step) of each maximal run of evaluation points with |w| < t.
 - `fig4`: the grid drawn from a stored run; `run_fig4`: train (or reuse) the XOR run and draw it.
 
@@ -32,17 +32,12 @@ from typing import Any
 
 import numpy as np
 import seaborn as sns
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from torch import nn
-from torch.nn.utils import parametrize
 
-from prunebench.data import TensorDataset
 from prunebench.harness import train
-from prunebench.pruner import Pruner, prunable_layers
 from prunebench.report.plots import _style, save
 from prunebench.request import make_spec
 from prunebench.store import ResultStore
@@ -53,32 +48,7 @@ MAGNITUDE_COLOUR = PALETTE[0]
 THRESHOLD_COLOUR = PALETTE[3]
 PRUNED_COLOUR = "0.82"
 MAX_PANELS = 100
-HOW_TO_RECORD = ("train it with evaluate_extra=prunebench.report.fig4.record_thresholds "
-                 "(run_fig4 does this for XOR)")
-
-
-def _raw_weight(module: nn.Module) -> torch.Tensor:
-    """The trained (unpruned) weight: the parametrisation's original when the layer is parametrised."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original
-    return module.weight
-
-
-def record_thresholds(pruner: Pruner, model: nn.Module, data: TensorDataset) -> dict[str, Any]:  # noqa: ARG001
-    """`evaluate_extra` for dynthresh runs: {"weights": {layer: signed weights}, "thresholds": {layer:
-    thresholds broadcast to the weight's shape}} as nested lists, for every prunable layer and any scale."""
-    threshold_of = getattr(pruner, "threshold_of", None)
-    if threshold_of is None:
-        raise TypeError(f"record_thresholds needs a pruner with learned thresholds (threshold_of), such as "
-                        f"dynthresh; got {type(pruner).__name__}")
-    weights: dict[str, Any] = {}
-    thresholds: dict[str, Any] = {}
-    with torch.no_grad():
-        for name, module in prunable_layers(model):
-            weight = _raw_weight(module).detach()
-            weights[name] = weight.cpu().tolist()
-            thresholds[name] = threshold_of(module).detach().expand_as(weight).cpu().tolist()
-    return {"weights": weights, "thresholds": thresholds}
+HOW_TO_RECORD = "train it with record_thresholds=True (run --record-thresholds; run_fig4 does this for XOR)"
 
 
 def pruned_spans(steps: Any, magnitudes: Any, thresholds: Any) -> list[tuple[int, int]]:
@@ -294,7 +264,7 @@ def run_fig4(store_path: Path | str, data_dir: Path | str, seed: int = 0, iterat
     try:
         run_id = spec.run_id
         force = store.status(run_id) == "finished" and not has_thresholds(store, run_id, eval_every, iterations)
-        result = train(spec, store, Path(data_dir), force=force, evaluate_extra=record_thresholds)
+        result = train(spec, store, Path(data_dir), force=force, record_thresholds=True)
         if result.status != "finished":
             raise RuntimeError(f"xor dynthresh run {run_id} {result.status}: {result.error}")
     finally:

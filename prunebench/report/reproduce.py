@@ -43,7 +43,8 @@ from typing import Any
 
 import pandas as pd
 
-from prunebench.harness import Observer, train
+from prunebench.harness import train
+from prunebench.observers import Observer
 from prunebench.report import stats
 from prunebench.report.estimate import (
     METHOD_OVERHEAD,
@@ -364,14 +365,10 @@ def execute(items: list[Item], store: ResultStore, data_dir: Path,
         if skip:
             status[item.run_id] = "finished"
             continue
-        extra = None
-        if item.record_thresholds:
-            from prunebench.report.fig4 import record_thresholds
-            extra = record_thresholds
         if item.task not in datasets:
             datasets[item.task] = item.spec.task.resident_data(data_dir)
         result = train(item.spec, store, data_dir, observer=observer_for(item) if observer_for else None,
-                       force=rerun, evaluate_extra=extra, at_compressions=item.at_compressions,
+                       force=rerun, record_thresholds=item.record_thresholds, at_compressions=item.at_compressions,
                        dataset=datasets[item.task])
         status[item.run_id] = result.status
     return status

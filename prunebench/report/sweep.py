@@ -40,8 +40,9 @@ from prunebench import harness
 from prunebench.checkpoint import checkpoint_dir
 from prunebench.data import TensorDataset
 from prunebench.errors import DataUnavailableError
+from prunebench.evaluation import Evaluation
 from prunebench.executors import Executor, LocalExecutor, Tracker
-from prunebench.harness import Observer, Observers
+from prunebench.observers import Observer, Observers
 from prunebench.pruner import REGISTRY
 from prunebench.records import RunRecord
 from prunebench.registry import method_names
@@ -237,10 +238,10 @@ class _SweepObserver(Observer):
         if step % 50 == 0:
             self.progress.update(self.overall, completed=self.done + step / self.total)
 
-    def evaluation(self, point: dict[str, Any]) -> None:
-        self.progress.update(self.overall, completed=self.done + point["step"] / self.total, current=(
-            f"{self.label}: step {point['step']:,}, acc {100 * point['accuracy']:.2f}%, "
-            f"CR {point['compression']:.1f}x"))
+    def evaluation(self, point: Evaluation) -> None:
+        self.progress.update(self.overall, completed=self.done + point.step / self.total, current=(
+            f"{self.label}: step {point.step:,}, acc {100 * point.accuracy:.2f}%, "
+            f"CR {point.compression:.1f}x"))
 
 
 def _progress(console: Console) -> Progress:
