@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,11 +25,14 @@ class Hyperparameters:
     """Base of every method's hyperparameter dataclass.
 
     Each field becomes a CLI flag; put its help text in `field(metadata={"help": ...})` and, for a
-    field with a closed set of values, `metadata={"choices": (...)}`. Fields equal to their dataclass
-    default are left out of a run's identity, so adding a field with a default keeps old identities."""
+    field with a closed set of values, `metadata={"choices": (...)}`; bounds on a number (or on every value
+    of a tuple; a tuple needs one value at least) go in `metadata` too: "min" (>=), "gt" (>), "max" (<=),
+    "lt" (<). Fields equal to their dataclass default are left out of a run's identity, so adding a field
+    with a default keeps old identities."""
 
     def validate(self) -> None:
-        """Raise ValueError for a value out of range. The base checks `choices` and non-finite floats."""
+        """Raise ValueError for a value out of range. The base checks `choices`, non-finite floats and the
+        metadata's bounds; subclasses add what relates two fields."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
@@ -36,6 +40,13 @@ class Hyperparameters:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{f.name} must be finite, got {value}")
+            bounds = {key: f.metadata[key] for key in BOUNDS if key in f.metadata}
+            values = value if isinstance(value, tuple) else (value,)
+            if not values:
+                raise ValueError(f"{f.name} needs at least one value")
+            if not all(BOUNDS[key][0](v, bound) for v in values for key, bound in bounds.items()):
+                name = f"{f.name} values" if isinstance(value, tuple) else f.name
+                raise ValueError(f"{name} must be {_range_text(bounds)}, got {value}")
 
     def non_default(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -43,6 +54,21 @@ class Hyperparameters:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Bound keys of a hyperparameter's metadata: (test, how it reads alone, its bracket in an interval).
+BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str, str]] = {
+    "min": (operator.ge, ">=", "["), "gt": (operator.gt, ">", "("),
+    "max": (operator.le, "<=", "]"), "lt": (operator.lt, "<", ")")}
+
+
+def _range_text(bounds: dict[str, Any]) -> str:
+    """">= 0" for one bound, "in [0, 1)" for two."""
+    if len(bounds) == 1:
+        ((key, bound),) = bounds.items()
+        return f"{BOUNDS[key][1]} {bound}"
+    (low, low_bound), (high, high_bound) = bounds.items()
+    return f"in {BOUNDS[low][2]}{low_bound}, {high_bound}{BOUNDS[high][2]}"
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -91,6 +117,8 @@ class Pruner:
         #: "equal": all phases together take the protocol's iterations; "paper": the method's published
         #: schedule converted to iterations. Methods with one phase ignore it.
         self.budget = budget
+        #: The current phase's optimizer (bound by the default `on_phase_start` and `on_resume`).
+        self.optimizer: torch.optim.Optimizer | None = None
 
     # -- hooks ------------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
@@ -113,8 +141,9 @@ class Pruner:
         """Optimizer steps in one pass over the task's training set (to convert a paper's epochs)."""
         return self.task.train_size // protocol.batch_size
 
-    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Called when a phase starts, after its optimizer was built."""
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
+        """Called when a phase starts, after its optimizer was built. Default: binds it as `self.optimizer`."""
+        self.optimizer = optimizer
 
     def state_dict(self) -> dict[str, Any]:
         """The method's training state that is not in `model.state_dict()` (masks kept as attributes,
@@ -127,11 +156,12 @@ class Pruner:
         if state:
             raise ValueError(f"{self.name} keeps no state beyond the model; got {sorted(state)}")
 
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
         """Called instead of `on_phase_start` when a run continues from a checkpoint inside `phase`,
         after the model's and this pruner's state were restored and before the optimizer's is loaded
         into `optimizer`. Rebind references (`self.optimizer = optimizer`) and add parameter groups
-        the way `on_phase_start` did; recompute nothing from the weights. Default: nothing."""
+        the way `on_phase_start` did; recompute nothing from the weights. Default: binds `self.optimizer`."""
+        self.optimizer = optimizer
 
     def deployed(self, model: nn.Module) -> nn.Module:
         """The network as it would ship: the task's plain architecture, pruned weights exactly zero."""
