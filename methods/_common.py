@@ -1,8 +1,7 @@
 """What several methods share: per-layer hyperparameters, optimizer state across phases, compiled
-elementwise kernels (`fusable`, `fused`), and the method families: `MaskedPruner` (masks kept as the
-method's state), `PretrainThenPrune` (dense pretraining, then the method's own phase, with its own
-optimizer group), `FusedPenalty` (a penalty whose gradient the fused backward adds) and `swap_layers`
-(a method's own Linear/Conv2d types in place of the plain ones).
+elementwise kernels (`fusable`, `fused`), and two method families: `PretrainThenPrune` (dense pretraining,
+then the method's own phase, with its own optimizer group) and `FusedPenalty` (a penalty whose gradient
+the fused backward adds). The generic families (`MaskedPruner`, `swap_layers`) are in prunebench.pruner.
 
 Not a method: nothing here registers."""
 
@@ -11,16 +10,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Pruner, prunable_layers
-
-if TYPE_CHECKING:
-    from prunebench.tasks import Task
+from prunebench.pruner import Pruner
 
 #: Tensors smaller than this run a method's elementwise functions eager (a compiled call costs ~50 us).
 COMPILE_MIN_NUMEL = 512
@@ -197,64 +193,6 @@ class PretrainThenPrune(Pruner):
             optimizer.add_param_group(group)
 
 
-class MaskedPruner(Pruner):
-    """Masks kept as the method's state (magnitude, sensitivity): `keep` maps a prunable layer's name to its
-    keep mask, for the layers pruned so far; `apply_masks` zeroes the pruned weights and their optimizer
-    state (`zero_pruned`); checkpoints carry the masks under `masks_key`."""
-
-    masks_key: ClassVar[str] = "keep"
-
-    def __init__(self, hparams: Any, task: Task, budget: str = "equal") -> None:
-        super().__init__(hparams, task, budget)
-        self.layers: list[tuple[str, nn.Module]] = []
-        self.keep: dict[str, torch.Tensor] = {}
-
-    def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = prunable_layers(model)
-        return model
-
-    def apply_masks(self) -> None:
-        """Zero the pruned weights and every optimizer state entry that belongs to them (`zero_pruned`)."""
-        zero_pruned(self.layers, self.keep, self.optimizer)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {self.masks_key: dict(self.keep)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.layers[0][1].weight.device
-        self.keep = {name: mask.to(device, copy=True) for name, mask in state[self.masks_key].items()}
-
-    def deployed(self, model: nn.Module) -> nn.Module:
-        """The plain architecture with the pruned weights exactly zero (dense before the first prune)."""
-        return self.export(model, weights={name: model.get_submodule(name).weight.detach() * mask
-                                           for name, mask in self.keep.items()})
-
-    def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """|w| of the kept weights, 0 for pruned ones."""
-        return {name: module.weight.detach().abs() * self.keep[name] if name in self.keep
-                else module.weight.detach().abs() for name, module in prunable_layers(model)}
-
-
-#: Optimizer state entries that could move a weight; zeroed at masked entries after each step.
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
-
-
-@torch.no_grad()
-def zero_pruned(layers: list[tuple[str, nn.Module]], masks: dict[str, torch.Tensor],
-                optimizer: torch.optim.Optimizer | None) -> None:
-    """Multiply each layer's weight by its mask, and every optimizer state entry of that weight (Adam's
-    moments, momentum) too, so a pruned weight stays exactly zero and carries no stale state."""
-    for name, module in layers:
-        mask = masks[name]
-        module.weight.mul_(mask)
-        if optimizer is not None:
-            state = optimizer.state.get(module.weight, {})
-            for key in STATE_KEYS:
-                value = state.get(key)
-                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                    value.mul_(mask)
-
-
 class FusedPenalty:
     """Mixin of a method whose fused path adds its penalty's gradient in the backward pass (dynthresh, ltp,
     sparse-vd): no loss term there; `plain_penalty()` on the plain path (PRUNEBENCH_FUSED=0)."""
@@ -269,32 +207,3 @@ class FusedPenalty:
     def penalty(self) -> torch.Tensor | None:
         """None on the fused path: there the backward adds the penalty's gradient itself."""
         return None if self.fused else self.plain_penalty()
-
-
-def init_like(layer: nn.Module, source: nn.Module) -> None:
-    """Run nn.Linear's or nn.Conv2d's __init__ on `layer` (a method's subclass of source's type) with the
-    plain layer `source`'s shape, device and dtype, then copy source's weight and bias into it."""
-    options = dict(bias=source.bias is not None, device=source.weight.device, dtype=source.weight.dtype)
-    if isinstance(layer, nn.Conv2d):
-        nn.Conv2d.__init__(layer, source.in_channels, source.out_channels, source.kernel_size, source.stride,
-                           source.padding, source.dilation, source.groups, padding_mode=source.padding_mode,
-                           **options)
-    else:
-        nn.Linear.__init__(layer, source.in_features, source.out_features, **options)
-    with torch.no_grad():
-        layer.weight.copy_(source.weight)
-        if source.bias is not None:
-            layer.bias.copy_(source.bias)
-
-
-def swap_layers(model: nn.Module, linear: type[nn.Module], conv: type[nn.Module],
-                args: Callable[[int, nn.Module], tuple] = lambda index, layer: ()) -> list[tuple[str, nn.Module]]:
-    """Replace the prunable layer number `index` of `model` (in definition order), by name, with
-    `linear(layer, *args(index, layer))` (or `conv(...)` for a Conv2d); the (name, new layer) pairs."""
-    swapped = []
-    for index, (name, module) in enumerate(prunable_layers(model)):
-        layer = (conv if isinstance(module, nn.Conv2d) else linear)(module, *args(index, module))
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
-        swapped.append((name, layer))
-    return swapped

@@ -99,12 +99,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from prunebench.methods._common import expand_per_layer, init_like, per_layer_values, swap_layers
+from prunebench.methods._common import expand_per_layer, per_layer_values
 from torch import nn
 from torch.nn import functional as F
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
+from prunebench.pruner import Hyperparameters, Pruner, init_like, prunable_layers, register, swap_layers
 from prunebench.structured import Structure, network_structure, unread_units, zero_unread_units
 
 if TYPE_CHECKING:

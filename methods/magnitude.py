@@ -49,17 +49,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import (  # noqa: F401 (zero_pruned: plugins import it from here)
-    LAYER_RULES,
-    MaskedPruner,
-    layer_values,
-    per_layer_values,
-    zero_pruned,
-)
+from prunebench.methods._common import LAYER_RULES, layer_values, per_layer_values
 from torch import nn
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, prunable_layers, register
+from prunebench.pruner import (  # noqa: F401 (zero_pruned: plugins import it from here)
+    Hyperparameters,
+    MaskedPruner,
+    prunable_layers,
+    register,
+    zero_pruned,
+)
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task

@@ -124,11 +124,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import MaskedPruner, PretrainThenPrune
+from prunebench.methods._common import PretrainThenPrune
 from torch import nn
 
 from prunebench.protocol import Phase
-from prunebench.pruner import Hyperparameters, prunable_layers, register
+from prunebench.pruner import Hyperparameters, MaskedPruner, prunable_layers, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task

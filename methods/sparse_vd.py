@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import FusedPenalty, carry_optimizer_state, fusable, fused, init_like, swap_layers
+from prunebench.methods._common import FusedPenalty, carry_optimizer_state, fusable, fused
 from torch import nn
 from torch.nn import functional as F
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, register
+from prunebench.pruner import Hyperparameters, Pruner, init_like, register, swap_layers
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
