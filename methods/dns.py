@@ -63,10 +63,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from prunebench.methods._common import LAYER_RULES, carry_optimizer_state, layer_values, per_layer_values
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
+from prunebench.pruner import Hyperparameters, Pruner, parametrize_weights, prunable_layers, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -222,11 +221,9 @@ class DynamicNetworkSurgery(Pruner):
     def attach(self, model: nn.Module) -> nn.Module:
         # Seeded from the global generator, which the harness seeds with the run's seed when it builds the model.
         self.rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
-        self.layers = []
-        for (name, module), c_rate, iter_stop in zip(prunable_layers(model), self.c_rate, self.iter_stop,
-                                                   strict=True):
-            parametrize.register_parametrization(module, "weight", SurgeryMask(module.weight))
-            self.layers.append(_SurgeryLayer(name, module, c_rate, iter_stop))
+        layers = parametrize_weights(model, lambda module: SurgeryMask(module.weight))
+        self.layers = [_SurgeryLayer(name, module, c_rate, iter_stop) for (name, module, _), c_rate, iter_stop
+                       in zip(layers, self.c_rate, self.iter_stop, strict=True)]
         return model
 
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

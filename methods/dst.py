@@ -67,9 +67,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from prunebench.methods._common import fusable, fused, fused_paths
 from torch import nn
-from torch.nn.utils import parametrize
 
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
+from prunebench.pruner import Hyperparameters, Pruner, parametrize_weights, prunable_layers, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -196,9 +195,7 @@ class DynamicSparseTraining(Pruner):
         self.resets: list[tuple[int, str]] = []
 
     def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = prunable_layers(model)
-        for _, module in self.layers:
-            parametrize.register_parametrization(module, "weight", TrainableMask(module.weight))
+        self.layers = [(name, m) for name, m, _ in parametrize_weights(model, lambda m: TrainableMask(m.weight))]
         return model
 
     # -- the method's state ----------------------------------------------------------------------

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
+from prunebench.pruner import Hyperparameters, Pruner, parametrised, prunable_layers, register
 
 SQRT_PI = math.sqrt(math.pi)
 
@@ -159,14 +159,8 @@ def layer_thresholds(model: nn.Module) -> dict[str, torch.Tensor] | None:
     layer's weight for individual thresholds, shape (1,) for a layer's shared threshold, and the one
     shared value (shape (1,)) under each layer's name for the global one. None when no layer of `model`
     carries a `ThresholdedWeight`."""
-    out = {}
-    for name, module in prunable_layers(model):
-        if not parametrize.is_parametrized(module, "weight"):
-            continue
-        parametrisation = module.parametrizations.weight[0]
-        if isinstance(parametrisation, ThresholdedWeight):
-            out[name] = parametrisation.threshold().detach().clone()
-    return out or None
+    return {name: parametrisation.threshold().detach().clone() for name, _, parametrisation in parametrised(model)
+            if isinstance(parametrisation, ThresholdedWeight)} or None
 
 
 @dataclass

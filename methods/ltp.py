@@ -60,17 +60,15 @@ Method card (where each value comes from):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from prunebench.methods._common import FusedPenalty, PretrainThenPrune, fusable, fused
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunebench.protocol import Phase
-from prunebench.pruner import Hyperparameters, prunable_layers, register
+from prunebench.pruner import Hyperparameters, parametrised, parametrize_weights, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -243,11 +241,7 @@ class LearnedThresholdPruning(FusedPenalty, PretrainThenPrune):
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = []
-        for name, module in prunable_layers(model):
-            threshold = LearnedThreshold()
-            parametrize.register_parametrization(module, "weight", threshold)
-            self.layers.append((name, module, threshold))
+        self.layers = parametrize_weights(model, lambda _: LearnedThreshold())
         self.weight_count = sum(module.parametrizations.weight.original.numel() for _, module, _ in self.layers)
         self.active = False
         for _, _, threshold in self.layers:
@@ -290,30 +284,24 @@ class LearnedThresholdPruning(FusedPenalty, PretrainThenPrune):
                 for _, _, threshold in self.layers:
                     threshold.s.clamp_(min=0.0)
 
-    # -- reading the state --------------------------------------------------------------------
-    def _layers_of(self, model: nn.Module) -> Iterator[tuple[str, torch.Tensor, LearnedThreshold]]:
-        """(name, dense weight w, parametrisation) of each prunable layer of `model` (attached by this pruner)."""
-        for name, _, _ in self.layers:
-            module = model.get_submodule(name)
-            yield name, module.parametrizations.weight.original.detach(), module.parametrizations.weight[0]
-
+    # -- reading the state (`parametrised`: name, dense weight w, parametrisation) ------------------
     def taus(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """tau_l per layer (0 during the pretrain phase)."""
-        return {name: threshold.tau().detach() for name, _, threshold in self._layers_of(model)}
+        return {name: threshold.tau().detach() for name, _, threshold in parametrised(model)}
 
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The hard keep masks 1[w^2 > tau_l] (bool), per layer: what `deployed` keeps."""
-        return {name: hard_mask(weight, threshold.tau()) for name, weight, threshold in self._layers_of(model)}
+        return {name: hard_mask(weight, threshold.tau()) for name, weight, threshold in parametrised(model)}
 
     def deployed(self, model: nn.Module) -> nn.Module:
         """The plain architecture with w * 1[w^2 > tau_l] (exact zeros); dense w during the pretrain phase."""
         return self.export(model, weights={name: weight * hard_mask(weight, threshold.tau())
-                                           for name, weight, threshold in self._layers_of(model)})
+                                           for name, weight, threshold in parametrised(model)})
 
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """w^2 - tau_l: positive exactly for the kept weights."""
         return {name: weight.square() - threshold.tau().detach()
-                for name, weight, threshold in self._layers_of(model)}
+                for name, weight, threshold in parametrised(model)}
 
     def thresholds(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Each layer's threshold on the weight magnitude, sqrt(max(tau_l, 0)), shape (1,): LTP's tau_l
@@ -321,4 +309,4 @@ class LearnedThresholdPruning(FusedPenalty, PretrainThenPrune):
         root is on the scale of the other methods' thresholds on |w|. 0 during the pretrain phase (tau_l
         is 0 there: only exact zeros are pruned)."""
         return {name: threshold.tau().detach().clamp(min=0.0).sqrt().reshape(1)
-                for name, _, threshold in self._layers_of(model)}
+                for name, _, threshold in parametrised(model)}

@@ -86,10 +86,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from prunebench.methods._common import PretrainThenPrune
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunebench.protocol import Phase
-from prunebench.pruner import Hyperparameters, prunable_layers, register
+from prunebench.pruner import Hyperparameters, parametrised, parametrize_weights, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -205,11 +204,7 @@ class SrinivasGates(PretrainThenPrune):
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = []
-        for name, module in prunable_layers(model):
-            gate = BernoulliGate(module.weight, self.hp.gate_init)
-            parametrize.register_parametrization(module, "weight", gate)
-            self.layers.append((name, module, gate))
+        self.layers = parametrize_weights(model, lambda module: BernoulliGate(module.weight, self.hp.gate_init))
         self.gate_count = sum(gate.gate.numel() for _, _, gate in self.layers)
         self.active = False
         return model
@@ -258,9 +253,7 @@ class SrinivasGates(PretrainThenPrune):
     # -- reading the state --------------------------------------------------------------------
     def _layers_of(self, model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         """(name, dense weight w, gates g), detached, of each prunable layer of `model` (attached by this pruner)."""
-        for name, _, _ in self.layers:
-            parametrization = model.get_submodule(name).parametrizations.weight
-            yield name, parametrization.original.detach(), parametrization[0].gate.detach()
+        return ((name, weight, gate.gate.detach()) for name, weight, gate in parametrised(model))
 
     def gates(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The gates g per layer (detached copies)."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunebench.protocol import Phase, Protocol
 
@@ -307,6 +308,26 @@ def swap_layers(model: nn.Module, linear: type[nn.Module], conv: type[nn.Module]
         setattr(model.get_submodule(parent) if parent else model, child, layer)
         swapped.append((name, layer))
     return swapped
+
+
+def parametrize_weights(model: nn.Module,
+                        make: Callable[[nn.Module], nn.Module]) -> list[tuple[str, nn.Module, nn.Module]]:
+    """Register `make(layer)` as the parametrisation of each prunable layer's weight, in definition order;
+    the (name, layer, parametrisation) triples."""
+    layers = []
+    for name, module in prunable_layers(model):
+        parametrisation = make(module)
+        parametrize.register_parametrization(module, "weight", parametrisation)
+        layers.append((name, module, parametrisation))
+    return layers
+
+
+def parametrised(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, nn.Module]]:
+    """(name, dense weight (detached), parametrisation) of each prunable layer of `model` whose weight is
+    parametrised (`parametrize_weights`)."""
+    for name, module in prunable_layers(model):
+        if parametrize.is_parametrized(module, "weight"):
+            yield name, module.parametrizations.weight.original.detach(), module.parametrizations.weight[0]
 
 
 REGISTRY: dict[str, type[Pruner]] = {}
