@@ -137,24 +137,9 @@ def fused(fn: Callable, numel: int) -> Callable:
     return _compiled[key]
 
 
-def pretrain_then(method: str, budget: str, protocol: Protocol, pretrain_iterations: int, second: str,
-                  second_iterations: int, second_lr_factor: float) -> list[Phase]:
-    """Dense pretraining ("pretrain", at the protocol lr) then the method's own phase `second` (at the
-    protocol lr times `second_lr_factor`). Budget "paper": the given iterations; "equal": the same split
-    scaled into the protocol's iterations, each phase at least one step (ltp, sensitivity, srinivas)."""
-    pretrain, rest = pretrain_iterations, second_iterations
-    if budget == "equal":
-        total = protocol.iterations
-        if total < 2:
-            raise ValueError(f"{method} needs at least 2 iterations (pretrain and {second}), got {total}")
-        pretrain = min(max(1, round(pretrain * total / (pretrain + rest))), total - 1)
-        rest = total - pretrain
-    return [Phase("pretrain", pretrain, protocol.lr), Phase(second, rest, protocol.lr * second_lr_factor)]
-
-
 class PretrainThenPrune(Pruner):
-    """Dense pretraining, then the method's own phase `second` (ltp, sensitivity, srinivas; `pretrain_then`).
-    Its hyperparameters give the lengths and lr: `pretrain_iterations`, `<prefix>_iterations` and
+    """Dense pretraining, then the method's own phase `second` (ltp, sensitivity, srinivas). Its
+    hyperparameters give the lengths and lr: `pretrain_iterations`, `<prefix>_iterations` and
     `<prefix>_lr_factor`. When `second` starts, `start` runs, then the method's own parameters get their
     optimizer group (`own_group`), which a resumed run inside `second` gets again."""
 
@@ -162,9 +147,18 @@ class PretrainThenPrune(Pruner):
     prefix: ClassVar[str] = ""
 
     def phases(self, protocol: Protocol) -> list[Phase]:
-        hp, prefix = self.hp, self.prefix
-        return pretrain_then(self.name, self.budget, protocol, hp.pretrain_iterations, self.second,
-                             getattr(hp, f"{prefix}_iterations"), getattr(hp, f"{prefix}_lr_factor"))
+        """"pretrain" at the protocol lr, then `second` at the protocol lr * `<prefix>_lr_factor`. Budget
+        "paper": the hyperparameters' iterations; "equal": the same split scaled into the protocol's
+        iterations, each phase at least one step."""
+        pretrain, rest = self.hp.pretrain_iterations, getattr(self.hp, f"{self.prefix}_iterations")
+        if self.budget == "equal":
+            total = protocol.iterations
+            if total < 2:
+                raise ValueError(f"{self.name} needs at least 2 iterations (pretrain and {self.second}), got {total}")
+            pretrain = min(max(1, round(pretrain * total / (pretrain + rest))), total - 1)
+            rest = total - pretrain
+        lr_factor = getattr(self.hp, f"{self.prefix}_lr_factor")
+        return [Phase("pretrain", pretrain, protocol.lr), Phase(self.second, rest, protocol.lr * lr_factor)]
 
     def start(self, phase: Phase, model: nn.Module) -> None:
         """The method's phase starts (not called on resume)."""
