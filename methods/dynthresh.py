@@ -165,8 +165,8 @@ def layer_thresholds(model: nn.Module) -> dict[str, torch.Tensor] | None:
 
 @dataclass
 class DynThreshHparams(Hyperparameters):
-    lam: float = field(default=5e-4, metadata={"help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)",
-                                                "min": 0})
+    lam: float = field(default=5e-4, metadata={
+        "help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)", "min": 0})
     tau: float = field(default=0.03, metadata={"help": "temperature of the erf surrogate (> 0)", "gt": 0})
     scale: str = field(default="individual", metadata={
         "help": "threshold scale: one per weight, per layer, or one for the network",

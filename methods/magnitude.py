@@ -159,11 +159,7 @@ class MagnitudePruning(MaskedPruner):
         for (name, module), quality in zip(self.layers, self.quality, strict=True):
             threshold = fraction * quality * self.reference_std[name]
             mask = magnitude_mask(module.weight, threshold)
-            if name in self.masks:
-                mask = mask * self.masks[name]
+            if name in self.keep:
+                mask = mask * self.keep[name]
             self.keep[name] = mask
         self.apply_masks()
-
-    def after_step(self, step: int) -> None:  # noqa: ARG002
-        if self.keep:
-            self.apply_masks()

@@ -243,6 +243,10 @@ class MaskedPruner(Pruner):
         """Zero the pruned weights and every optimizer state entry that belongs to them (`zero_pruned`)."""
         zero_pruned(self.layers, self.keep, self.optimizer)
 
+    def after_step(self, step: int) -> None:  # noqa: ARG002
+        if self.keep:
+            self.apply_masks()
+
     def state_dict(self) -> dict[str, Any]:
         return {self.masks_key: dict(self.keep)}
 
