@@ -1,18 +1,22 @@
-"""Small helpers shared by several methods (per-layer hyperparameters, optimizer state across phases,
-compiled elementwise kernels, the pretrain-then-prune schedule).
+"""What several methods share: per-layer hyperparameters, optimizer state across phases, compiled
+elementwise kernels (`fusable`, `fused`), and two method families: `PretrainThenPrune` (dense pretraining,
+then the method's own phase, with its own optimizer group) and `FusedPenalty` (a penalty whose gradient
+the fused backward adds). The generic families (`MaskedPruner`, `swap_layers`) are in prunebench.pruner.
 
-Not a method: nothing here registers. Both helpers are candidates for `prunebench/pruner.py`."""
+Not a method: nothing here registers."""
 
 from __future__ import annotations
 
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from prunebench.protocol import Phase, Protocol
+from prunebench.pruner import Pruner
 
 #: Tensors smaller than this run a method's elementwise functions eager (a compiled call costs ~50 us).
 COMPILE_MIN_NUMEL = 512
@@ -97,11 +101,22 @@ def fused_paths() -> bool:
     return os.environ.get("PRUNEBENCH_FUSED", "1") != "0"
 
 
-def fused(fn: Callable, numel: int, probe: Callable[[], tuple]) -> Callable:
-    """`fn` fused by torch.compile (static shapes) when it works here, for tensors of at least
+def fusable(probe: Callable[[torch.Tensor], tuple]) -> Callable[[Callable], Callable]:
+    """Decorator of an elementwise function that `fused` compiles: `probe(x)` gives small arguments built
+    from x = torch.ones(2, 2), to try the compiled function on."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.probe = probe
+        return fn
+
+    return mark
+
+
+def fused(fn: Callable, numel: int) -> Callable:
+    """`fn` (`fusable`) fused by torch.compile (static shapes) when it works here, for tensors of at least
     `COMPILE_MIN_NUMEL` elements; eager for small tensors, when compiling fails (said once), or when
-    PRUNEBENCH_COMPILE=0. `probe()` gives small arguments, so a missing compiler toolchain shows at the
-    first call rather than mid-run."""
+    PRUNEBENCH_COMPILE=0. The probe runs first, so a missing compiler toolchain shows at the first call
+    rather than mid-run."""
     if numel < COMPILE_MIN_NUMEL or os.environ.get("PRUNEBENCH_COMPILE", "1") == "0":
         return fn
     key = f"{fn.__module__}.{fn.__qualname__}"
@@ -113,7 +128,7 @@ def fused(fn: Callable, numel: int, probe: Callable[[], tuple]) -> Callable:
                 if hasattr(dynamo_config, name):
                     setattr(dynamo_config, name, max(getattr(dynamo_config, name), COMPILE_SHAPE_LIMIT))
             candidate = torch.compile(fn, dynamic=False)
-            candidate(*probe())
+            candidate(*fn.probe(torch.ones(2, 2)))
             _compiled[key] = candidate
         except Exception as exc:  # noqa: BLE001 - no compiler toolchain: fall back, say so once
             warnings.warn(f"torch.compile unavailable ({type(exc).__name__}); {fn.__qualname__} runs eager",
@@ -122,16 +137,67 @@ def fused(fn: Callable, numel: int, probe: Callable[[], tuple]) -> Callable:
     return _compiled[key]
 
 
-def pretrain_then(method: str, budget: str, protocol: Protocol, pretrain_iterations: int, second: str,
-                  second_iterations: int, second_lr_factor: float) -> list[Phase]:
-    """Dense pretraining ("pretrain", at the protocol lr) then the method's own phase `second` (at the
-    protocol lr times `second_lr_factor`). Budget "paper": the given iterations; "equal": the same split
-    scaled into the protocol's iterations, each phase at least one step (ltp, sensitivity, srinivas)."""
-    pretrain, rest = pretrain_iterations, second_iterations
-    if budget == "equal":
-        total = protocol.iterations
-        if total < 2:
-            raise ValueError(f"{method} needs at least 2 iterations (pretrain and {second}), got {total}")
-        pretrain = min(max(1, round(pretrain * total / (pretrain + rest))), total - 1)
-        rest = total - pretrain
-    return [Phase("pretrain", pretrain, protocol.lr), Phase(second, rest, protocol.lr * second_lr_factor)]
+class PretrainThenPrune(Pruner):
+    """Dense pretraining, then the method's own phase `second` (ltp, sensitivity, srinivas). Its
+    hyperparameters give the lengths and lr: `pretrain_iterations`, `<prefix>_iterations` and
+    `<prefix>_lr_factor`. When `second` starts, `start` runs, then the method's own parameters get their
+    optimizer group (`own_group`), which a resumed run inside `second` gets again."""
+
+    second: ClassVar[str] = ""
+    prefix: ClassVar[str] = ""
+
+    def phases(self, protocol: Protocol) -> list[Phase]:
+        """"pretrain" at the protocol lr, then `second` at the protocol lr * `<prefix>_lr_factor`. Budget
+        "paper": the hyperparameters' iterations; "equal": the same split scaled into the protocol's
+        iterations, each phase at least one step."""
+        pretrain, rest = self.hp.pretrain_iterations, getattr(self.hp, f"{self.prefix}_iterations")
+        if self.budget == "equal":
+            total = protocol.iterations
+            if total < 2:
+                raise ValueError(f"{self.name} needs at least 2 iterations (pretrain and {self.second}), got {total}")
+            pretrain = min(max(1, round(pretrain * total / (pretrain + rest))), total - 1)
+            rest = total - pretrain
+        lr_factor = getattr(self.hp, f"{self.prefix}_lr_factor")
+        return [Phase("pretrain", pretrain, protocol.lr), Phase(self.second, rest, protocol.lr * lr_factor)]
+
+    def start(self, phase: Phase, model: nn.Module) -> None:
+        """The method's phase starts (not called on resume)."""
+
+    def own_group(self, phase: Phase) -> dict[str, Any] | None:
+        """The optimizer group ("params" and options such as "lr") of the method's own parameters in its
+        phase, or None: they stay in the optimizer's groups."""
+        return None
+
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().on_phase_start(phase, model, optimizer)
+        if phase.name == self.second:
+            self.start(phase, model)
+        self._add_own_group(phase, optimizer)
+
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().on_resume(phase, model, optimizer)
+        self._add_own_group(phase, optimizer)
+
+    def _add_own_group(self, phase: Phase, optimizer: torch.optim.Optimizer) -> None:
+        group = self.own_group(phase) if phase.name == self.second else None
+        if group is not None:  # out of the groups the harness built, into one of their own
+            ids = {id(p) for p in group["params"]}
+            for other in optimizer.param_groups:
+                other["params"] = [p for p in other["params"] if id(p) not in ids]
+            optimizer.add_param_group(group)
+
+
+class FusedPenalty:
+    """Mixin of a method whose fused path adds its penalty's gradient in the backward pass (dynthresh, ltp,
+    sparse-vd): no loss term there; `plain_penalty()` on the plain path (PRUNEBENCH_FUSED=0)."""
+
+    def plain_penalty(self) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    @property
+    def fused(self) -> bool:
+        return fused_paths()
+
+    def penalty(self) -> torch.Tensor | None:
+        """None on the fused path: there the backward adds the penalty's gradient itself."""
+        return None if self.fused else self.plain_penalty()

@@ -66,7 +66,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
 from prunebench.structured import Structure, network_structure, shrink
 
 if TYPE_CHECKING:
@@ -112,20 +112,15 @@ class _Detachable(nn.Module):
 @dataclass
 class AutoPruneHparams(Hyperparameters):
     flops_target: float = field(default=0.1, metadata={
-        "help": "fraction of the dense network's MACs to reach, in (0, 1] (reconstruction)"})
-    mu: float = field(default=1.0, metadata={"help": "weight of the FLOPs hinge loss (>= 0) (reconstruction)"})
+        "help": "fraction of the dense network's MACs to reach, in (0, 1] (reconstruction)", "gt": 0, "max": 1})
+    mu: float = field(default=1.0, metadata={
+        "help": "weight of the FLOPs hinge loss (>= 0) (reconstruction)", "min": 0})
     rho_init: float = field(default=3.0, metadata={
         "help": "initial logit of every layer's remaining ratio r = sigmoid(rho) (reconstruction)"})
-    arch_lr: float = field(default=1e-2, metadata={"help": "Adam lr of the ratio steps (> 0) (reconstruction)"})
+    arch_lr: float = field(default=1e-2, metadata={
+        "help": "Adam lr of the ratio steps (> 0) (reconstruction)", "gt": 0})
     arch_every: int = field(default=2, metadata={
-        "help": "every arch_every-th step is a ratio step, the others weight steps (>= 2) (reconstruction)"})
-
-    def validate(self) -> None:
-        super().validate()
-        require(0 < self.flops_target <= 1, f"flops_target must be in (0, 1], got {self.flops_target}")
-        require(self.mu >= 0, f"mu must be >= 0, got {self.mu}")
-        require(self.arch_lr > 0, f"arch_lr must be > 0, got {self.arch_lr}")
-        require(self.arch_every >= 2, f"arch_every must be >= 2, got {self.arch_every}")
+        "help": "every arch_every-th step is a ratio step, the others weight steps (>= 2) (reconstruction)", "min": 2})
 
 
 @register("autoprune")

@@ -63,10 +63,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from prunebench.methods._common import LAYER_RULES, carry_optimizer_state, layer_values, per_layer_values
 from torch import nn
-from torch.nn.utils import parametrize
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.pruner import Hyperparameters, Pruner, parametrize_weights, prunable_layers, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -117,39 +116,28 @@ def surgery_mask(weight: torch.Tensor, mask: torch.Tensor, a: float, b: float) -
 @dataclass
 class DNSHparams(Hyperparameters):
     gamma: float = field(default=1e-4, metadata={
-        "help": "gamma of the update probability (1 + gamma*iter)^-power (>= 0)"})
-    power: float = field(default=1.0, metadata={"help": "power of the update probability (>= 0)"})
+        "help": "gamma of the update probability (1 + gamma*iter)^-power (>= 0)", "min": 0})
+    power: float = field(default=1.0, metadata={"help": "power of the update probability (>= 0)", "min": 0})
     c_rate: tuple[float, ...] = field(default=(3.0,), metadata={
         "help": "c of m = max(mu + c*sigma, 0): one value for every layer or one per prunable layer, e.g. '1,3,4,2.5'"})
     iter_stop: tuple[int, ...] = field(default=(10_000,), metadata={
         "help": "surgery iteration (paper iterations, from the surgery's start) at which a layer's mask "
-        "freezes: one value or one per prunable layer (>= 1); see layer_rule"})
+        "freezes: one value or one per prunable layer (>= 1); see layer_rule", "min": 1})
     layer_rule: str = field(default="each", metadata={"choices": LAYER_RULES, "help":
         "how per-layer values map onto the layers: 'each' (1 value or one per layer) or 'first-conv-fc-last' "
         "(1 value or 4: first layer, other conv layers, other fc layers, last layer)"})
     pretrain_iterations: int = field(default=10_000, metadata={
-        "help": "dense pretraining iterations of the published schedule (Caffe LeNet solver: 10,000)"})
+        "help": "dense pretraining iterations of the published schedule (Caffe LeNet solver: 10,000)", "min": 1})
     frozen_iterations: int = field(default=4_000, metadata={
-        "help": "training iterations after the last iter_stop, masks frozen (>= 0)"})
-    surgery_lr_factor: float = field(default=1.0, metadata={"help": "surgery lr = protocol lr * this (> 0)"})
+        "help": "training iterations after the last iter_stop, masks frozen (>= 0)", "min": 0})
+    surgery_lr_factor: float = field(default=1.0, metadata={
+        "help": "surgery lr = protocol lr * this (> 0)", "gt": 0})
     frozen_lr_factor: float = field(default=1.0, metadata={
-        "help": "lr after the surgery (masks frozen) = protocol lr * this (> 0)"})
+        "help": "lr after the surgery (masks frozen) = protocol lr * this (> 0)", "gt": 0})
 
     def __post_init__(self) -> None:
         self.c_rate = per_layer_values(self.c_rate, float)
         self.iter_stop = per_layer_values(self.iter_stop, int)
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}")
-        require(self.power >= 0, f"power must be >= 0, got {self.power}")
-        require(len(self.c_rate) >= 1, "c_rate needs at least one value")
-        require(len(self.iter_stop) >= 1 and all(s >= 1 for s in self.iter_stop),
-                f"iter_stop values must be >= 1, got {self.iter_stop}")
-        require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
-        require(self.frozen_iterations >= 0, f"frozen_iterations must be >= 0, got {self.frozen_iterations}")
-        require(self.surgery_lr_factor > 0, f"surgery_lr_factor must be > 0, got {self.surgery_lr_factor}")
-        require(self.frozen_lr_factor > 0, f"frozen_lr_factor must be > 0, got {self.frozen_lr_factor}")
 
 
 @dataclass
@@ -190,7 +178,6 @@ class DynamicNetworkSurgery(Pruner):
         self.steps_done = 0
         self.surgery_start: int | None = None
         self.frozen = False
-        self.optimizer: torch.optim.Optimizer | None = None
         self.rng = random.Random(0)
 
     # -- schedule -----------------------------------------------------------------------------
@@ -234,11 +221,9 @@ class DynamicNetworkSurgery(Pruner):
     def attach(self, model: nn.Module) -> nn.Module:
         # Seeded from the global generator, which the harness seeds with the run's seed when it builds the model.
         self.rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
-        self.layers = []
-        for (name, module), c_rate, iter_stop in zip(prunable_layers(model), self.c_rate, self.iter_stop,
-                                                   strict=True):
-            parametrize.register_parametrization(module, "weight", SurgeryMask(module.weight))
-            self.layers.append(_SurgeryLayer(name, module, c_rate, iter_stop))
+        layers = parametrize_weights(model, lambda module: SurgeryMask(module.weight))
+        self.layers = [_SurgeryLayer(name, module, c_rate, iter_stop) for (name, module, _), c_rate, iter_stop
+                       in zip(layers, self.c_rate, self.iter_stop, strict=True)]
         return model
 
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -247,10 +232,7 @@ class DynamicNetworkSurgery(Pruner):
         elif phase.name == "frozen":
             carry_optimizer_state(self.optimizer, optimizer)
             self.frozen = True
-        self.optimizer = optimizer
-
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
-        self.optimizer = optimizer
+        super().on_phase_start(phase, model, optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.getstate(), "steps_done": self.steps_done, "surgery_start": self.surgery_start,

@@ -65,11 +65,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import fused, fused_paths
+from prunebench.methods._common import fusable, fused, fused_paths
 from torch import nn
-from torch.nn.utils import parametrize
 
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.pruner import Hyperparameters, Pruner, parametrize_weights, prunable_layers, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -125,11 +124,13 @@ def masked_weight(weight: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor
     return weight * dst_mask(weight, threshold)
 
 
+@fusable(lambda x: (x, x[0]))
 def fused_forward(weight: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """W * S(|W| - t), t (c_out,), in one pass."""
     return weight * (structure_input(weight, threshold) > 0)
 
 
+@fusable(lambda x: (x, x[0], x))
 def fused_backward(weight: torch.Tensor, threshold: torch.Tensor,
                    grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """dL/dW = g M + g W H(Q) sign(W) and dL/dt = -sum_row g W H(Q), in one pass, in the order of
@@ -140,28 +141,18 @@ def fused_backward(weight: torch.Tensor, threshold: torch.Tensor,
     return grad_weight, -structure.flatten(1).sum(1)
 
 
-def _probe(name: str) -> tuple:
-    x = torch.ones(2, 2)
-    return {"fused_forward": (x, x[0]), "fused_backward": (x, x[0], x)}[name]
-
-
-def _fast(fn, numel: int):
-    """`fn` compiled for this layer's size (`methods._common.fused`)."""
-    return fused(fn, numel, lambda: _probe(fn.__name__))
-
-
 class DSTMasked(torch.autograd.Function):
     """`masked_weight` fused: forward `fused_forward`, backward `fused_backward` (same gradients)."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(weight, threshold)
-        return _fast(fused_forward, weight.numel())(weight, threshold)
+        return fused(fused_forward, weight.numel())(weight, threshold)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weight, threshold = ctx.saved_tensors
-        return _fast(fused_backward, weight.numel())(weight, threshold, grad.contiguous())
+        return fused(fused_backward, weight.numel())(weight, threshold, grad.contiguous())
 
 
 class TrainableMask(nn.Module):
@@ -181,16 +172,12 @@ class TrainableMask(nn.Module):
 @dataclass
 class DSTHparams(Hyperparameters):
     alpha: float = field(default=5e-4, metadata={
-        "help": "alpha of the threshold penalty alpha*sum(exp(-t)), summed over all thresholds (>= 0)"})
+        "help": "alpha of the threshold penalty alpha*sum(exp(-t)), summed over all thresholds (>= 0)", "min": 0})
     threshold_reset: bool = field(default=False, metadata={
         "help": "authors' code only: reset a layer's thresholds to 0 when its keep ratio <= reset_keep_ratio"})
     reset_keep_ratio: float = field(default=0.01, metadata={
-        "help": "keep ratio at or below which threshold_reset resets a layer (code: 0.01; in [0, 1))"})
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha}")
-        require(0 <= self.reset_keep_ratio < 1, f"reset_keep_ratio must be in [0, 1), got {self.reset_keep_ratio}")
+        "help": "keep ratio at or below which threshold_reset resets a layer (code: 0.01; in [0, 1))",
+        "min": 0, "lt": 1})
 
 
 @register("dst")
@@ -208,9 +195,7 @@ class DynamicSparseTraining(Pruner):
         self.resets: list[tuple[int, str]] = []
 
     def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = prunable_layers(model)
-        for _, module in self.layers:
-            parametrize.register_parametrization(module, "weight", TrainableMask(module.weight))
+        self.layers = [(name, m) for name, m, _ in parametrize_weights(model, lambda m: TrainableMask(m.weight))]
         return model
 
     # -- the method's state ----------------------------------------------------------------------

@@ -31,16 +31,17 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from prunebench.methods._common import fused, fused_paths
+from prunebench.methods._common import FusedPenalty, fusable, fused, fused_paths
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.pruner import Hyperparameters, Pruner, parametrised, prunable_layers, register
 
 SQRT_PI = math.sqrt(math.pi)
 
 
+@fusable(lambda x: (x, x * 0.5, x, 0.1))
 def surrogate_grads(weight: torch.Tensor, threshold: torch.Tensor, grad: torch.Tensor, tau: float):
     """grad * dPhi~/dw and grad * dPhi~/dt (unreduced), the derivatives of Eq. 5 with tau kept."""
     minus = (weight - threshold) / tau
@@ -51,16 +52,6 @@ def surrogate_grads(weight: torch.Tensor, threshold: torch.Tensor, grad: torch.T
     d_weight = 0.5 * (torch.erf(minus) - torch.erf(plus) + 2.0) + scale * (e_minus - e_plus)
     d_threshold = -scale * (e_minus + e_plus)
     return grad * d_weight, grad * d_threshold
-
-
-def _fast(fn, numel: int):
-    """`fn` compiled for this layer's size (`methods._common.fused`), probed with small arguments."""
-    return fused(fn, numel, lambda: _probe(fn.__name__))
-
-
-def _grads_fn(numel: int):
-    """`surrogate_grads`, compiled for large tensors (`_fast`)."""
-    return _fast(surrogate_grads, numel)
 
 
 #: Abramowitz & Stegun 7.1.26: erf(x) = 1 - (a1 k + ... + a5 k^5) exp(-x^2), k = 1 / (1 + p x), x >= 0.
@@ -78,12 +69,14 @@ def erf_and_gaussian(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.copysign(1.0 - poly * gaussian, x), gaussian
 
 
+@fusable(lambda x: (x, x, 1.0))
 def pruned_forward(weight: torch.Tensor, s: torch.Tensor, t_max: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Phi(w, t) with t = t_max * sigmoid(s), in one pass; also sigmoid(s), which the backward reuses."""
     sig = torch.sigmoid(s)
     return weight * (weight.abs() >= t_max * sig), sig
 
 
+@fusable(lambda x: (x, x, x, 1.0, 0.1, 0.0))
 def pruned_backward(weight: torch.Tensor, sig: torch.Tensor, grad: torch.Tensor, t_max: float, tau: float,
                     lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """dL/dw and dL/ds of one layer with individual thresholds, in one pass, from sig = sigmoid(s) of
@@ -99,20 +92,13 @@ def pruned_backward(weight: torch.Tensor, sig: torch.Tensor, grad: torch.Tensor,
     return grad_weight, grad_threshold * (t_max * sig * (1 - sig)) - lam * (1 - sig)
 
 
-def _probe(name: str) -> tuple:
-    """Small arguments of the compiled function `name`."""
-    x = torch.ones(2, 2)
-    return {"surrogate_grads": (x, x * 0.5, x, 0.1), "pruned_forward": (x, x, 1.0),
-            "pruned_backward": (x, x, x, 1.0, 0.1, 0.0)}[name]
-
-
 class DTIndividual(torch.autograd.Function):
     """Individual thresholds, fused: forward `pruned_forward`, backward `pruned_backward` (which also
     carries the sparsity penalty's gradient, so the method adds no penalty term to the loss)."""
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, s: torch.Tensor, t_max: float, tau: float, lam: float) -> torch.Tensor:
-        out, sig = _fast(pruned_forward, weight.numel())(weight, s, t_max)
+        out, sig = fused(pruned_forward, weight.numel())(weight, s, t_max)
         ctx.save_for_backward(weight, sig)
         ctx.constants = (t_max, tau, lam)
         return out
@@ -120,7 +106,7 @@ class DTIndividual(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weight, sig = ctx.saved_tensors
-        grad_weight, grad_s = _fast(pruned_backward, weight.numel())(weight, sig, grad.contiguous(), *ctx.constants)
+        grad_weight, grad_s = fused(pruned_backward, weight.numel())(weight, sig, grad.contiguous(), *ctx.constants)
         return grad_weight, grad_s, None, None, None
 
 
@@ -136,7 +122,8 @@ class DTPruning(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weight, threshold = ctx.saved_tensors
-        grad_weight, grad_threshold = _grads_fn(weight.numel())(weight, threshold.expand_as(weight), grad, ctx.tau)
+        grads = fused(surrogate_grads, weight.numel())
+        grad_weight, grad_threshold = grads(weight, threshold.expand_as(weight), grad, ctx.tau)
         reduced = grad_threshold.sum_to_size(threshold.shape) if ctx.needs_input_grad[1] else None
         return grad_weight, reduced, None
 
@@ -172,37 +159,26 @@ def layer_thresholds(model: nn.Module) -> dict[str, torch.Tensor] | None:
     layer's weight for individual thresholds, shape (1,) for a layer's shared threshold, and the one
     shared value (shape (1,)) under each layer's name for the global one. None when no layer of `model`
     carries a `ThresholdedWeight`."""
-    out = {}
-    for name, module in prunable_layers(model):
-        if not parametrize.is_parametrized(module, "weight"):
-            continue
-        parametrisation = module.parametrizations.weight[0]
-        if isinstance(parametrisation, ThresholdedWeight):
-            out[name] = parametrisation.threshold().detach().clone()
-    return out or None
+    return {name: parametrisation.threshold().detach().clone() for name, _, parametrisation in parametrised(model)
+            if isinstance(parametrisation, ThresholdedWeight)} or None
 
 
 @dataclass
 class DynThreshHparams(Hyperparameters):
-    lam: float = field(default=5e-4, metadata={"help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)"})
-    tau: float = field(default=0.03, metadata={"help": "temperature of the erf surrogate (> 0)"})
+    lam: float = field(default=5e-4, metadata={
+        "help": "lambda of the sparsity loss -lambda*sum(log t) (>= 0)", "min": 0})
+    tau: float = field(default=0.03, metadata={"help": "temperature of the erf surrogate (> 0)", "gt": 0})
     scale: str = field(default="individual", metadata={
         "help": "threshold scale: one per weight, per layer, or one for the network",
         "choices": ("individual", "layer", "global")})
     s_init: float = field(default=-5.0, metadata={"help": "initial s of t = t_max * sigmoid(s) (paper: -5)"})
     t_max: float = field(default=1.0, metadata={
         "help": "upper bound of the thresholds, t = t_max * sigmoid(s) (paper: 1, 'sufficient considering the "
-        "scales of weight values'; XOR's weights grow past 1)"})
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
-        require(self.tau > 0, f"tau must be > 0, got {self.tau}")
-        require(self.t_max > 0, f"t_max must be > 0, got {self.t_max}")
+        "scales of weight values'; XOR's weights grow past 1)", "gt": 0})
 
 
 @register("dynthresh")
-class DynamicThresholding(Pruner):
+class DynamicThresholding(FusedPenalty, Pruner):
     citation = "Park & Lee, Dynamic Thresholding for Learning Sparse Neural Networks, ECAI 2020"
     hparams_class = DynThreshHparams
     hp: DynThreshHparams
@@ -225,19 +201,15 @@ class DynamicThresholding(Pruner):
                 self.threshold_params.append((s, float(module.weight.numel())))
             else:
                 s = shared
-            fused = self.hp.lam if self.fused else None
+            fused_lam = self.hp.lam if self.fused else None
             parametrize.register_parametrization(module, "weight",
-                                                 ThresholdedWeight(s, self.hp.tau, self.hp.t_max, fused))
+                                                 ThresholdedWeight(s, self.hp.tau, self.hp.t_max, fused_lam))
         return model
 
     @property
     def fused(self) -> bool:
         """Individual thresholds take the fused path (`DTIndividual`), unless PRUNEBENCH_FUSED=0."""
         return self.hp.scale == "individual" and fused_paths()
-
-    def penalty(self) -> torch.Tensor | None:
-        """None on the fused path: there the weights' backward adds the penalty's gradient itself."""
-        return None if self.fused else self.plain_penalty()
 
     def plain_penalty(self) -> torch.Tensor | None:
         """L_p = -lam * sum_i log t_i as a tensor (the plain path's loss term; tests and reports)."""

@@ -104,7 +104,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.pruner import Hyperparameters, Pruner, init_like, prunable_layers, register, swap_layers
 from prunebench.structured import Structure, network_structure, unread_units, zero_unread_units
 
 if TYPE_CHECKING:
@@ -154,12 +154,10 @@ class _Gated:
     log_alpha: nn.Parameter
     training: bool
 
-    def _init_gated(self, source: nn.Module, n_units: int, droprate: float) -> None:
-        with torch.no_grad():
-            self.weight.copy_(source.weight)
-            if source.bias is not None:
-                self.bias.copy_(source.bias)
+    def __init__(self, source: nn.Module, droprate: float = 0.5) -> None:
+        init_like(self, source)
         mean = log_alpha_init(droprate)
+        n_units = source.out_channels if isinstance(source, nn.Conv2d) else source.in_features
         noise = torch.randn(n_units, device=source.weight.device, dtype=source.weight.dtype)
         self.log_alpha = nn.Parameter(mean + INIT_NOISE_STD * noise)
 
@@ -200,11 +198,6 @@ class _Gated:
 class L0Linear(_Gated, nn.Linear):
     """nn.Linear whose input features are gated: W[:, j] * z_j."""
 
-    def __init__(self, source: nn.Linear, droprate: float = 0.5) -> None:
-        nn.Linear.__init__(self, source.in_features, source.out_features, bias=source.bias is not None,
-                           device=source.weight.device, dtype=source.weight.dtype)
-        self._init_gated(source, source.in_features, droprate)
-
     def _on_weight(self, z: torch.Tensor) -> torch.Tensor:
         return z.view(1, -1)
 
@@ -222,13 +215,6 @@ class L0Linear(_Gated, nn.Linear):
 class L0Conv2d(_Gated, nn.Conv2d):
     """nn.Conv2d whose output filters are gated: (W[k], b[k]) * z_k."""
 
-    def __init__(self, source: nn.Conv2d, droprate: float = 0.5) -> None:
-        nn.Conv2d.__init__(self, source.in_channels, source.out_channels, source.kernel_size, source.stride,
-                           source.padding, source.dilation, source.groups, bias=source.bias is not None,
-                           padding_mode=source.padding_mode, device=source.weight.device,
-                           dtype=source.weight.dtype)
-        self._init_gated(source, source.out_channels, droprate)
-
     def _on_weight(self, z: torch.Tensor) -> torch.Tensor:
         return z.view(-1, 1, 1, 1)
 
@@ -245,42 +231,25 @@ class L0Conv2d(_Gated, nn.Conv2d):
         return self._conv_forward(x, self.gated_weight(z), bias)
 
 
-def make_gated(module: nn.Module, droprate: float) -> L0Linear | L0Conv2d:
-    if isinstance(module, nn.Conv2d):
-        return L0Conv2d(module, droprate)
-    if isinstance(module, nn.Linear):
-        return L0Linear(module, droprate)
-    raise TypeError(f"no gated version of {type(module).__name__}")
-
-
 @dataclass
 class L0Hparams(Hyperparameters):
     lam: tuple[float, ...] = field(default=(0.1,), metadata={
         "help": "L0 strength times N: the penalty per expected non-zero weight is lam/N (N = training-set "
-        "size); one value for every layer, or one per prunable layer, e.g. '0.1,0.1,0.1' (>= 0)"})
+        "size); one value for every layer, or one per prunable layer, e.g. '0.1,0.1,0.1' (>= 0)", "min": 0})
     droprate_init: float = field(default=0.5, metadata={
-        "help": "initial dropout rate p of the gates, log alpha = log(1-p) - log(p) (code: 0.5)"})
+        "help": "initial dropout rate p of the gates, log alpha = log(1-p) - log(p) (code: 0.5)", "gt": 0, "lt": 1})
     input_droprate_init: float = field(default=0.2, metadata={
         "help": "initial dropout rate of the gates on the network's input features (first layer when it is "
-        "a Linear; code's MLP: 0.2)"})
+        "a Linear; code's MLP: 0.2)", "gt": 0, "lt": 1})
     weight_decay: float = field(default=0.0, metadata={
-        "help": "gate-weighted L2: + weight_decay/2 * sum P(z!=0) ||w_unit||^2 (code's L0MLP weight_decay; >= 0)"})
+        "help": "gate-weighted L2: + weight_decay/2 * sum P(z!=0) ||w_unit||^2 (code's L0MLP weight_decay; >= 0)",
+        "min": 0})
     drop_unread_units: bool = field(default=True, metadata={
         "help": "deploy without the units a later layer's gates never read (their incoming weights and bias)"})
-    epochs: int = field(default=200, metadata={"help": "budget 'paper': training epochs (>= 1)"})
+    epochs: int = field(default=200, metadata={"help": "budget 'paper': training epochs (>= 1)", "min": 1})
 
     def __post_init__(self) -> None:
         self.lam = per_layer_values(self.lam, float)
-
-    def validate(self) -> None:
-        super().validate()
-        require(len(self.lam) >= 1, "lam needs at least one value")
-        require(all(v >= 0 for v in self.lam), f"lam values must be >= 0, got {self.lam}")
-        require(0 < self.droprate_init < 1, f"droprate_init must be in (0, 1), got {self.droprate_init}")
-        require(0 < self.input_droprate_init < 1,
-                f"input_droprate_init must be in (0, 1), got {self.input_droprate_init}")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
 
 
 @register("l0")
@@ -309,14 +278,9 @@ class L0Regularization(Pruner):
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = []
-        for index, (name, module) in enumerate(prunable_layers(model)):
-            is_input = index == 0 and isinstance(module, nn.Linear)
-            droprate = self.hp.input_droprate_init if is_input else self.hp.droprate_init
-            gated = make_gated(module, droprate)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, gated)
-            self.layers.append((name, gated))
+        hp = self.hp  # the gates on the network's input features (a first Linear) start at their own rate
+        self.layers = swap_layers(model, L0Linear, L0Conv2d, lambda index, layer: (
+            hp.input_droprate_init if index == 0 and isinstance(layer, nn.Linear) else hp.droprate_init,))
         return model
 
     def penalty(self) -> torch.Tensor | None:

@@ -60,17 +60,15 @@ Method card (where each value comes from):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import fused, fused_paths, pretrain_then
+from prunebench.methods._common import FusedPenalty, PretrainThenPrune, fusable, fused
 from torch import nn
-from torch.nn.utils import parametrize
 
-from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.protocol import Phase
+from prunebench.pruner import Hyperparameters, parametrised, parametrize_weights, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -133,12 +131,14 @@ def magnitude_variance(weight: torch.Tensor) -> float:
     return second_moment if second_moment > 0 else 1.0
 
 
+@fusable(lambda x: (x, *[torch.tensor(1.0)] * 2))
 def fused_forward(weight: torch.Tensor, tau: torch.Tensor, inv_temperature: torch.Tensor):
     """v = w * sigma and sigma = sigmoid((w^2 - tau) / T), in one pass (sigma is kept for the backward)."""
     gate = torch.sigmoid((weight * weight - tau) * inv_temperature)
     return weight * gate, gate
 
 
+@fusable(lambda x: (x, x * 0.5, x, *[torch.tensor(1.0)] * 2))
 def fused_backward(weight: torch.Tensor, gate: torch.Tensor, grad: torch.Tensor, inv_temperature: torch.Tensor,
                    penalty_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """dL/dw and dL/dtau of one layer in one pass: LTP's gradients of v (`LTPSoftPrune`) plus those of the
@@ -149,16 +149,6 @@ def fused_backward(weight: torch.Tensor, gate: torch.Tensor, grad: torch.Tensor,
     return grad_weight, -((grad * weight + penalty_scale) * slope).sum()
 
 
-def _probe(name: str) -> tuple:
-    x, scalar = torch.ones(2, 2), torch.tensor(1.0)
-    return {"fused_forward": (x, scalar, scalar), "fused_backward": (x, x * 0.5, x, scalar, scalar)}[name]
-
-
-def _fast(fn, numel: int):
-    """`fn` compiled for this layer's size (`methods._common.fused`)."""
-    return fused(fn, numel, lambda: _probe(fn.__name__))
-
-
 class LTPFused(torch.autograd.Function):
     """Soft pruning with the penalty folded in: forward `fused_forward`, backward `fused_backward`. The
     temperature and the penalty's scale are 0-d tensors, so a compiled pass serves every layer and run."""
@@ -166,14 +156,14 @@ class LTPFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, tau: torch.Tensor, inv_temperature: torch.Tensor,
                 penalty_scale: torch.Tensor) -> torch.Tensor:
-        out, gate = _fast(fused_forward, weight.numel())(weight, tau, inv_temperature)
+        out, gate = fused(fused_forward, weight.numel())(weight, tau, inv_temperature)
         ctx.save_for_backward(weight, gate, inv_temperature, penalty_scale)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         weight, gate, inv_temperature, penalty_scale = ctx.saved_tensors
-        grad_weight, grad_tau = _fast(fused_backward, weight.numel())(weight, gate, grad.contiguous(),
+        grad_weight, grad_tau = fused(fused_backward, weight.numel())(weight, gate, grad.contiguous(),
                                                                        inv_temperature, penalty_scale)
         return grad_weight, grad_tau, None, None
 
@@ -220,34 +210,27 @@ class LearnedThreshold(nn.Module):
 class LTPHparams(Hyperparameters):
     lam: float = field(default=0.1, metadata={
         "help": "lambda of the soft L0 penalty lam * sum_l sum_k sigmoid((w^2 - tau_l)/T_l) / N, N = prunable "
-        "weights (>= 0)"})
-    t0: float = field(default=1.0, metadata={"help": "T0 of the temperature T_l = T0 * Var(|w_l|) (> 0)"})
+        "weights (>= 0)", "min": 0})
+    t0: float = field(default=1.0, metadata={"help": "T0 of the temperature T_l = T0 * Var(|w_l|) (> 0)", "gt": 0})
     threshold_lr_factor: float = field(default=10.0, metadata={
-        "help": "lr of the thresholds s_l (tau_l = Var(|w_l|) * s_l) = fine-tune lr * this (> 0)"})
+        "help": "lr of the thresholds s_l (tau_l = Var(|w_l|) * s_l) = fine-tune lr * this (> 0)", "gt": 0})
     nonnegative_tau: bool = field(default=True, metadata={"help": "project tau_l to >= 0 after every step"})
     pretrain_iterations: int = field(default=10_000, metadata={
-        "help": "budget 'paper': dense pretraining iterations (Caffe LeNet solver: 10,000)"})
+        "help": "budget 'paper': dense pretraining iterations (Caffe LeNet solver: 10,000)", "min": 1})
     finetune_iterations: int = field(default=14_000, metadata={
-        "help": "budget 'paper': LTP fine-tuning iterations after the pretraining (>= 1)"})
-    finetune_lr_factor: float = field(default=1.0, metadata={"help": "fine-tune lr = protocol lr * this (> 0)"})
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
-        require(self.t0 > 0, f"t0 must be > 0, got {self.t0}")
-        require(self.threshold_lr_factor > 0, f"threshold_lr_factor must be > 0, got {self.threshold_lr_factor}")
-        require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
-        require(self.finetune_iterations >= 1, f"finetune_iterations must be >= 1, got {self.finetune_iterations}")
-        require(self.finetune_lr_factor > 0, f"finetune_lr_factor must be > 0, got {self.finetune_lr_factor}")
+        "help": "budget 'paper': LTP fine-tuning iterations after the pretraining (>= 1)", "min": 1})
+    finetune_lr_factor: float = field(default=1.0, metadata={
+        "help": "fine-tune lr = protocol lr * this (> 0)", "gt": 0})
 
 
 @register("ltp")
-class LearnedThresholdPruning(Pruner):
+class LearnedThresholdPruning(FusedPenalty, PretrainThenPrune):
     citation = "Azarian, Bhalgat, Lee & Blankevoort, Learned Threshold Pruning, arXiv 2003.00075"
     hparams_class = LTPHparams
     hp: LTPHparams
     provenance = "reconstruction"
     trained_network_differs = True  # soft-pruned in training, hard-pruned when deployed
+    second, prefix = PRUNE, "finetune"
 
     def __init__(self, hparams: LTPHparams, task: Task, budget: str = "equal") -> None:
         super().__init__(hparams, task, budget)
@@ -256,18 +239,9 @@ class LearnedThresholdPruning(Pruner):
         self.weight_count = 0
         self.active = False
 
-    # -- schedule -----------------------------------------------------------------------------
-    def phases(self, protocol: Protocol) -> list[Phase]:
-        return pretrain_then("ltp", self.budget, protocol, self.hp.pretrain_iterations, PRUNE,
-                             self.hp.finetune_iterations, self.hp.finetune_lr_factor)
-
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = []
-        for name, module in prunable_layers(model):
-            threshold = LearnedThreshold()
-            parametrize.register_parametrization(module, "weight", threshold)
-            self.layers.append((name, module, threshold))
+        self.layers = parametrize_weights(model, lambda _: LearnedThreshold())
         self.weight_count = sum(module.parametrizations.weight.original.numel() for _, module, _ in self.layers)
         self.active = False
         for _, _, threshold in self.layers:
@@ -275,31 +249,15 @@ class LearnedThresholdPruning(Pruner):
             threshold.penalty_scale.fill_(self.hp.lam / self.weight_count)
         return model
 
-    @property
-    def fused(self) -> bool:
-        """Soft pruning and the penalty's gradient in one compiled pass each way (`LTPFused`), unless
-        PRUNEBENCH_FUSED=0 (the plain path: `soft_prune` plus `soft_l0` as a loss term)."""
-        return fused_paths()
-
-    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        if phase.name != PRUNE:
-            return
+    def start(self, phase: Phase, model: nn.Module) -> None:  # noqa: ARG002
         for _, module, threshold in self.layers:
             threshold.activate(module.parametrizations.weight.original, self.hp.t0)
         self.active = True
-        self.add_threshold_group(phase, optimizer)
 
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
-        if phase.name == PRUNE:
-            self.add_threshold_group(phase, optimizer)
-
-    def add_threshold_group(self, phase: Phase, optimizer: torch.optim.Optimizer) -> None:
-        """The thresholds get their own parameter group (lr * threshold_lr_factor)."""
-        thresholds = [threshold.s for _, _, threshold in self.layers]
-        ids = {id(p) for p in thresholds}
-        for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-        optimizer.add_param_group({"params": thresholds, "lr": phase.lr * self.hp.threshold_lr_factor})
+    def own_group(self, phase: Phase) -> dict[str, Any]:
+        """The thresholds, at lr * threshold_lr_factor."""
+        return {"params": [threshold.s for _, _, threshold in self.layers],
+                "lr": phase.lr * self.hp.threshold_lr_factor}
 
     def state_dict(self) -> dict[str, Any]:
         return {"active": self.active,
@@ -311,10 +269,6 @@ class LearnedThresholdPruning(Pruner):
             threshold.unit, threshold.active = unit, active
             threshold.set_temperature(temperature)
             threshold.s.requires_grad_(active)
-
-    def penalty(self) -> torch.Tensor | None:
-        """None on the fused path: there the weights' backward adds the penalty's gradient itself."""
-        return None if self.fused else self.plain_penalty()
 
     def plain_penalty(self) -> torch.Tensor | None:
         """lam * sum_l soft_l0_l / N as a tensor (the plain path's loss term; tests)."""
@@ -330,30 +284,24 @@ class LearnedThresholdPruning(Pruner):
                 for _, _, threshold in self.layers:
                     threshold.s.clamp_(min=0.0)
 
-    # -- reading the state --------------------------------------------------------------------
-    def _layers_of(self, model: nn.Module) -> Iterator[tuple[str, torch.Tensor, LearnedThreshold]]:
-        """(name, dense weight w, parametrisation) of each prunable layer of `model` (attached by this pruner)."""
-        for name, _, _ in self.layers:
-            module = model.get_submodule(name)
-            yield name, module.parametrizations.weight.original.detach(), module.parametrizations.weight[0]
-
+    # -- reading the state (`parametrised`: name, dense weight w, parametrisation) ------------------
     def taus(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """tau_l per layer (0 during the pretrain phase)."""
-        return {name: threshold.tau().detach() for name, _, threshold in self._layers_of(model)}
+        return {name: threshold.tau().detach() for name, _, threshold in parametrised(model)}
 
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The hard keep masks 1[w^2 > tau_l] (bool), per layer: what `deployed` keeps."""
-        return {name: hard_mask(weight, threshold.tau()) for name, weight, threshold in self._layers_of(model)}
+        return {name: hard_mask(weight, threshold.tau()) for name, weight, threshold in parametrised(model)}
 
     def deployed(self, model: nn.Module) -> nn.Module:
         """The plain architecture with w * 1[w^2 > tau_l] (exact zeros); dense w during the pretrain phase."""
         return self.export(model, weights={name: weight * hard_mask(weight, threshold.tau())
-                                           for name, weight, threshold in self._layers_of(model)})
+                                           for name, weight, threshold in parametrised(model)})
 
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """w^2 - tau_l: positive exactly for the kept weights."""
         return {name: weight.square() - threshold.tau().detach()
-                for name, weight, threshold in self._layers_of(model)}
+                for name, weight, threshold in parametrised(model)}
 
     def thresholds(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Each layer's threshold on the weight magnitude, sqrt(max(tau_l, 0)), shape (1,): LTP's tau_l
@@ -361,4 +309,4 @@ class LearnedThresholdPruning(Pruner):
         root is on the scale of the other methods' thresholds on |w|. 0 during the pretrain phase (tau_l
         is 0 there: only exact zeros are pruned)."""
         return {name: threshold.tau().detach().clamp(min=0.0).sqrt().reshape(1)
-                for name, _, threshold in self._layers_of(model)}
+                for name, _, threshold in parametrised(model)}

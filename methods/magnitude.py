@@ -53,30 +53,18 @@ from prunebench.methods._common import LAYER_RULES, layer_values, per_layer_valu
 from torch import nn
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.pruner import (  # noqa: F401 (zero_pruned: plugins import it from here)
+    Hyperparameters,
+    MaskedPruner,
+    prunable_layers,
+    register,
+    zero_pruned,
+)
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
 
 RETRAIN_PREFIX = "retrain-"
-#: Optimizer state entries that could move a weight; zeroed at masked entries after each step.
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
-
-
-@torch.no_grad()
-def zero_pruned(layers: list[tuple[str, nn.Module]], masks: dict[str, torch.Tensor],
-                optimizer: torch.optim.Optimizer | None) -> None:
-    """Multiply each layer's weight by its mask, and every optimizer state entry of that weight (Adam's
-    moments, momentum) too, so a pruned weight stays exactly zero and carries no stale state."""
-    for name, module in layers:
-        mask = masks[name]
-        module.weight.mul_(mask)
-        if optimizer is not None:
-            state = optimizer.state.get(module.weight, {})
-            for key in STATE_KEYS:
-                value = state.get(key)
-                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                    value.mul_(mask)
 
 
 def magnitude_threshold(weight: torch.Tensor, quality: float) -> torch.Tensor:
@@ -91,52 +79,46 @@ def magnitude_mask(weight: torch.Tensor, threshold: torch.Tensor | float) -> tor
 
 @dataclass
 class MagnitudeHparams(Hyperparameters):
-    rounds: int = field(default=5, metadata={"help": "number of prune/retrain rounds K (>= 1)"})
+    rounds: int = field(default=5, metadata={"help": "number of prune/retrain rounds K (>= 1)", "min": 1})
     quality: tuple[float, ...] = field(default=(1.0,), metadata={
         "help": "quality parameter q of the threshold q*std(W): one value for every layer, or one per "
-        "prunable layer in order, e.g. '0.44,1.55,1.75,1.31' (>= 0); see layer_rule"})
+        "prunable layer in order, e.g. '0.44,1.55,1.75,1.31' (>= 0); see layer_rule", "min": 0})
     layer_rule: str = field(default="each", metadata={"choices": LAYER_RULES, "help":
         "how per-layer values map onto the layers: 'each' (1 value or one per layer) or 'first-conv-fc-last' "
         "(1 value or 4: first layer, other conv layers, other fc layers, last layer)"})
-    retrain_lr_factor: float = field(default=0.1, metadata={"help": "retraining lr = protocol lr * this (> 0)"})
+    retrain_lr_factor: float = field(default=0.1, metadata={
+        "help": "retraining lr = protocol lr * this (> 0)", "gt": 0})
     pretrain_fraction: float = field(default=0.5, metadata={
-        "help": "budget 'equal': share of the iterations for dense training; the rounds share the rest"})
+        "help": "budget 'equal': share of the iterations for dense training; the rounds share the rest",
+        "gt": 0, "lt": 1})
     pretrain_iterations: int = field(default=10_000, metadata={
-        "help": "budget 'paper': dense training iterations (Caffe LeNet solver: 10,000)"})
+        "help": "budget 'paper': dense training iterations (Caffe LeNet solver: 10,000)", "min": 1})
     retrain_iterations: int = field(default=4_600, metadata={
-        "help": "budget 'paper': retraining iterations per round"})
+        "help": "budget 'paper': retraining iterations per round", "min": 1})
 
     def __post_init__(self) -> None:
         self.quality = per_layer_values(self.quality, float)
 
-    def validate(self) -> None:
-        super().validate()
-        require(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
-        require(len(self.quality) >= 1, "quality needs at least one value")
-        require(all(q >= 0 for q in self.quality), f"quality values must be >= 0, got {self.quality}")
-        require(self.retrain_lr_factor > 0, f"retrain_lr_factor must be > 0, got {self.retrain_lr_factor}")
-        require(0 < self.pretrain_fraction < 1, f"pretrain_fraction must be in (0, 1), got {self.pretrain_fraction}")
-        require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
-        require(self.retrain_iterations >= 1, f"retrain_iterations must be >= 1, got {self.retrain_iterations}")
-
 
 @register("magnitude")
-class MagnitudePruning(Pruner):
+class MagnitudePruning(MaskedPruner):
     citation = ("Han, Pool, Tran & Dally, Learning both Weights and Connections for Efficient Neural Networks, "
                 "NeurIPS 2015")
     hparams_class = MagnitudeHparams
     hp: MagnitudeHparams
+    masks_key = "masks"
 
     def __init__(self, hparams: MagnitudeHparams, task: Task, budget: str = "equal") -> None:
         super().__init__(hparams, task, budget)
         self.quality = layer_values(self.hp.quality, prunable_layers(task.architecture()), "quality",
                                     self.hp.layer_rule)
-        self.layers: list[tuple[str, nn.Module]] = []
-        #: name -> keep mask (same shape as the weight); empty until the first prune.
-        self.masks: dict[str, torch.Tensor] = {}
         #: name -> std of the layer's weights after dense training (the threshold's unit).
         self.reference_std: dict[str, torch.Tensor] = {}
-        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """name -> keep mask (the weight's dtype and shape); empty until the first prune."""
+        return self.keep
 
     # -- schedule -----------------------------------------------------------------------------
     def phases(self, protocol: Protocol) -> list[Phase]:
@@ -156,24 +138,17 @@ class MagnitudePruning(Pruner):
             Phase(f"{RETRAIN_PREFIX}{k}", n, retrain_lr) for k, n in enumerate(per_round, start=1)]
 
     # -- hooks --------------------------------------------------------------------------------
-    def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = prunable_layers(model)
-        return model
-
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
+        super().on_phase_start(phase, model, optimizer)
         if phase.name.startswith(RETRAIN_PREFIX):
             self.prune(int(phase.name[len(RETRAIN_PREFIX):]))
 
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
-        self.optimizer = optimizer
-
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": dict(self.masks), "reference_std": dict(self.reference_std)}
+        return super().state_dict() | {"reference_std": dict(self.reference_std)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         device = self.layers[0][1].weight.device
-        self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
         self.reference_std = {name: std.to(device) for name, std in state["reference_std"].items()}
 
     def prune(self, round_index: int) -> None:
@@ -184,29 +159,7 @@ class MagnitudePruning(Pruner):
         for (name, module), quality in zip(self.layers, self.quality, strict=True):
             threshold = fraction * quality * self.reference_std[name]
             mask = magnitude_mask(module.weight, threshold)
-            if name in self.masks:
-                mask = mask * self.masks[name]
-            self.masks[name] = mask
+            if name in self.keep:
+                mask = mask * self.keep[name]
+            self.keep[name] = mask
         self.apply_masks()
-
-    def after_step(self, step: int) -> None:  # noqa: ARG002
-        if self.masks:
-            self.apply_masks()
-
-    def apply_masks(self) -> None:
-        """Zero the pruned weights and every optimizer state entry that belongs to them."""
-        zero_pruned(self.layers, self.masks, self.optimizer)
-
-    def deployed(self, model: nn.Module) -> nn.Module:
-        if not self.masks:
-            return self.export(model)
-        return self.export(model, weights={name: model.get_submodule(name).weight * mask
-                                           for name, mask in self.masks.items()})
-
-    def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """|w| of the kept weights, 0 for pruned ones."""
-        scores = {}
-        for name, module in prunable_layers(model):
-            weight = module.weight.detach()
-            scores[name] = (weight * self.masks[name] if self.masks else weight).abs()
-        return scores

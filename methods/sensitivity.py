@@ -124,12 +124,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import pretrain_then
-from prunebench.methods.magnitude import zero_pruned
+from prunebench.methods._common import PretrainThenPrune
 from torch import nn
 
-from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.protocol import Phase
+from prunebench.pruner import Hyperparameters, MaskedPruner, prunable_layers, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -210,7 +209,7 @@ def insensitivity(sensitivity: torch.Tensor, normalise: str = "none") -> torch.T
 class SensitivityHparams(Hyperparameters):
     lam: float = field(default=1.0, metadata={
         "help": "lambda of the regulariser: each step shrinks w by lr * lam * w * max(0, 1 - S) (>= 0); see "
-        "decay_step"})
+        "decay_step", "min": 0})
     sensitivity: str = field(default="output", metadata={"choices": SENSITIVITIES, "help":
         "S: 'output' = mean over the C outputs of |d y_k / dw| (the paper, recalled) or 'loss' = |dL/dw| of the "
         "step's gradient (LOBSTER's code; no extra cost)"})
@@ -228,33 +227,22 @@ class SensitivityHparams(Hyperparameters):
         "pruning threshold T_l on |w|: threshold * std of the layer's weights when the regularise phase "
         "starts ('layer-std') or threshold itself ('absolute')"})
     threshold: float = field(default=0.05, metadata={
-        "help": "weights with |w| < T_l are set to zero for good (>= 0); see threshold_rule"})
+        "help": "weights with |w| < T_l are set to zero for good (>= 0); see threshold_rule", "min": 0})
     refresh_every: int = field(default=1, metadata={
         "help": "output sensitivity: compute S every this many steps of the regularise phase and reuse it in "
-        "between (1 = every step, the recalled method; larger values save its C backward passes)"})
+        "between (1 = every step, the recalled method; larger values save its C backward passes)", "min": 1})
     prune_every: int = field(default=100, metadata={
-        "help": "threshold every this many steps of the regularise phase, and at its last step (>= 1)"})
+        "help": "threshold every this many steps of the regularise phase, and at its last step (>= 1)", "min": 1})
     pretrain_iterations: int = field(default=10_000, metadata={
-        "help": "budget 'paper': dense pretraining iterations (Caffe LeNet solver: 10,000)"})
+        "help": "budget 'paper': dense pretraining iterations (Caffe LeNet solver: 10,000)", "min": 1})
     regularise_iterations: int = field(default=14_000, metadata={
-        "help": "budget 'paper': regularise-and-threshold iterations after the pretraining (>= 1)"})
+        "help": "budget 'paper': regularise-and-threshold iterations after the pretraining (>= 1)", "min": 1})
     regularise_lr_factor: float = field(default=1.0, metadata={
-        "help": "regularise phase lr = protocol lr * this (> 0)"})
-
-    def validate(self) -> None:
-        super().validate()
-        require(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
-        require(self.threshold >= 0, f"threshold must be >= 0, got {self.threshold}")
-        require(self.prune_every >= 1, f"prune_every must be >= 1, got {self.prune_every}")
-        require(self.refresh_every >= 1, f"refresh_every must be >= 1, got {self.refresh_every}")
-        require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
-        require(self.regularise_iterations >= 1,
-                f"regularise_iterations must be >= 1, got {self.regularise_iterations}")
-        require(self.regularise_lr_factor > 0, f"regularise_lr_factor must be > 0, got {self.regularise_lr_factor}")
+        "help": "regularise phase lr = protocol lr * this (> 0)", "gt": 0})
 
 
 @register("sensitivity")
-class SensitivityRegularisation(Pruner):
+class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
     citation = ("Tartaglione, Lepsøy, Fiandrotti & Francini, Learning Sparse Neural Networks via "
                 "Sensitivity-Driven Regularization, NeurIPS 2018")
     hparams_class = SensitivityHparams
@@ -262,19 +250,16 @@ class SensitivityRegularisation(Pruner):
     provenance = "reconstruction"
     ddp_refusal = ("the output sensitivity comes from each rank's own share of the batch, so the ranks' "
                    "regularisers and then their weights would differ")
+    second, prefix = REGULARISE, "regularise"
 
     def __init__(self, hparams: SensitivityHparams, task: Task, budget: str = "equal") -> None:
-        super().__init__(hparams, task, budget)
-        self.layers: list[tuple[str, nn.Module]] = []
-        #: name -> keep mask (bool, the weight's shape); empty until the first thresholding.
-        self.keep: dict[str, torch.Tensor] = {}
+        super().__init__(hparams, task, budget)  # `keep`: name -> keep mask (bool), from the first thresholding
         #: name -> T_l, the threshold on |w|, fixed when the regularise phase starts.
         self.limits: dict[str, float] = {}
         self.active = False  # in the regularise phase
         self.steps_done = 0  # global steps taken (the harness's step counter)
         self.phase_start = 0  # global step count when the regularise phase started
         self.phase_end = 0  # global step count at which it ends
-        self.optimizer: torch.optim.Optimizer | None = None
         #: Filled by the forward hook during a training step of the regularise phase, used by `after_step`:
         #: w_t per layer, and S(w_t) per layer for the output sensitivity.
         self.base: dict[str, torch.Tensor] = {}
@@ -283,11 +268,6 @@ class SensitivityRegularisation(Pruner):
         self.cached: dict[str, torch.Tensor] = {}
         self._in_hook = False
 
-    # -- schedule -----------------------------------------------------------------------------
-    def phases(self, protocol: Protocol) -> list[Phase]:
-        return pretrain_then("sensitivity", self.budget, protocol, self.hp.pretrain_iterations, REGULARISE,
-                             self.hp.regularise_iterations, self.hp.regularise_lr_factor)
-
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
         if self.hp.sensitivity == "output" and self.hp.reduction == "per-example":
@@ -295,9 +275,8 @@ class SensitivityRegularisation(Pruner):
             if coupled:
                 raise ValueError(f"the per-example sensitivity replays the network on one example at a time; "
                                  f"{', '.join(coupled)} make that another function (use reduction batch-mean)")
-        self.layers = prunable_layers(model)
         model.register_forward_hook(self.record)
-        return model
+        return super().attach(model)
 
     def record(self, model: nn.Module, args: tuple, output: torch.Tensor) -> None:
         """Forward hook: in a training step of the regularise phase, keep w_t (and S(w_t)) for `after_step`."""
@@ -322,10 +301,7 @@ class SensitivityRegularisation(Pruner):
         finally:
             self._in_hook = False
 
-    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-        if phase.name != REGULARISE:
-            return
+    def start(self, phase: Phase, model: nn.Module) -> None:  # noqa: ARG002
         self.active = True
         self.phase_start, self.phase_end = self.steps_done, self.steps_done + phase.iterations
         for name, module in self.layers:
@@ -334,20 +310,17 @@ class SensitivityRegularisation(Pruner):
             else:
                 self.limits[name] = self.hp.threshold
 
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
-        self.optimizer = optimizer
-
     def state_dict(self) -> dict[str, Any]:
         return {"active": self.active, "steps_done": self.steps_done, "phase_start": self.phase_start,
-                "phase_end": self.phase_end, "limits": dict(self.limits), "keep": dict(self.keep),
+                "phase_end": self.phase_end, "limits": dict(self.limits), **super().state_dict(),
                 "cached": dict(self.cached)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
         device = self.layers[0][1].weight.device
         self.active, self.steps_done = state["active"], state["steps_done"]
         self.phase_start, self.phase_end = state["phase_start"], state["phase_end"]
         self.limits = dict(state["limits"])
-        self.keep = {name: mask.to(device, copy=True) for name, mask in state["keep"].items()}
         self.cached = {name: value.to(device, copy=True) for name, value in state.get("cached", {}).items()}
 
     def learning_rate(self) -> float:
@@ -389,24 +362,8 @@ class SensitivityRegularisation(Pruner):
             self.keep[name] = keep
         self.apply_masks()
 
-    def apply_masks(self) -> None:
-        """Zero the pruned weights and every optimizer state entry that belongs to them (`zero_pruned`)."""
-        zero_pruned(self.layers, self.keep, self.optimizer)
-
     # -- reading the state --------------------------------------------------------------------
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The keep masks (bool) per prunable layer: all True before the first thresholding."""
         return {name: self.keep[name] if name in self.keep else torch.ones_like(module.weight, dtype=torch.bool)
                 for name, module in prunable_layers(model)}
-
-    def deployed(self, model: nn.Module) -> nn.Module:
-        """The plain architecture with the pruned weights exactly zero (dense before the first thresholding)."""
-        if not self.keep:
-            return self.export(model)
-        return self.export(model, weights={name: model.get_submodule(name).weight.detach() * mask
-                                           for name, mask in self.keep.items()})
-
-    def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """|w| of the kept weights, 0 for pruned ones."""
-        masks = self.masks(model)
-        return {name: module.weight.detach().abs() * masks[name] for name, module in prunable_layers(model)}

@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import carry_optimizer_state, fused, fused_paths
+from prunebench.methods._common import FusedPenalty, carry_optimizer_state, fusable, fused
 from torch import nn
 from torch.nn import functional as F
 
 from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.pruner import Hyperparameters, Pruner, init_like, register, swap_layers
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -85,6 +85,7 @@ def kl_weight(epoch: int, start: int = 5, end: int = 20) -> float:
     return 1.0
 
 
+@fusable(lambda x: (x, x, 3.0, True))
 def posterior_forward(theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: float,
                       train_clip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The mean and variance weights of the local reparameterisation (theta, clipped by log alpha <
@@ -95,6 +96,7 @@ def posterior_forward(theta: torch.Tensor, log_sigma2: torch.Tensor, threshold: 
     return mean, torch.exp(log_alpha) * theta * theta, raw
 
 
+@fusable(lambda x: (x, x, x, x, torch.tensor(0.5), 3.0, True))
 def posterior_backward(theta: torch.Tensor, raw: torch.Tensor, grad_mean: torch.Tensor, grad_var: torch.Tensor,
                        kl_scale: torch.Tensor, threshold: float,
                        train_clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,16 +114,6 @@ def posterior_backward(theta: torch.Tensor, raw: torch.Tensor, grad_mean: torch.
     return grad_theta, grad_log_alpha
 
 
-def _probe(name: str) -> tuple:
-    x, scalar = torch.ones(2, 2), torch.tensor(0.5)
-    return {"posterior_forward": (x, x, 3.0, True), "posterior_backward": (x, x, x, x, scalar, 3.0, True)}[name]
-
-
-def _fast(fn, numel: int):
-    """`fn` compiled for this layer's size (`methods._common.fused`)."""
-    return fused(fn, numel, lambda: _probe(fn.__name__))
-
-
 class SVDPosterior(torch.autograd.Function):
     """(theta, log sigma^2) -> (mean weight, variance weight), forward `posterior_forward`, backward
     `posterior_backward`, which adds the KL term's gradient scaled by `kl_scale` (beta / N)."""
@@ -129,7 +121,7 @@ class SVDPosterior(torch.autograd.Function):
     @staticmethod
     def forward(ctx, theta: torch.Tensor, log_sigma2: torch.Tensor, kl_scale: torch.Tensor, threshold: float,
                 train_clip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, var, raw = _fast(posterior_forward, theta.numel())(theta, log_sigma2, threshold, train_clip)
+        mean, var, raw = fused(posterior_forward, theta.numel())(theta, log_sigma2, threshold, train_clip)
         ctx.save_for_backward(theta, raw, kl_scale)
         ctx.constants = (threshold, train_clip)
         return mean, var
@@ -137,7 +129,7 @@ class SVDPosterior(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_mean: torch.Tensor, grad_var: torch.Tensor):
         theta, raw, kl_scale = ctx.saved_tensors
-        grad_theta, grad_log_sigma2 = _fast(posterior_backward, theta.numel())(
+        grad_theta, grad_log_sigma2 = fused(posterior_backward, theta.numel())(
             theta, raw, grad_mean.contiguous(), grad_var.contiguous(), kl_scale, *ctx.constants)
         return grad_theta, grad_log_sigma2, None, None, None
 
@@ -151,11 +143,9 @@ class _Variational:
     train_clip: bool
     training: bool
 
-    def _init_variational(self, source: nn.Module, log_sigma2_init: float, threshold: float, train_clip: bool) -> None:
-        with torch.no_grad():
-            self.weight.copy_(source.weight)
-            if source.bias is not None:
-                self.bias.copy_(source.bias)
+    def __init__(self, source: nn.Module, log_sigma2_init: float = -10.0, threshold: float = 3.0,
+                 train_clip: bool = True) -> None:
+        init_like(self, source)
         self.log_sigma2 = nn.Parameter(torch.full_like(self.weight, log_sigma2_init))
         self.threshold = threshold
         self.train_clip = train_clip
@@ -203,12 +193,6 @@ class _Variational:
 class VariationalLinear(_Variational, nn.Linear):
     """nn.Linear with a Gaussian posterior per weight, sampled by local reparameterisation."""
 
-    def __init__(self, source: nn.Linear, log_sigma2_init: float = -10.0, threshold: float = 3.0,
-                 train_clip: bool = True) -> None:
-        nn.Linear.__init__(self, source.in_features, source.out_features, bias=source.bias is not None,
-                           device=source.weight.device, dtype=source.weight.dtype)
-        self._init_variational(source, log_sigma2_init, threshold, train_clip)
-
     def _affine(self, x, weight, bias):
         return F.linear(x, weight, bias)
 
@@ -216,24 +200,8 @@ class VariationalLinear(_Variational, nn.Linear):
 class VariationalConv2d(_Variational, nn.Conv2d):
     """nn.Conv2d with a Gaussian posterior per weight, sampled by local reparameterisation."""
 
-    def __init__(self, source: nn.Conv2d, log_sigma2_init: float = -10.0, threshold: float = 3.0,
-                 train_clip: bool = True) -> None:
-        nn.Conv2d.__init__(self, source.in_channels, source.out_channels, source.kernel_size, source.stride,
-                           source.padding, source.dilation, source.groups, bias=source.bias is not None,
-                           padding_mode=source.padding_mode, device=source.weight.device,
-                           dtype=source.weight.dtype)
-        self._init_variational(source, log_sigma2_init, threshold, train_clip)
-
     def _affine(self, x, weight, bias):
         return self._conv_forward(x, weight, bias)
-
-
-def make_variational(module: nn.Module, **kwargs) -> nn.Module:
-    if isinstance(module, nn.Conv2d):
-        return VariationalConv2d(module, **kwargs)
-    if isinstance(module, nn.Linear):
-        return VariationalLinear(module, **kwargs)
-    raise TypeError(f"no variational version of {type(module).__name__}")
 
 
 @dataclass
@@ -242,29 +210,27 @@ class SparseVDHparams(Hyperparameters):
     threshold: float = field(default=3.0, metadata={"help": "log alpha at or above which a weight is dropped"})
     train_clip: bool = field(default=True, metadata={
         "help": "zero weights with log alpha >= threshold in the training mean too (code: train_clip)"})
-    warmup_start: int = field(default=5, metadata={"help": "KL weight is 0 before this epoch (>= 0)"})
+    warmup_start: int = field(default=5, metadata={"help": "KL weight is 0 before this epoch (>= 0)", "min": 0})
     warmup_end: int = field(default=20, metadata={"help": "KL weight reaches 1 at this epoch (>= warmup_start)"})
-    epochs: int = field(default=200, metadata={"help": "budget 'paper': training epochs (>= 1)"})
+    epochs: int = field(default=200, metadata={"help": "budget 'paper': training epochs (>= 1)", "min": 1})
     lr_decay_start: int = field(default=0, metadata={
-        "help": "budget 'paper': epoch from which the lr decays linearly to 0 at the last epoch"})
+        "help": "budget 'paper': epoch from which the lr decays linearly to 0 at the last epoch", "min": 0})
     lr_phases: int = field(default=10, metadata={
-        "help": "budget 'paper': constant-lr phases that approximate the linear decay (>= 1)"})
+        "help": "budget 'paper': constant-lr phases that approximate the linear decay (>= 1)", "min": 1})
 
     def validate(self) -> None:
         super().validate()
-        require(self.warmup_start >= 0, f"warmup_start must be >= 0, got {self.warmup_start}")
-        require(self.warmup_end >= self.warmup_start,
-                f"warmup_end must be >= warmup_start, got {self.warmup_end} < {self.warmup_start}")
-        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        require(0 <= self.lr_decay_start < self.epochs,
-                f"lr_decay_start must be in [0, epochs), got {self.lr_decay_start}")
-        require(self.lr_phases >= 1, f"lr_phases must be >= 1, got {self.lr_phases}")
-        require(self.lr_phases <= self.epochs - self.lr_decay_start,
-                f"lr_phases must be <= the decay epochs ({self.epochs - self.lr_decay_start}), got {self.lr_phases}")
+        if self.warmup_end < self.warmup_start:
+            raise ValueError(f"warmup_end must be >= warmup_start, got {self.warmup_end} < {self.warmup_start}")
+        if self.lr_decay_start >= self.epochs:
+            raise ValueError(f"lr_decay_start must be in [0, epochs), got {self.lr_decay_start}")
+        if self.lr_phases > self.epochs - self.lr_decay_start:
+            raise ValueError(f"lr_phases must be <= the decay epochs ({self.epochs - self.lr_decay_start}), "
+                             f"got {self.lr_phases}")
 
 
 @register("sparse-vd")
-class SparseVariationalDropout(Pruner):
+class SparseVariationalDropout(FusedPenalty, Pruner):
     citation = "Molchanov, Ashukha & Vetrov, Variational Dropout Sparsifies Deep Neural Networks, ICML 2017"
     hparams_class = SparseVDHparams
     hp: SparseVDHparams
@@ -276,7 +242,6 @@ class SparseVariationalDropout(Pruner):
         self.layers: list[tuple[str, _Variational]] = []
         self.batch_size = task.protocol.batch_size
         self.step = 0
-        self.optimizer: torch.optim.Optimizer | None = None
 
     # -- schedule -----------------------------------------------------------------------------
     def epoch(self) -> int:
@@ -312,23 +277,13 @@ class SparseVariationalDropout(Pruner):
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
-        kwargs = dict(log_sigma2_init=self.hp.log_sigma2_init, threshold=self.hp.threshold,
-                      train_clip=self.hp.train_clip)
-        self.layers = []
-        for name, module in prunable_layers(model):
-            variational = make_variational(module, **kwargs)
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, variational)
-            variational.fused = self.fused
-            self.layers.append((name, variational))
+        hp = self.hp
+        self.layers = swap_layers(model, VariationalLinear, VariationalConv2d,
+                                  lambda *_: (hp.log_sigma2_init, hp.threshold, hp.train_clip))
+        for _, layer in self.layers:
+            layer.fused = self.fused
         self.sync_kl_scale()
         return model
-
-    @property
-    def fused(self) -> bool:
-        """Posterior weights and the KL term's gradient in one compiled pass each way (`SVDPosterior`),
-        unless PRUNEBENCH_FUSED=0 (the plain path: autograd through `moments`, `kl` as a loss term)."""
-        return fused_paths()
 
     @torch.no_grad()
     def sync_kl_scale(self) -> None:
@@ -342,10 +297,7 @@ class SparseVariationalDropout(Pruner):
 
     def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         carry_optimizer_state(self.optimizer, optimizer)  # the phases are one Adam run with an lr schedule
-        self.optimizer = optimizer
-
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
-        self.optimizer = optimizer
+        super().on_phase_start(phase, model, optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step}
@@ -353,10 +305,6 @@ class SparseVariationalDropout(Pruner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = state["step"]
         self.sync_kl_scale()
-
-    def penalty(self) -> torch.Tensor | None:
-        """None on the fused path: there the layers' backward adds the KL term's gradient itself."""
-        return None if self.fused else self.plain_penalty()
 
     def plain_penalty(self) -> torch.Tensor | None:
         """beta * KL / N as a tensor (the plain path's loss term; tests)."""

@@ -84,12 +84,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from prunebench.methods._common import pretrain_then
+from prunebench.methods._common import PretrainThenPrune
 from torch import nn
-from torch.nn.utils import parametrize
 
-from prunebench.protocol import Phase, Protocol
-from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register, require
+from prunebench.protocol import Phase
+from prunebench.pruner import Hyperparameters, parametrised, parametrize_weights, register
 
 if TYPE_CHECKING:
     from prunebench.tasks import Task
@@ -159,47 +158,42 @@ class SrinivasHparams(Hyperparameters):
     gate_init: float = field(default=1.0, metadata={
         "help": "initial value of every gate g (in (deploy_threshold, 1]; paper: 'near 1')"})
     lambda1: float = field(default=0.01, metadata={
-        "help": "lambda1 of the bimodal term lambda1 * sum g(1-g), pushing gates to 0 or 1 (>= 0)"})
+        "help": "lambda1 of the bimodal term lambda1 * sum g(1-g), pushing gates to 0 or 1 (>= 0)", "min": 0})
     lambda2: float = field(default=0.1, metadata={
-        "help": "lambda2 of the sparsity term lambda2 * sum g (>= 0)"})
+        "help": "lambda2 of the sparsity term lambda2 * sum g (>= 0)", "min": 0})
     reduction: str = field(default="mean", metadata={
         "help": "regulariser over the gates: 'mean' divides the sums by the number of gates, 'sum' does not",
         "choices": REDUCTIONS})
     weight_decay: float = field(default=0.0, metadata={
         "help": "extra L2 on the gated weights, (weight_decay/2) * sum w^2, in the gated phase (>= 0; the "
-        "protocol's weight decay applies besides)"})
+        "protocol's weight decay applies besides)", "min": 0})
     gate_lr_factor: float = field(default=1.0, metadata={
-        "help": "lr of the gates = gated-phase lr * this (> 0)"})
+        "help": "lr of the gates = gated-phase lr * this (> 0)", "gt": 0})
     deploy_threshold: float = field(default=0.5, metadata={
-        "help": "deployed mask keeps w where g > this (in [0, 1))"})
+        "help": "deployed mask keeps w where g > this (in [0, 1))", "min": 0, "lt": 1})
     pretrain_iterations: int = field(default=10_000, metadata={
-        "help": "budget 'paper': dense pretraining iterations (Caffe LeNet solver: 10,000) (>= 1)"})
+        "help": "budget 'paper': dense pretraining iterations (Caffe LeNet solver: 10,000) (>= 1)", "min": 1})
     gated_iterations: int = field(default=14_000, metadata={
-        "help": "budget 'paper': gated training iterations after the pretraining (>= 1)"})
-    gated_lr_factor: float = field(default=1.0, metadata={"help": "gated-phase lr = protocol lr * this (> 0)"})
+        "help": "budget 'paper': gated training iterations after the pretraining (>= 1)", "min": 1})
+    gated_lr_factor: float = field(default=1.0, metadata={
+        "help": "gated-phase lr = protocol lr * this (> 0)", "gt": 0})
 
     def validate(self) -> None:
         super().validate()
-        require(0 <= self.deploy_threshold < 1, f"deploy_threshold must be in [0, 1), got {self.deploy_threshold}")
-        require(self.deploy_threshold < self.gate_init <= 1,
-                f"gate_init must be in (deploy_threshold, 1] = ({self.deploy_threshold}, 1], got {self.gate_init}")
-        require(self.lambda1 >= 0, f"lambda1 must be >= 0, got {self.lambda1}")
-        require(self.lambda2 >= 0, f"lambda2 must be >= 0, got {self.lambda2}")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(self.gate_lr_factor > 0, f"gate_lr_factor must be > 0, got {self.gate_lr_factor}")
-        require(self.pretrain_iterations >= 1, f"pretrain_iterations must be >= 1, got {self.pretrain_iterations}")
-        require(self.gated_iterations >= 1, f"gated_iterations must be >= 1, got {self.gated_iterations}")
-        require(self.gated_lr_factor > 0, f"gated_lr_factor must be > 0, got {self.gated_lr_factor}")
+        if not self.deploy_threshold < self.gate_init <= 1:
+            raise ValueError(f"gate_init must be in (deploy_threshold, 1] = ({self.deploy_threshold}, 1], "
+                             f"got {self.gate_init}")
 
 
 @register("srinivas")
-class SrinivasGates(Pruner):
+class SrinivasGates(PretrainThenPrune):
     citation = ("Srinivas, Subramanya & Babu, Training Sparse Neural Networks, CVPR Workshops 2017, pp. 138-145 "
                 "(arXiv 1611.06694)")
     hparams_class = SrinivasHparams
     hp: SrinivasHparams
     provenance = "reconstruction"
     trained_network_differs = True  # stochastic gates (expected w * g in eval) vs the hard mask g > 0.5
+    second, prefix = GATED, "gated"
 
     def __init__(self, hparams: SrinivasHparams, task: Task, budget: str = "equal") -> None:
         super().__init__(hparams, task, budget)
@@ -208,44 +202,25 @@ class SrinivasGates(Pruner):
         self.gate_count = 0
         self.active = False
 
-    # -- schedule -----------------------------------------------------------------------------
-    def phases(self, protocol: Protocol) -> list[Phase]:
-        return pretrain_then("srinivas", self.budget, protocol, self.hp.pretrain_iterations, GATED,
-                             self.hp.gated_iterations, self.hp.gated_lr_factor)
-
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
-        self.layers = []
-        for name, module in prunable_layers(model):
-            gate = BernoulliGate(module.weight, self.hp.gate_init)
-            parametrize.register_parametrization(module, "weight", gate)
-            self.layers.append((name, module, gate))
+        self.layers = parametrize_weights(model, lambda module: BernoulliGate(module.weight, self.hp.gate_init))
         self.gate_count = sum(gate.gate.numel() for _, _, gate in self.layers)
         self.active = False
         return model
 
-    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
-        if phase.name != GATED:
-            return
+    def start(self, phase: Phase, model: nn.Module) -> None:  # noqa: ARG002
         self._set_active(True)
-        self.add_gate_group(phase, optimizer)
-
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
-        if phase.name == GATED:
-            self.add_gate_group(phase, optimizer)
 
     def _set_active(self, active: bool) -> None:
         self.active = active
         for _, _, gate in self.layers:
             gate.set_active(active)
 
-    def add_gate_group(self, phase: Phase, optimizer: torch.optim.Optimizer) -> None:
-        """The gates get their own parameter group: lr * gate_lr_factor, no weight decay."""
-        gates = [gate.gate for _, _, gate in self.layers]
-        ids = {id(p) for p in gates}
-        for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in ids]
-        optimizer.add_param_group({"params": gates, "lr": phase.lr * self.hp.gate_lr_factor, "weight_decay": 0.0})
+    def own_group(self, phase: Phase) -> dict[str, Any]:
+        """The gates, at lr * gate_lr_factor, with no weight decay."""
+        return {"params": [gate.gate for _, _, gate in self.layers], "lr": phase.lr * self.hp.gate_lr_factor,
+                "weight_decay": 0.0}
 
     def state_dict(self) -> dict[str, Any]:
         return {"active": self.active}
@@ -278,9 +253,7 @@ class SrinivasGates(Pruner):
     # -- reading the state --------------------------------------------------------------------
     def _layers_of(self, model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
         """(name, dense weight w, gates g), detached, of each prunable layer of `model` (attached by this pruner)."""
-        for name, _, _ in self.layers:
-            parametrization = model.get_submodule(name).parametrizations.weight
-            yield name, parametrization.original.detach(), parametrization[0].gate.detach()
+        return ((name, weight, gate.gate.detach()) for name, weight, gate in parametrised(model))
 
     def gates(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The gates g per layer (detached copies)."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunebench.protocol import Phase, Protocol
 
@@ -24,11 +26,14 @@ class Hyperparameters:
     """Base of every method's hyperparameter dataclass.
 
     Each field becomes a CLI flag; put its help text in `field(metadata={"help": ...})` and, for a
-    field with a closed set of values, `metadata={"choices": (...)}`. Fields equal to their dataclass
-    default are left out of a run's identity, so adding a field with a default keeps old identities."""
+    field with a closed set of values, `metadata={"choices": (...)}`; bounds on a number (or on every value
+    of a tuple; a tuple needs one value at least) go in `metadata` too: "min" (>=), "gt" (>), "max" (<=),
+    "lt" (<). Fields equal to their dataclass default are left out of a run's identity, so adding a field
+    with a default keeps old identities."""
 
     def validate(self) -> None:
-        """Raise ValueError for a value out of range. The base checks `choices` and non-finite floats."""
+        """Raise ValueError for a value out of range. The base checks `choices`, non-finite floats and the
+        metadata's bounds; subclasses add what relates two fields."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
@@ -36,6 +41,13 @@ class Hyperparameters:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{f.name} must be finite, got {value}")
+            bounds = {key: f.metadata[key] for key in BOUNDS if key in f.metadata}
+            values = value if isinstance(value, tuple) else (value,)
+            if not values:
+                raise ValueError(f"{f.name} needs at least one value")
+            if not all(BOUNDS[key][0](v, bound) for v in values for key, bound in bounds.items()):
+                name = f"{f.name} values" if isinstance(value, tuple) else f.name
+                raise ValueError(f"{name} must be {_range_text(bounds)}, got {value}")
 
     def non_default(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -43,6 +55,21 @@ class Hyperparameters:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: Bound keys of a hyperparameter's metadata: (test, how it reads alone, its bracket in an interval).
+BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str, str]] = {
+    "min": (operator.ge, ">=", "["), "gt": (operator.gt, ">", "("),
+    "max": (operator.le, "<=", "]"), "lt": (operator.lt, "<", ")")}
+
+
+def _range_text(bounds: dict[str, Any]) -> str:
+    """">= 0" for one bound, "in [0, 1)" for two."""
+    if len(bounds) == 1:
+        ((key, bound),) = bounds.items()
+        return f"{BOUNDS[key][1]} {bound}"
+    (low, low_bound), (high, high_bound) = bounds.items()
+    return f"in {BOUNDS[low][2]}{low_bound}, {high_bound}{BOUNDS[high][2]}"
 
 
 def _field_default(f: dataclasses.Field) -> Any:
@@ -91,6 +118,8 @@ class Pruner:
         #: "equal": all phases together take the protocol's iterations; "paper": the method's published
         #: schedule converted to iterations. Methods with one phase ignore it.
         self.budget = budget
+        #: The current phase's optimizer (bound by the default `on_phase_start` and `on_resume`).
+        self.optimizer: torch.optim.Optimizer | None = None
 
     # -- hooks ------------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
@@ -113,8 +142,9 @@ class Pruner:
         """Optimizer steps in one pass over the task's training set (to convert a paper's epochs)."""
         return self.task.train_size // protocol.batch_size
 
-    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Called when a phase starts, after its optimizer was built."""
+    def on_phase_start(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
+        """Called when a phase starts, after its optimizer was built. Default: binds it as `self.optimizer`."""
+        self.optimizer = optimizer
 
     def state_dict(self) -> dict[str, Any]:
         """The method's training state that is not in `model.state_dict()` (masks kept as attributes,
@@ -127,11 +157,12 @@ class Pruner:
         if state:
             raise ValueError(f"{self.name} keeps no state beyond the model; got {sorted(state)}")
 
-    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def on_resume(self, phase: Phase, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:  # noqa: ARG002
         """Called instead of `on_phase_start` when a run continues from a checkpoint inside `phase`,
         after the model's and this pruner's state were restored and before the optimizer's is loaded
         into `optimizer`. Rebind references (`self.optimizer = optimizer`) and add parameter groups
-        the way `on_phase_start` did; recompute nothing from the weights. Default: nothing."""
+        the way `on_phase_start` did; recompute nothing from the weights. Default: binds `self.optimizer`."""
+        self.optimizer = optimizer
 
     def deployed(self, model: nn.Module) -> nn.Module:
         """The network as it would ship: the task's plain architecture, pruned weights exactly zero."""
@@ -190,6 +221,117 @@ def export_plain(architecture: Callable[[], nn.Module], model: nn.Module,
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The (name, module) pairs of the Linear and Conv2d layers, in definition order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+
+
+class MaskedPruner(Pruner):
+    """A method that keeps its masks as its own state (magnitude, sensitivity): `keep` maps a prunable
+    layer's name to its keep mask, for the layers pruned so far; `apply_masks` zeroes the pruned weights
+    and their optimizer state (`zero_pruned`); checkpoints carry the masks under `masks_key`."""
+
+    masks_key: ClassVar[str] = "keep"
+
+    def __init__(self, hparams: Hyperparameters, task: Task, budget: str = "equal") -> None:
+        super().__init__(hparams, task, budget)
+        self.layers: list[tuple[str, nn.Module]] = []
+        self.keep: dict[str, torch.Tensor] = {}
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        self.layers = prunable_layers(model)
+        return model
+
+    def apply_masks(self) -> None:
+        """Zero the pruned weights and every optimizer state entry that belongs to them (`zero_pruned`)."""
+        zero_pruned(self.layers, self.keep, self.optimizer)
+
+    def after_step(self, step: int) -> None:  # noqa: ARG002
+        if self.keep:
+            self.apply_masks()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {self.masks_key: dict(self.keep)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.layers[0][1].weight.device
+        self.keep = {name: mask.to(device, copy=True) for name, mask in state[self.masks_key].items()}
+
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The plain architecture with the pruned weights exactly zero (dense before the first prune)."""
+        return self.export(model, weights={name: model.get_submodule(name).weight.detach() * mask
+                                           for name, mask in self.keep.items()})
+
+    def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """|w| of the kept weights, 0 for pruned ones."""
+        return {name: module.weight.detach().abs() * self.keep[name] if name in self.keep
+                else module.weight.detach().abs() for name, module in prunable_layers(model)}
+
+
+#: Optimizer state entries that could move a weight; zeroed at masked entries after each step.
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+@torch.no_grad()
+def zero_pruned(layers: list[tuple[str, nn.Module]], masks: dict[str, torch.Tensor],
+                optimizer: torch.optim.Optimizer | None) -> None:
+    """Multiply each layer's weight by its mask, and every optimizer state entry of that weight (Adam's
+    moments, momentum) too, so a pruned weight stays exactly zero and carries no stale state."""
+    for name, module in layers:
+        mask = masks[name]
+        module.weight.mul_(mask)
+        if optimizer is not None:
+            state = optimizer.state.get(module.weight, {})
+            for key in STATE_KEYS:
+                value = state.get(key)
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    value.mul_(mask)
+
+
+def init_like(layer: nn.Module, source: nn.Module) -> None:
+    """Run nn.Linear's or nn.Conv2d's __init__ on `layer` (a method's subclass of source's type) with the
+    plain layer `source`'s shape, device and dtype, then copy source's weight and bias into it."""
+    options = dict(bias=source.bias is not None, device=source.weight.device, dtype=source.weight.dtype)
+    if isinstance(layer, nn.Conv2d):
+        nn.Conv2d.__init__(layer, source.in_channels, source.out_channels, source.kernel_size, source.stride,
+                           source.padding, source.dilation, source.groups, padding_mode=source.padding_mode,
+                           **options)
+    else:
+        nn.Linear.__init__(layer, source.in_features, source.out_features, **options)
+    with torch.no_grad():
+        layer.weight.copy_(source.weight)
+        if source.bias is not None:
+            layer.bias.copy_(source.bias)
+
+
+def swap_layers(model: nn.Module, linear: type[nn.Module], conv: type[nn.Module],
+                args: Callable[[int, nn.Module], tuple] = lambda index, layer: ()) -> list[tuple[str, nn.Module]]:
+    """Replace the prunable layer number `index` of `model` (in definition order), by name, with
+    `linear(layer, *args(index, layer))` (or `conv(...)` for a Conv2d); the (name, new layer) pairs."""
+    swapped = []
+    for index, (name, module) in enumerate(prunable_layers(model)):
+        layer = (conv if isinstance(module, nn.Conv2d) else linear)(module, *args(index, module))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        swapped.append((name, layer))
+    return swapped
+
+
+def parametrize_weights(model: nn.Module,
+                        make: Callable[[nn.Module], nn.Module]) -> list[tuple[str, nn.Module, nn.Module]]:
+    """Register `make(layer)` as the parametrisation of each prunable layer's weight, in definition order;
+    the (name, layer, parametrisation) triples."""
+    layers = []
+    for name, module in prunable_layers(model):
+        parametrisation = make(module)
+        parametrize.register_parametrization(module, "weight", parametrisation)
+        layers.append((name, module, parametrisation))
+    return layers
+
+
+def parametrised(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, nn.Module]]:
+    """(name, dense weight (detached), parametrisation) of each prunable layer of `model` whose weight is
+    parametrised (`parametrize_weights`)."""
+    for name, module in prunable_layers(model):
+        if parametrize.is_parametrized(module, "weight"):
+            yield name, module.parametrizations.weight.original.detach(), module.parametrizations.weight[0]
 
 
 REGISTRY: dict[str, type[Pruner]] = {}
