@@ -22,19 +22,20 @@ from prunebench.distributed import from_environment as join_processes
 from prunebench.environment import pick_device
 from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError
 from prunebench.executors import EXECUTORS, Executor, make_executor
-from prunebench.harness import CHECKPOINT_SECONDS, Observer, Observers, RunResult, train
+from prunebench.harness import CHECKPOINT_SECONDS, Observer, RunResult, TrainOptions
 from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
 from prunebench.protocol import AUTOCAST, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner
 from prunebench.records import RecordingStore
 from prunebench.registry import method_names, task_names
-from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
+from prunebench.report.setting import parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.report.sweep import summary_table as sweep_summary_table
-from prunebench.request import RunSpec, make_spec
+from prunebench.request import CLI_PROTOCOL_FLAGS, RunRequest, RunSpec
+from prunebench.runner import train_requests
 from prunebench.store import ResultStore, check_store_file, default_db_path
 from prunebench.tasks import TASKS
-from prunebench.tensorboard import TensorBoardObserver, require_tensorboard
+from prunebench.tensorboard import require_tensorboard
 
 
 def _hparam_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
@@ -299,9 +300,10 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     _check_tensorboard(tensorboard, context)
     console = Console(stderr=as_json, quiet=not context.is_writer)
     protocol = _protocol_overrides(hparams)
-    given = {k: v for k, v in hparams.items() if v is not None}
+    request = RunRequest(task, method, seed, {k: v for k, v in hparams.items() if v is not None}, iterations,
+                         eval_every, budget, protocol)
     try:
-        spec = make_spec(task, method, seed, given, iterations, eval_every, budget, protocol=protocol)
+        spec = request.resolve()
         ratios = parse_ratios(at_compression) if at_compression else ()
         if ratios and REGISTRY[method].scores is Pruner.scores:
             raise ValueError(f"{method} has no keep-scores, so --eval-at-compression cannot apply to it")
@@ -311,17 +313,15 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         close_processes(context)
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
     db_path = db or default_db_path()
-    observer = (Observers(RichObserver(console), TensorBoardObserver(tensorboard) if tensorboard else None)
-                if context.is_writer else None)  # rank 0 alone shows progress and writes TensorBoard
     store = ResultStore(db_path) if context.is_writer else RecordingStore()  # rank 0 alone writes
-    try:
-        result = train(spec, store, data_dir or default_data_dir(), device=device,
-                       observer=observer, force=force,
-                       at_compressions=ratios, checkpoint_seconds=checkpoint_seconds,
-                       evaluate_extra=_threshold_recorder() if record_thresholds else None,
-                       allow_unverified_data=allow_unverified_data, workers=workers,
-                       checkpoints=checkpoint_dir(db_path), distributed=context,
-                       save_model=model_path(models_dir(db_path), spec.run_id) if save_model else None)
+    options = TrainOptions(device=device, force=force, at_compressions=ratios, checkpoint_seconds=checkpoint_seconds,
+                           record_thresholds=record_thresholds, allow_unverified_data=allow_unverified_data,
+                           workers=workers, checkpoints=checkpoint_dir(db_path), distributed=context,
+                           save_model=model_path(models_dir(db_path), spec.run_id) if save_model else None)
+    try:  # rank 0 alone shows progress and writes TensorBoard
+        (result,) = train_requests([request], store, data_dir or default_data_dir(), options,
+                                   specs={spec.run_id: spec}, tensorboard=tensorboard if context.is_writer else None,
+                                   observer_for=lambda _: RichObserver(console) if context.is_writer else None)
     except ValueError as exc:  # e.g. --autocast on a CPU, a training set smaller than one batch
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -348,12 +348,6 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
         click.echo(json.dumps(result.as_json()))
     if result.status != "finished":
         sys.exit(1)
-
-
-def _threshold_recorder():
-    from prunebench.report.fig4 import record_thresholds
-
-    return record_thresholds
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:

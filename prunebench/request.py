@@ -162,7 +162,7 @@ class RunRequest:
             args += [a for k, v in self.protocol for a in (CLI_PROTOCOL_FLAGS[k], format_value(v))]
             args += [a for k, v in self.hparams for a in (f"--{k.replace('_', '-')}", format_value(v))]
             return args + list(options)
-        args = ["prunebench", "sweep", "--methods", self.method, "--tasks", self.task, "--seeds", _seed_list(seeds)]
+        args = ["prunebench", "sweep", "--methods", self.method, "--tasks", self.task, "--seeds", format_seeds(seeds)]
         args += ["--budget", self.budget] if self.budget != "equal" else []
         protocol = dict(self.protocol, **({"iterations": self.iterations} if self.iterations is not None else {}))
         args += [a for k, v in sorted(protocol.items()) if k in CLI_PROTOCOL_FLAGS
@@ -186,8 +186,8 @@ class RunRequest:
         return line
 
 
-def _seed_list(seeds: Iterable[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5'."""
+def format_seeds(seeds: Iterable[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (the inverse of `report.setting.parse_seeds` for sorted lists)."""
     values = sorted(set(int(s) for s in seeds))
     parts: list[str] = []
     i = 0

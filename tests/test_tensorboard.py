@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from prunebench.cli import main
 from prunebench.harness import Observer, Observers, train
-from prunebench.request import make_spec
+from prunebench.request import RunRequest, make_spec
 from prunebench.store import ResultStore
 from prunebench.tensorboard import point_scalars
 from prunebench.worker import RunJob, WorkerError, execute
@@ -161,7 +161,7 @@ def test_without_the_extra_one_line_and_nothing_trains(command, tmp_path, no_ten
 
 def test_a_worker_without_the_extra_does_not_start_the_run(tmp_path, no_tensorboard):
     args = {"task": "xor", "method": "dense", "seed": 0, "iterations": 20}
-    job = RunJob(make_spec(**args).run_id, "dense on xor", args, str(tmp_path), str(tmp_path / "ck"),
+    job = RunJob(make_spec(**args).run_id, "dense on xor", RunRequest(**args), str(tmp_path), str(tmp_path / "ck"),
                  tensorboard=str(tmp_path / "tb"))
     with pytest.raises(WorkerError, match=r"pip install 'prunebench\[tensorboard\]'"):
         execute(job)

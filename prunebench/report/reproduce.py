@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +42,8 @@ from typing import Any
 
 import pandas as pd
 
-from prunebench.harness import Observer, train
+from prunebench.harness import Observer, TrainOptions
+from prunebench.registry import task_names
 from prunebench.report import stats
 from prunebench.report.estimate import (
     METHOD_OVERHEAD,
@@ -55,9 +55,9 @@ from prunebench.report.estimate import (
 )
 from prunebench.report.leaderboard import run_table, shown_name
 from prunebench.report.published import DT_TABLE1_SCALES, published
-from prunebench.report.setting import CLI_PROTOCOL_FLAGS, format_value
-from prunebench.request import RunSpec, make_spec
+from prunebench.request import RunRequest, RunSpec
 from prunebench.results import load_trajectories
+from prunebench.runner import train_requests
 from prunebench.store import ResultStore
 
 FIG1_RATIOS = (50.0, 60.0, 70.0)
@@ -146,10 +146,14 @@ class Item:
     label: str = ""
 
     @cached_property
+    def request(self) -> RunRequest:
+        return RunRequest(self.task, self.method, self.seed, self.hparams, self.iterations, self.eval_every,
+                          self.budget, self.protocol)
+
+    @cached_property
     def spec(self) -> RunSpec:
-        """The validated run (make_spec builds and attaches the model once: cached)."""
-        return make_spec(self.task, self.method, self.seed, dict(self.hparams), self.iterations, self.eval_every,
-                         self.budget, protocol=dict(self.protocol))
+        """The validated run (builds and attaches the model once: cached)."""
+        return self.request.resolve()
 
     @property
     def large(self) -> bool:
@@ -158,48 +162,15 @@ class Item:
 
     @cached_property
     def run_id(self) -> str:
-        """The run's identity, computed as `make_spec` computes it but without building and attaching the
-        network (a report plans about a hundred items: building each took 15 s of a report, and an AlexNet
-        takes seconds to build); for a large task not registered, a placeholder. A batch size that rescales
-        an epoch protocol goes through `make_spec` itself."""
-        from prunebench.pruner import make_hparams
-        from prunebench.registry import get_method, get_task
-        from prunebench.store import run_identity
-
-        try:
-            task = get_task(self.task)
-        except KeyError:
-            if self.large:
-                return f"unregistered:{self.task}/{self.method}/{self.seed}/{self.budget}"
-            raise
-        overrides = dict(self.protocol)
-        if task.protocol.steps_per_epoch and overrides.get("batch_size", task.protocol.batch_size) != \
-                task.protocol.batch_size:
-            return self.spec.run_id
-        protocol = task.protocol.with_overrides(iterations=self.iterations, eval_every=self.eval_every, **overrides)
-        hp = make_hparams(get_method(self.method), task, dict(self.hparams))
-        return run_identity(self.task, protocol, self.method, hp.non_default(), self.seed, self.budget)[0]
+        """The run's identity (no network built); for a large task not registered, a placeholder."""
+        if self.large and self.task not in task_names():
+            return f"unregistered:{self.task}/{self.method}/{self.seed}/{self.budget}"
+        return self.request.run_id
 
     def command(self, db: str | None = None) -> str:
-        args = ["prunebench", "run", "--method", self.method, "--task", self.task, "--seed", str(self.seed)]
-        if self.budget != "equal":
-            args += ["--budget", self.budget]
-        if self.iterations is not None:
-            args += ["--iterations", str(self.iterations)]
-        if self.eval_every is not None:
-            args += ["--eval-every", str(self.eval_every)]
-        for key, value in self.protocol:
-            args += [CLI_PROTOCOL_FLAGS[key], format_value(value)]
-        for key, value in self.hparams:
-            args += [f"--{key.replace('_', '-')}", format_value(value)]
-        if self.at_compressions:
-            args += ["--eval-at-compression", ",".join(f"{r:g}" for r in self.at_compressions)]
-        if db:
-            args += ["--db", db]
-        command = " ".join(shlex.quote(a) for a in args)
-        if self.record_thresholds:
-            command += " --record-thresholds"
-        return command
+        ratios = ["--eval-at-compression", ",".join(f"{r:g}" for r in self.at_compressions)]
+        return self.request.command(*(ratios if self.at_compressions else []), *(["--db", db] if db else []),
+                                    *(["--record-thresholds"] if self.record_thresholds else []))
 
 
 def plan(quick: bool = False) -> list[Item]:
@@ -364,15 +335,11 @@ def execute(items: list[Item], store: ResultStore, data_dir: Path,
         if skip:
             status[item.run_id] = "finished"
             continue
-        extra = None
-        if item.record_thresholds:
-            from prunebench.report.fig4 import record_thresholds
-            extra = record_thresholds
-        if item.task not in datasets:
-            datasets[item.task] = item.spec.task.resident_data(data_dir)
-        result = train(item.spec, store, data_dir, observer=observer_for(item) if observer_for else None,
-                       force=rerun, evaluate_extra=extra, at_compressions=item.at_compressions,
-                       dataset=datasets[item.task])
+        options = TrainOptions(force=rerun, at_compressions=item.at_compressions,
+                               record_thresholds=item.record_thresholds)
+        (result,) = train_requests([item.request], store, data_dir, options, specs={item.run_id: item.spec},
+                                   observer_for=(lambda _, i=item: observer_for(i)) if observer_for else None,
+                                   datasets=datasets)
         status[item.run_id] = result.status
     return status
 
