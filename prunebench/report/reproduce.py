@@ -482,10 +482,27 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
                  blocked: dict[str, Needs] | None = None, data_dir: Path | None = None) -> Path:
     """Write `out_dir/README.md` (and the figures) from the store. Returns the README's path. `blocked`:
     what the large items that cannot run here need (default: `needs(items, data_dir)`)."""
-    import torch
-
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = _measured_runs(db)
+    finished = _finished_runs(db, items)
+    if blocked is None:
+        from prunebench.data import default_data_dir
+
+        blocked = needs(items, data_dir if data_dir is not None else default_data_dir())
+    blocked = {rid: n for rid, n in blocked.items() if rid not in set(finished["run_id"])}
+    lines = _introduction(db, items, runs, finished, blocked, quick, command, wall_seconds)
+    lines += _table1(items, runs) + _table2(items, runs) + _figures(db, out_dir, items, finished, figures)
+    lines += _large_section(db, out_dir, items, runs, finished, blocked, quick, figures)
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _introduction(db: Path, items: list[Item], runs: pd.DataFrame, finished: pd.DataFrame,
+                  blocked: dict[str, Needs], quick: bool, command: str, wall_seconds: float | None) -> list[str]:
+    """The report's title, the command that regenerates it, where it ran and how many runs are finished."""
+    import torch
+
     devices = ", ".join(sorted(set(_rows_for(runs, items).get("device", pd.Series(dtype=str)).dropna()))) or "?"
     lines = ["# Dynamic thresholding paper (Park & Lee, ECAI 2020): results reproduced", ""]
     if quick:
@@ -498,22 +515,19 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
               f"points (positive = worse). A row is flagged when it misses the published compression by more "
               f"than {100 * MISS_COMPRESSION:.0f}% or the published loss by more than {MISS_LOSS_PP} points. "
               "n/p = not published.", ""]
-    finished = _finished_runs(db, items)
     total = float(finished["train_seconds"].sum()) if len(finished) else 0.0
-    if blocked is None:
-        from prunebench.data import default_data_dir
-
-        blocked = needs(items, data_dir if data_dir is not None else default_data_dir())
-    blocked = {rid: n for rid, n in blocked.items() if rid not in set(finished["run_id"])}
     cannot = (f" {len(blocked)} cannot run on this machine (listed with what they need under \"CIFAR-10 and "
               "ImageNet columns\")." if blocked else "")
     lines += [f"Runs: {len(finished)} of {len({i.run_id for i in items})} planned are finished; their training "
               f"wall-clock adds up to {total / 3600:.2f} h"
               + (f" (this invocation: {wall_seconds / 60:.1f} min)" if wall_seconds is not None else "") + "."
               + cannot, ""]
+    return lines
 
-    # Table 1
-    lines += ["## Table 1: LeNet-300-100, threshold scales", "", TABLE_HEADER]
+
+def _table1(items: list[Item], runs: pd.DataFrame) -> list[str]:
+    """Table 1 (LeNet-300-100, DT per threshold scale) and its calibration sweep."""
+    lines = ["## Table 1: LeNet-300-100, threshold scales", "", TABLE_HEADER]
     pub_ind = published("dynthresh", "lenet300", {})
     group = _group(items, "table1", "lenet300", "dynthresh")
     lines.append(_row("individual (lambda 5e-4)", _summary(runs, group), pub_ind.compression, pub_ind.accuracy_loss,
@@ -532,9 +546,12 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             s = _summary(runs, [item])
             lines.append(f"| {dict(item.hparams)['scale']} | {dict(item.hparams)['lam']:g} | "
                          f"{_fmt(s['compression'], 1, 'x')} | {_fmt(s['loss'], 2, sign=True)} | `{item.command()}` |")
+    return lines
 
-    # Table 2
-    lines += ["", "## Table 2: MNIST columns", "", TABLE_HEADER]
+
+def _table2(items: list[Item], runs: pd.DataFrame) -> list[str]:
+    """Table 2's MNIST columns, their variants and DT's LeNet-5 calibration runs."""
+    lines = ["", "## Table 2: MNIST columns", "", TABLE_HEADER]
     sources: list[str] = []
     for task in TABLE2_TASKS:
         for method in TABLE2_METHODS:
@@ -572,9 +589,12 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
                          f"{_fmt(summary['loss'], 2, sign=True)} | `{item.command()}` |")
     if sources:
         lines += ["", "Where each published figure comes from:", "", *sources]
+    return lines
 
-    # Fig. 1
-    lines += ["", "## Fig. 1: DT against sparse VD on LeNet-300-100", ""]
+
+def _figures(db: Path, out_dir: Path, items: list[Item], finished: pd.DataFrame, figures: bool) -> list[str]:
+    """Fig. 1 (DT against sparse VD, with its marker table) and Fig. 4 (XOR)."""
+    lines = ["", "## Fig. 1: DT against sparse VD on LeNet-300-100", ""]
     markers = fig1_markers(db, items)
     if figures:
         from prunebench.report.plots import save
@@ -600,7 +620,6 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
     if fig_items:
         lines += ["", "Commands: " + "; ".join(f"`{i.command()}`" for i in fig_items if i.seed == 0)]
 
-    # Fig. 4
     lines += ["", "## Fig. 4: XOR, weights and thresholds", ""]
     fig4_items = [i for i in items if i.purpose == "fig4"]
     for item in fig4_items:
@@ -611,11 +630,7 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             lines += ["![Fig. 4](xor-fig4.png)", "", "([SVG](xor-fig4.svg))", ""]
         lines.append(f"Command: `{item.command()}`. Published: 4 of the 15 weights pruned at the end "
                      "(layer 1 weights 1, 2, 6; layer 2 weight 1), some pruned and spliced back during training.")
-
-    lines += _large_section(db, out_dir, items, runs, finished, blocked, quick, figures)
-    path = out_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def _large_section(db: Path, out_dir: Path, items: list[Item], runs: pd.DataFrame, finished: pd.DataFrame,
