@@ -4,10 +4,11 @@ protocol, seed)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
@@ -44,10 +45,6 @@ class RunSpec:
         return self.identity[0]
 
 
-def _pairs(values: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> tuple[tuple[str, Any], ...]:
-    return tuple(values.items() if isinstance(values, Mapping) else (values or ()))
-
-
 def format_value(value: Any) -> str:
     """A value as a command-line flag takes it: true/false, 1e-05, per-layer values joined by commas."""
     if isinstance(value, bool):
@@ -70,15 +67,16 @@ class RunRequest:
     task: str
     method: str
     seed: int = 0
-    hparams: tuple[tuple[str, Any], ...] = field(default=())
+    hparams: tuple[tuple[str, Any], ...] = ()
     iterations: int | None = None
     eval_every: int | None = None
     budget: str = "equal"
-    protocol: tuple[tuple[str, Any], ...] = field(default=())
+    protocol: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hparams", _pairs(self.hparams))
-        object.__setattr__(self, "protocol", _pairs(self.protocol))
+        for name in ("hparams", "protocol"):
+            values = getattr(self, name)
+            object.__setattr__(self, name, tuple(values.items() if isinstance(values, Mapping) else values or ()))
 
     def _parts(self) -> tuple[Task, Hyperparameters, Protocol]:
         """The task, validated hyperparameters and protocol (KeyError/ValueError on bad input); no network."""
@@ -151,53 +149,44 @@ class RunRequest:
 
     def argv(self, *options: str, seeds: Iterable[int] | None = None) -> list[str]:
         """The `prunebench run` command that reruns this request, `options` (e.g. '--db', PATH) last; with
-        `seeds`, the `prunebench sweep` command of those seeds (protocol flags sorted, hyperparameters as
-        --grid, eval_every only where it differs from the task's; protocol fields without a flag left out:
-        `command` notes them)."""
+        `seeds`, the `prunebench sweep` command of those seeds (flags sorted, eval_every where it is not the
+        task's; protocol fields without a flag left out: `command` notes them)."""
+        budget = ["--budget", self.budget] if self.budget != "equal" else []
         if seeds is None:
-            args = ["prunebench", "run", "--method", self.method, "--task", self.task, "--seed", str(self.seed)]
-            args += ["--budget", self.budget] if self.budget != "equal" else []
+            args = ["prunebench", "run", "--method", self.method, "--task", self.task, "--seed", str(self.seed),
+                    *budget]
             args += ["--iterations", str(self.iterations)] if self.iterations is not None else []
             args += ["--eval-every", str(self.eval_every)] if self.eval_every is not None else []
-            args += [a for k, v in self.protocol for a in (CLI_PROTOCOL_FLAGS[k], format_value(v))]
-            args += [a for k, v in self.hparams for a in (f"--{k.replace('_', '-')}", format_value(v))]
-            return args + list(options)
-        args = ["prunebench", "sweep", "--methods", self.method, "--tasks", self.task, "--seeds", format_seeds(seeds)]
-        args += ["--budget", self.budget] if self.budget != "equal" else []
+            args += _flags((CLI_PROTOCOL_FLAGS[k], v) for k, v in self.protocol)
+            return args + _flags((f"--{k.replace('_', '-')}", v) for k, v in self.hparams) + list(options)
+        args = ["prunebench", "sweep", "--methods", self.method, "--tasks", self.task, "--seeds", format_seeds(seeds),
+                *budget]
         protocol = dict(self.protocol, **({"iterations": self.iterations} if self.iterations is not None else {}))
-        args += [a for k, v in sorted(protocol.items()) if k in CLI_PROTOCOL_FLAGS
-                 for a in (CLI_PROTOCOL_FLAGS[k], format_value(v))]
+        args += _flags((CLI_PROTOCOL_FLAGS[k], v) for k, v in sorted(protocol.items()) if k in CLI_PROTOCOL_FLAGS)
         try:
             task_eval_every = get_task(self.task).protocol.eval_every
         except KeyError:
             task_eval_every = None
         if self.eval_every is not None and self.eval_every != task_eval_every:
             args += ["--eval-every", str(int(self.eval_every))]
-        args += [a for k, v in sorted(self.hparams) for a in ("--grid", f"{k}={format_value(v)}")]
-        return args + list(options)
+        return args + _flags(("--grid", f"{k}={format_value(v)}") for k, v in sorted(self.hparams)) + list(options)
 
     def command(self, *options: str, seeds: Iterable[int] | None = None) -> str:
         """`argv` as one shell line; protocol fields without a flag follow as a comment."""
-        line = shlex.join(self.argv(*options, seeds=seeds))
-        other = sorted((k, v) for k, v in self.protocol if k not in CLI_PROTOCOL_FLAGS)
-        if other:
-            line += "  # protocol differs from the task's and has no CLI flag: " + " ".join(
-                f"{k}={format_value(v)}" for k, v in other)
-        return line
+        other = " ".join(f"{k}={format_value(v)}" for k, v in sorted(self.protocol) if k not in CLI_PROTOCOL_FLAGS)
+        return shlex.join(self.argv(*options, seeds=seeds)) + (
+            f"  # protocol differs from the task's and has no CLI flag: {other}" if other else "")
+
+
+def _flags(pairs: Iterable[tuple[str, Any]]) -> list[str]:
+    return [a for flag, value in pairs for a in (flag, format_value(value))]
 
 
 def format_seeds(seeds: Iterable[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5' (the inverse of `report.setting.parse_seeds` for sorted lists)."""
-    values = sorted(set(int(s) for s in seeds))
-    parts: list[str] = []
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
-            j += 1
-        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
-        i = j + 1
-    return ",".join(parts)
+    values = enumerate(sorted(set(int(s) for s in seeds)))
+    runs = [[v for _, v in run] for _, run in itertools.groupby(values, key=lambda iv: iv[1] - iv[0])]
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def make_spec(task: str, method: str, seed: int = 0, hparams: dict[str, Any] | None = None,

@@ -21,21 +21,16 @@ from prunebench.tensorboard import TensorBoardObserver
 from prunebench.worker import RunJob
 
 
-def label(request: RunRequest) -> str:
-    return f"{request.method} on {request.task} seed {request.seed}"
-
-
 def train_requests(requests: Sequence[RunRequest], store: ResultStore | RecordingStore, data_dir: Path,
                    options: TrainOptions | None = None, *,
-                   options_for: Callable[[RunRequest], TrainOptions] | None = None,
                    observer_for: Callable[[RunRequest], Observer | None] | None = None,
                    tensorboard: Path | None = None, specs: Mapping[str, RunSpec] | None = None,
                    datasets: dict[str, TensorDataset | None] | None = None,
                    on_result: Callable[[RunRequest, RunResult, float], None] | None = None,
                    on_error: Callable[[RunRequest, BaseException, float], None] | None = None,
                    executor: Executor | None = None, tracker: Tracker | None = None,
-                   label_for: Callable[[RunRequest], str] = label) -> list[RunResult]:
-    """Train `requests` one after another into `store`, with `options` (or `options_for(request)`), and
+                   label_for: Callable[[RunRequest], str] = str) -> list[RunResult]:
+    """Train `requests` one after another into `store`, with `options`, and
     return their results (each also to `on_result(request, result, wall seconds)`). A task's resident data
     is read once into `datasets` (default: a cache of this call when it trains more than one request; a lone
     request reads its own, so a finished run is skipped without it); `specs` (run_id -> RunSpec) spares
@@ -60,15 +55,14 @@ def train_requests(requests: Sequence[RunRequest], store: ResultStore | Recordin
         datasets = {}
     results = []
     for request in requests:
-        opts = options_for(request) if options_for is not None else options
         start = time.perf_counter()
         try:
             spec = specs[request.run_id] if specs is not None else request.resolve()
             if datasets is not None and spec.task.name not in datasets:
-                datasets[spec.task.name] = spec.task.resident_data(data_dir, opts.allow_unverified_data)
+                datasets[spec.task.name] = spec.task.resident_data(data_dir, options.allow_unverified_data)
             observer = Observers(observer_for(request) if observer_for else None,
                                  TensorBoardObserver(tensorboard) if tensorboard else None)
-            result = harness.train(spec, store, data_dir, options=opts, observer=observer,
+            result = harness.train(spec, store, data_dir, options=options, observer=observer,
                                    dataset=datasets.get(spec.task.name) if datasets is not None else None)
         except KeyboardInterrupt as exc:
             if on_error is not None:

@@ -123,7 +123,6 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
 @dataclass
 class PlannedRun:
     spec: RunSpec
-    overrides: dict[str, str]   # grid values as given, for `prunebench run` flags
     setting: str
     status_before: str | None   # the store's status before the sweep: None (new) or its status
     request: RunRequest         # what a worker resolves again
@@ -192,7 +191,7 @@ def plan_sweep(methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int
                     seen.add(run_id)
                     hp, proto = setting_items(task, method, identity)
                     status = store.status(run_id) if store is not None else None
-                    runs.append(PlannedRun(spec, overrides, setting_string(hp, proto), status, request))
+                    runs.append(PlannedRun(spec, setting_string(hp, proto), status, request))
     return SweepPlan(runs, notes)
 
 
@@ -297,26 +296,28 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
     planned = {p.request.run_id: p for p in pending}
     options = harness.TrainOptions(device=device, allow_unverified_data=allow_unverified_data,
                                    checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds)
+    store = ResultStore(db)
+    driver = _Driver(store, planned, progress, overall, record)
+    if executor is None and jobs == 1:  # in this process
+        where = dict(specs={k: p.spec for k, p in planned.items()}, observer_for=driver.observer,
+                     on_result=driver.result, on_error=driver.error)
+    else:
+        where = dict(executor=executor or LocalExecutor(jobs), tracker=driver,
+                     label_for=lambda r: planned[r.run_id].label)
     with progress:
         try:
-            if executor is None and jobs == 1:
-                _run_in_process(pending, Path(db), Path(data_dir), options, progress, overall, record, tensorboard)
-            else:
-                store = ResultStore(db)
-                try:
-                    train_requests([p.request for p in pending], store, Path(data_dir), options,
-                                   tensorboard=tensorboard, executor=executor or LocalExecutor(jobs),
-                                   tracker=_Driver(store, planned, progress, overall, record),
-                                   label_for=lambda r: planned[r.run_id].label)
-                finally:
-                    store.close()
+            train_requests([p.request for p in pending], store, Path(data_dir), options, tensorboard=tensorboard,
+                           **where)
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            store.close()
     return SweepReport(outcomes, time.perf_counter() - t0, interrupted, len(pending))
 
 
 class _Driver(Tracker):
-    """The sweep's side of an executor: applies each worker's record to the store (the only writer)."""
+    """The sweep's side of the runner: in this process, an observer and the outcome of each run; through an
+    executor, applies each worker's record to the store (the only writer)."""
 
     def __init__(self, store: ResultStore, planned: dict[str, PlannedRun], progress: Progress, overall: Any,
                  record: Callable[[Outcome], None]) -> None:
@@ -334,14 +335,26 @@ class _Driver(Tracker):
         more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
         return escape(", ".join(labels[:shown]) + more)
 
-    def _end(self, job: RunJob) -> PlannedRun:
-        self.live.pop(job.run_id, None)
+    def _end(self, run_id: str) -> PlannedRun:
+        self.live.pop(run_id, None)
         self.done += 1
         self.progress.update(self.overall, completed=self.done, current=self._current())
-        return self.planned[job.run_id]
+        return self.planned[run_id]
+
+    def observer(self, request: RunRequest) -> Observer:
+        return _SweepObserver(self.progress, self.overall, self.done, self.planned[request.run_id].label)
+
+    def result(self, request: RunRequest, result: harness.RunResult, wall: float) -> None:
+        self.record(Outcome(self._end(request.run_id), "skipped" if result.skipped else result.status,
+                            dict(result.final), result.error, wall))
+
+    def error(self, request: RunRequest, exc: BaseException, wall: float) -> None:
+        stop = isinstance(exc, KeyboardInterrupt)
+        self.record(Outcome(self._end(request.run_id), "interrupted" if stop else "failed",
+                            error="interrupted" if stop else f"{type(exc).__name__}: {exc}", wall_seconds=wall))
 
     def finished(self, job: RunJob, result: RunRecord | str, wall: float) -> None:
-        planned = self._end(job)
+        planned = self._end(job.run_id)
         if isinstance(result, str):  # the run could not start, or its worker died for good: nothing to store
             self.record(Outcome(planned, "failed", error=result, wall_seconds=wall))
             return
@@ -354,37 +367,7 @@ class _Driver(Tracker):
         self.record(Outcome(planned, result.status, result.summary(), result.run.get("error"), wall))
 
     def interrupted(self, job: RunJob, wall: float) -> None:
-        self.record(Outcome(self._end(job), "interrupted", error="interrupted", wall_seconds=wall))
-
-
-def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, options: harness.TrainOptions,
-                    progress: Progress, overall: Any, record: Callable[[Outcome], None],
-                    tensorboard: Path | None = None) -> None:
-    planned = {p.request.run_id: p for p in pending}
-    done = [0]
-
-    def ended(outcome: Outcome) -> None:
-        record(outcome)
-        done[0] += 1
-        progress.update(overall, completed=done[0])
-
-    def failed(request: RunRequest, exc: BaseException, wall: float) -> None:
-        stop = isinstance(exc, KeyboardInterrupt)
-        ended(Outcome(planned[request.run_id], "interrupted" if stop else "failed",
-                      error="interrupted" if stop else f"{type(exc).__name__}: {exc}", wall_seconds=wall))
-
-    def finished(request: RunRequest, result: harness.RunResult, wall: float) -> None:
-        ended(Outcome(planned[request.run_id], "skipped" if result.skipped else result.status, dict(result.final),
-                      result.error, wall))
-
-    store = ResultStore(db)
-    try:
-        train_requests([p.request for p in pending], store, data_dir,
-                       options, tensorboard=tensorboard, specs={k: p.spec for k, p in planned.items()},
-                       observer_for=lambda r: _SweepObserver(progress, overall, done[0], planned[r.run_id].label),
-                       on_result=finished, on_error=failed)
-    finally:
-        store.close()
+        self.record(Outcome(self._end(job.run_id), "interrupted", error="interrupted", wall_seconds=wall))
 
 
 def summary_table(report: SweepReport) -> Table:
