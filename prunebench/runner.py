@@ -29,14 +29,13 @@ def train_requests(requests: Sequence[RunRequest], store: ResultStore | Recordin
                    on_result: Callable[[RunRequest, RunResult, float], None] | None = None,
                    on_error: Callable[[RunRequest, BaseException, float], None] | None = None,
                    executor: Executor | None = None, tracker: Tracker | None = None,
-                   label_for: Callable[[RunRequest], str] = str) -> list[RunResult]:
-    """Train `requests` one after another into `store`, with `options`, and
-    return their results (each also to `on_result(request, result, wall seconds)`). A task's resident data
-    is read once into `datasets` (default: a cache of this call when it trains more than one request; a lone
-    request reads its own, so a finished run is skipped without it); `specs` (run_id -> RunSpec) spares
-    resolving a request again. `tensorboard`: every run streams to its own directory under it. A run that
-    raises goes to `on_error(request, exception, wall seconds)`, or propagates when there is none; missing
-    data propagates, and Ctrl-C too after `on_error`.
+                   label_for: Callable[[RunRequest], str] | None = None) -> list[RunResult]:
+    """Train `requests` one after another into `store` with `options`; return their results (each also to
+    `on_result(request, result, wall seconds)`). A task's resident data is read once into `datasets` (default:
+    a cache of this call when it trains several requests; a lone request reads its own, so a finished run is
+    skipped without it). `specs` (run_id -> RunSpec) spares resolving a request again. `tensorboard`: every
+    run streams to its own directory under it. A run that raises goes to `on_error(request, exception, wall
+    seconds)`, or propagates when there is none; missing data propagates, and Ctrl-C too after `on_error`.
 
     With `executor`, the runs go to its workers instead (`RunJob`: the request with the options' placement;
     `options.checkpoints` must be a directory they see) and `tracker` receives their records; SIGTERM stops
@@ -44,6 +43,7 @@ def train_requests(requests: Sequence[RunRequest], store: ResultStore | Recordin
     options = options or TrainOptions()
     data_dir = Path(data_dir)
     if executor is not None:
+        label_for = label_for or (lambda r: f"{r.method} on {r.task} seed {r.seed}")
         jobs = [RunJob(r.run_id, label_for(r), r, str(data_dir), str(options.checkpoints),
                        str(options.device) if options.device is not None else None, options.allow_unverified_data,
                        options.checkpoint_seconds, tensorboard=str(tensorboard) if tensorboard else None)
