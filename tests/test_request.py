@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 import sqlite3
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def test_identity_builds_no_network_and_equals_resolve(request_: RunRequest, mon
     monkeypatch.setitem(TASKS, request_.task, dataclasses.replace(get_task(request_.task), architecture=refuse))
     assert request_.identity() == resolved
     assert request_.run_id == resolved[0]
+    assert pickle.loads(pickle.dumps(request_)) == request_  # a worker's job carries it
     with pytest.raises(AssertionError):
         request_.resolve()
 
