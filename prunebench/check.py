@@ -4,7 +4,7 @@ committed baseline (`leaderboards/regression.toml`).
 What runs: every registered method on `xor` (5,000 steps, half the task's own protocol, seconds each)
 and on `lenet300` with real MNIST for 2,000 steps, seed 0, task-calibrated hyperparameters, through
 the one harness, into a throwaway in-memory store, one run at a time, on one CPU thread (see
-`CHECK_THREADS`). A method that does not apply to a task (its `make_spec` refuses it) is skipped with
+`CHECK_THREADS`). A method that does not apply to a task (its request does not resolve) is skipped with
 the reason; if the baseline has a row for it, that is a failure (it used to run).
 
 What is compared, per configuration, against the baseline file's tolerances:
@@ -60,10 +60,11 @@ from prunebench.data import TensorDataset
 from prunebench.environment import git_commit, pick_device
 from prunebench.errors import DataUnavailableError
 from prunebench.evaluation import Evaluation
-from prunebench.harness import train
+from prunebench.harness import TrainOptions
 from prunebench.observers import Observer
 from prunebench.registry import get_task, method_names
-from prunebench.request import RunSpec, make_spec
+from prunebench.request import RunRequest, RunSpec
+from prunebench.runner import train_requests
 from prunebench.store import ResultStore
 
 #: (task, iterations, eval_every): the fixed suite; every registered method runs on each, seed 0.
@@ -115,6 +116,11 @@ class CheckConfig:
     @property
     def key(self) -> str:
         return f"{self.task}/{self.method}"
+
+    def request(self, iterations: int | None = None) -> RunRequest:
+        """The run (`iterations` steps evaluated once, e.g. a warm-up, instead of the configured ones)."""
+        return RunRequest(self.task, self.method, self.seed, iterations=iterations or self.iterations,
+                          eval_every=iterations or self.eval_every)
 
 
 def suite_tasks() -> list[str]:
@@ -207,18 +213,20 @@ def run_config(config: CheckConfig, store: ResultStore, data_dir: Path, device: 
     """Warm up, then train `config` once (force=True) and measure it. Never raises for a method's own
     failure (it becomes status 'failed'); missing data and Ctrl-C propagate."""
     try:
-        spec = make_spec(config.task, config.method, config.seed, None, config.iterations, config.eval_every)
+        spec = config.request().resolve()
     except (KeyError, ValueError) as exc:
         return Measurement(config, "skipped", reason=f"does not apply: {exc.args[0] if exc.args else exc}")
+    requests, runs = [config.request()], {spec.run_id: spec}
     try:
-        steps = WARMUP_ITERATIONS if config.task in suite_tasks() else EXTRA_WARMUP_ITERATIONS
-        warm = make_spec(config.task, config.method, config.seed, None, steps, steps)
+        warm = config.request(WARMUP_ITERATIONS if config.task in suite_tasks() else EXTRA_WARMUP_ITERATIONS)
+        runs[warm.run_id] = warm.resolve()
+        requests.insert(0, warm)
     except (KeyError, ValueError):
-        warm = None  # a method that cannot run that short: measured without a warm-up
+        pass  # a method that cannot run that short: measured without a warm-up
     try:
-        if warm is not None:
-            train(warm, store, data_dir, device=device, force=True, dataset=dataset)
-        result = train(spec, store, data_dir, device=device, observer=observer, force=True, dataset=dataset)
+        result = train_requests(requests, store, data_dir, TrainOptions(device=device, force=True), specs=runs,
+                                observer_for=lambda r: observer if r is requests[-1] else None,
+                                datasets={config.task: dataset})[-1]
     except (DataUnavailableError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - a crashing method is a failed check, not a crashed check

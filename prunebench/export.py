@@ -16,7 +16,7 @@ physically smaller network), as `prunebench run --save-model` kept it beside the
 Every exported file is loaded back and evaluated on the task's test set on the CPU; its correct count
 and non-zero weights are printed beside the stored ones.
 
-A run whose model was not kept is run again from its stored identity (`spec_from_row`: the stored task,
+A run whose model was not kept is run again from its stored identity (`RunRequest.from_row`: the stored task,
 method, seed, budget, hyperparameters and protocol, checked to resolve to the same run_id) into a
 `RecordingStore` with a temporary checkpoint directory, so the stored row is never touched; the rerun's
 model is kept in the models directory, and its accuracy and compression are compared with the stored
@@ -47,12 +47,13 @@ from prunebench.deploy import (
     rebuild,
     save_deployed,
 )
-from prunebench.harness import train
+from prunebench.harness import TrainOptions
 from prunebench.metrics import Flops, count_flops
 from prunebench.observers import Observer
 from prunebench.records import RecordingStore
 from prunebench.registry import get_task
-from prunebench.request import RunSpec, make_spec
+from prunebench.request import RunRequest, RunSpec
+from prunebench.runner import train_requests
 from prunebench.sparse import DeploymentCost, deployment_cost
 from prunebench.store import read_only
 from prunebench.tasks import Task
@@ -102,27 +103,12 @@ def finished_run(db: Path, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]
     return run, final
 
 
-def spec_from_row(run: dict[str, Any]) -> RunSpec:
-    """The spec of a stored run, rebuilt with `make_spec` from its stored task, method, seed, budget,
-    hyperparameters (all values; the identity's if those resolve elsewhere) and protocol (its identity's
-    fields and its eval_every); ExportError unless it resolves to the stored run_id."""
-    identity = json.loads(run["identity"])
-    protocol = dict(identity.get("protocol") or {})
-    iterations = protocol.pop("iterations", None)
-    eval_every = json.loads(run["protocol"] or "{}").get("eval_every")
-    resolved = []
-    for hparams in (json.loads(run["hparams"] or "{}"), identity.get("hparams") or {}):
-        try:
-            spec = make_spec(run["task"], run["method"], int(run["seed"]), hparams, iterations, eval_every,
-                             run["budget"], protocol=protocol)
-        except (KeyError, ValueError) as exc:
-            resolved.append(f"error: {exc.args[0] if exc.args else exc}")
-            continue
-        if spec.run_id == run["run_id"]:
-            return spec
-        resolved.append(spec.run_id)
-    raise ExportError(f"run {run['run_id']} cannot be run again: its stored identity resolves to "
-                      f"{' / '.join(resolved)} with this code")
+def request_from_row(run: dict[str, Any]) -> RunRequest:
+    """`RunRequest.from_row`, its refusal as an ExportError."""
+    try:
+        return RunRequest.from_row(run)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
 
 
 @dataclass
@@ -167,11 +153,13 @@ def ensure_model(run_id: str, db: Path, data_dir: Path, models: Path | None = No
         if saved.run_id != run_id:
             raise ExportError(f"{path} holds run {saved.run_id}, not {run_id}")
         return RunModel(run, final, saved, path)
-    spec = spec_from_row(run)
+    request = request_from_row(run)
+    spec = request.resolve()
     store = RecordingStore()
     with tempfile.TemporaryDirectory(prefix="prunebench-rerun-") as checkpoints:
-        result = train(spec, store, data_dir, device=device, observer=observer, checkpoints=Path(checkpoints),
-                       checkpoint_seconds=None, save_model=path)
+        options = TrainOptions(device=device, checkpoints=Path(checkpoints), checkpoint_seconds=None, save_model=path)
+        (result,) = train_requests([request], store, data_dir, options, specs={run_id: spec},
+                                   observer_for=lambda _: observer)
     if result.status != "finished":
         raise ExportError(f"the rerun of {run_id} {result.status}: {result.error}")
     saved = load_saved(path)
@@ -334,7 +322,7 @@ def export_run(run_id: str, db: Path, fmt: str, out: Path, data_dir: Path, model
     run, _ = finished_run(db, run_id)
     directory = Path(models) if models is not None else models_dir(Path(db))
     if before_rerun is not None and not model_path(directory, run_id).exists():
-        before_rerun(spec_from_row(run))
+        before_rerun(request_from_row(run).resolve())
     model = ensure_model(run_id, db, data_dir, directory, device=device, observer=observer)
     task = model.task
     inputs = latency_inputs(task, data_dir)

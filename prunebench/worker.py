@@ -2,8 +2,8 @@
 
 The same function serves every executor: a local worker process (`python -m prunebench.worker JOB
 OUT`), a Ray task and a submitit job (`prunebench.executors`). A `RunJob` carries only plain values
-(the arguments of `make_spec`), so it pickles to any machine that has prunebench installed; the
-worker rebuilds the spec there and checks that it has the identity the driver planned (a node with
+(a `RunRequest` and where it trains), so it pickles to any machine that has prunebench installed; the
+worker resolves the request there and checks that it has the identity the driver planned (a node with
 another version of the code would otherwise store a different run under the planned name).
 
 A run whose checkpoint is in the shared checkpoint directory continues from it, whichever worker left
@@ -30,7 +30,7 @@ from prunebench import harness
 from prunebench.checkpoint import load_checkpoint
 from prunebench.errors import CheckpointError
 from prunebench.records import RecordingStore, RunRecord
-from prunebench.request import make_spec
+from prunebench.request import RunRequest
 
 #: Set by the local executor to its own pid: the worker asks Linux for SIGTERM when that process dies.
 PARENT_PID_ENV = "PRUNEBENCH_WORKER_PARENT"
@@ -53,11 +53,12 @@ def stop_with_parent() -> bool:
 
 @dataclass
 class RunJob:
-    """One run for a worker: `spec_args` are `make_spec`'s arguments; paths must be visible to it."""
+    """One run for a worker: the request, the run_id the driver planned, and where it trains (paths must be
+    visible to the worker)."""
 
     run_id: str
     label: str
-    spec_args: dict[str, Any]
+    request: RunRequest
     data_dir: str
     checkpoints: str
     device: str | None = None
@@ -93,7 +94,7 @@ def execute(job: RunJob) -> RunRecord:
     the run could not start at all."""
     if job.threads:
         torch.set_num_threads(job.threads)
-    spec = make_spec(**job.spec_args)
+    spec = job.request.resolve()
     if spec.run_id != job.run_id:
         raise WorkerError(f"this worker resolves {job.label} to identity {spec.run_id}, the driver planned "
                           f"{job.run_id}: is the same prunebench version installed on every node?")

@@ -240,11 +240,11 @@ def test_a_damaged_checkpoint_is_one_line_and_force_starts_over(tmp_path):
 
 def test_a_damaged_checkpoint_stops_a_sweep_worker_in_one_line(tmp_path):
     from prunebench.checkpoint import checkpoint_path
-    from prunebench.request import make_spec
+    from prunebench.request import RunRequest, make_spec
     from prunebench.worker import RunJob, WorkerError, execute
 
     args = {"task": "xor", "method": "dense", "seed": 0, "iterations": 20}
     run_id = make_spec(**args).run_id
     checkpoint_path(tmp_path, run_id).write_bytes(b"not a checkpoint")
     with pytest.raises(WorkerError, match=f"checkpoint .*{run_id}.pt is unreadable .*--force"):
-        execute(RunJob(run_id, "xor/dense", args, str(tmp_path), str(tmp_path)))
+        execute(RunJob(run_id, "xor/dense", RunRequest(**args), str(tmp_path), str(tmp_path)))

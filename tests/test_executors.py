@@ -27,7 +27,7 @@ from prunebench.errors import MissingExtraError
 from prunebench.executors import RayExecutor, SubmititExecutor, require
 from prunebench.records import RecordingStore
 from prunebench.report.sweep import SweepPlan, SweepReport, plan_sweep, run_sweep
-from prunebench.request import make_spec
+from prunebench.request import RunRequest, make_spec
 from prunebench.store import ResultStore
 from prunebench.worker import RunJob, execute, finished_record_path
 
@@ -294,14 +294,14 @@ def test_apply_twice_is_one_run_and_finished_needs_a_final_row(store, tmp_path):
 def test_a_worker_continues_a_run_another_worker_left(stop_at, timeless, tmp_path):
     args = {"task": "xor", "method": "dynthresh", "seed": 0, "hparams": {}, "iterations": 300, "eval_every": 50,
             "budget": "equal", "protocol": {}}
-    spec = make_spec(**args)
-    straight = execute(RunJob(spec.run_id, "straight", args, str(tmp_path), str(tmp_path / "a"), threads=1,
+    spec, request = make_spec(**args), RunRequest(**args)
+    straight = execute(RunJob(spec.run_id, "straight", request, str(tmp_path), str(tmp_path / "a"), threads=1,
                               checkpoint_seconds=None))
 
     shared = tmp_path / "shared"
     with pytest.raises(KeyboardInterrupt):  # the first worker stops at step 180, after the checkpoint at 150
         harness.train(spec, RecordingStore(), tmp_path, checkpoints=shared, observer=stop_at(180), checkpoint_seconds=0)
-    job = RunJob(spec.run_id, "continued", args, str(tmp_path), str(shared), threads=1, checkpoint_seconds=0)
+    job = RunJob(spec.run_id, "continued", request, str(tmp_path), str(shared), threads=1, checkpoint_seconds=0)
     continued = execute(job)  # another worker, with nothing but the shared checkpoint directory
 
     assert continued.status == "finished"

@@ -354,7 +354,7 @@ def test_blocked_items_are_not_trained_and_the_report_lists_them(tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a blocked item must not train")
 
-    monkeypatch.setattr(reproduce_module, "train", no_training)
+    monkeypatch.setattr(reproduce_module, "train_requests", no_training)
     items = reproduce_module.large_items()
     db = tmp_path / "runs.sqlite"
     store = ResultStore(db)

@@ -18,7 +18,7 @@ from prunebench.cli import main
 from prunebench.evaluation import Evaluation
 from prunebench.harness import train
 from prunebench.observers import Observer, Observers
-from prunebench.request import make_spec
+from prunebench.request import RunRequest, make_spec
 from prunebench.store import ResultStore
 from prunebench.tensorboard import point_scalars
 from prunebench.worker import RunJob, WorkerError, execute
@@ -164,7 +164,7 @@ def test_without_the_extra_one_line_and_nothing_trains(command, tmp_path, no_ten
 
 def test_a_worker_without_the_extra_does_not_start_the_run(tmp_path, no_tensorboard):
     args = {"task": "xor", "method": "dense", "seed": 0, "iterations": 20}
-    job = RunJob(make_spec(**args).run_id, "dense on xor", args, str(tmp_path), str(tmp_path / "ck"),
+    job = RunJob(make_spec(**args).run_id, "dense on xor", RunRequest(**args), str(tmp_path), str(tmp_path / "ck"),
                  tensorboard=str(tmp_path / "tb"))
     with pytest.raises(WorkerError, match=r"pip install 'prunebench\[tensorboard\]'"):
         execute(job)

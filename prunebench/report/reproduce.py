@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,8 +42,9 @@ from typing import Any
 
 import pandas as pd
 
-from prunebench.harness import train
+from prunebench.harness import TrainOptions
 from prunebench.observers import Observer
+from prunebench.registry import task_names
 from prunebench.report import stats
 from prunebench.report.estimate import (
     METHOD_OVERHEAD,
@@ -56,9 +56,9 @@ from prunebench.report.estimate import (
 )
 from prunebench.report.leaderboard import run_table, shown_name
 from prunebench.report.published import DT_TABLE1_SCALES, published
-from prunebench.report.setting import CLI_PROTOCOL_FLAGS, format_value
-from prunebench.request import RunSpec, make_spec
+from prunebench.request import RunRequest, RunSpec
 from prunebench.results import load_trajectories
+from prunebench.runner import train_requests
 from prunebench.store import ResultStore
 
 FIG1_RATIOS = (50.0, 60.0, 70.0)
@@ -147,10 +147,14 @@ class Item:
     label: str = ""
 
     @cached_property
+    def request(self) -> RunRequest:
+        return RunRequest(self.task, self.method, self.seed, self.hparams, self.iterations, self.eval_every,
+                          self.budget, self.protocol)
+
+    @cached_property
     def spec(self) -> RunSpec:
-        """The validated run (make_spec builds and attaches the model once: cached)."""
-        return make_spec(self.task, self.method, self.seed, dict(self.hparams), self.iterations, self.eval_every,
-                         self.budget, protocol=dict(self.protocol))
+        """The validated run (builds and attaches the model once: cached)."""
+        return self.request.resolve()
 
     @property
     def large(self) -> bool:
@@ -159,48 +163,15 @@ class Item:
 
     @cached_property
     def run_id(self) -> str:
-        """The run's identity, computed as `make_spec` computes it but without building and attaching the
-        network (a report plans about a hundred items: building each took 15 s of a report, and an AlexNet
-        takes seconds to build); for a large task not registered, a placeholder. A batch size that rescales
-        an epoch protocol goes through `make_spec` itself."""
-        from prunebench.pruner import make_hparams
-        from prunebench.registry import get_method, get_task
-        from prunebench.store import run_identity
-
-        try:
-            task = get_task(self.task)
-        except KeyError:
-            if self.large:
-                return f"unregistered:{self.task}/{self.method}/{self.seed}/{self.budget}"
-            raise
-        overrides = dict(self.protocol)
-        if task.protocol.steps_per_epoch and overrides.get("batch_size", task.protocol.batch_size) != \
-                task.protocol.batch_size:
-            return self.spec.run_id
-        protocol = task.protocol.with_overrides(iterations=self.iterations, eval_every=self.eval_every, **overrides)
-        hp = make_hparams(get_method(self.method), task, dict(self.hparams))
-        return run_identity(self.task, protocol, self.method, hp.non_default(), self.seed, self.budget)[0]
+        """The run's identity (no network built); for a large task not registered, a placeholder."""
+        if self.large and self.task not in task_names():
+            return f"unregistered:{self.task}/{self.method}/{self.seed}/{self.budget}"
+        return self.request.run_id
 
     def command(self, db: str | None = None) -> str:
-        args = ["prunebench", "run", "--method", self.method, "--task", self.task, "--seed", str(self.seed)]
-        if self.budget != "equal":
-            args += ["--budget", self.budget]
-        if self.iterations is not None:
-            args += ["--iterations", str(self.iterations)]
-        if self.eval_every is not None:
-            args += ["--eval-every", str(self.eval_every)]
-        for key, value in self.protocol:
-            args += [CLI_PROTOCOL_FLAGS[key], format_value(value)]
-        for key, value in self.hparams:
-            args += [f"--{key.replace('_', '-')}", format_value(value)]
-        if self.at_compressions:
-            args += ["--eval-at-compression", ",".join(f"{r:g}" for r in self.at_compressions)]
-        if db:
-            args += ["--db", db]
-        command = " ".join(shlex.quote(a) for a in args)
-        if self.record_thresholds:
-            command += " --record-thresholds"
-        return command
+        ratios = ["--eval-at-compression", ",".join(f"{r:g}" for r in self.at_compressions)]
+        return self.request.command(*(ratios if self.at_compressions else []), *(["--db", db] if db else []),
+                                    *(["--record-thresholds"] if self.record_thresholds else []))
 
 
 def plan(quick: bool = False) -> list[Item]:
@@ -365,11 +336,11 @@ def execute(items: list[Item], store: ResultStore, data_dir: Path,
         if skip:
             status[item.run_id] = "finished"
             continue
-        if item.task not in datasets:
-            datasets[item.task] = item.spec.task.resident_data(data_dir)
-        result = train(item.spec, store, data_dir, observer=observer_for(item) if observer_for else None,
-                       force=rerun, record_thresholds=item.record_thresholds, at_compressions=item.at_compressions,
-                       dataset=datasets[item.task])
+        options = TrainOptions(force=rerun, at_compressions=item.at_compressions,
+                               record_thresholds=item.record_thresholds)
+        (result,) = train_requests([item.request], store, data_dir, options, specs={item.run_id: item.spec},
+                                   observer_for=(lambda _, i=item: observer_for(i)) if observer_for else None,
+                                   datasets=datasets)
         status[item.run_id] = result.status
     return status
 
@@ -512,10 +483,27 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
                  blocked: dict[str, Needs] | None = None, data_dir: Path | None = None) -> Path:
     """Write `out_dir/README.md` (and the figures) from the store. Returns the README's path. `blocked`:
     what the large items that cannot run here need (default: `needs(items, data_dir)`)."""
-    import torch
-
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = _measured_runs(db)
+    finished = _finished_runs(db, items)
+    if blocked is None:
+        from prunebench.data import default_data_dir
+
+        blocked = needs(items, data_dir if data_dir is not None else default_data_dir())
+    blocked = {rid: n for rid, n in blocked.items() if rid not in set(finished["run_id"])}
+    lines = _introduction(db, items, runs, finished, blocked, quick, command, wall_seconds)
+    lines += _table1(items, runs) + _table2(items, runs) + _figures(db, out_dir, items, finished, figures)
+    lines += _large_section(db, out_dir, items, runs, finished, blocked, quick, figures)
+    path = out_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _introduction(db: Path, items: list[Item], runs: pd.DataFrame, finished: pd.DataFrame,
+                  blocked: dict[str, Needs], quick: bool, command: str, wall_seconds: float | None) -> list[str]:
+    """The report's title, the command that regenerates it, where it ran and how many runs are finished."""
+    import torch
+
     devices = ", ".join(sorted(set(_rows_for(runs, items).get("device", pd.Series(dtype=str)).dropna()))) or "?"
     lines = ["# Dynamic thresholding paper (Park & Lee, ECAI 2020): results reproduced", ""]
     if quick:
@@ -528,22 +516,19 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
               f"points (positive = worse). A row is flagged when it misses the published compression by more "
               f"than {100 * MISS_COMPRESSION:.0f}% or the published loss by more than {MISS_LOSS_PP} points. "
               "n/p = not published.", ""]
-    finished = _finished_runs(db, items)
     total = float(finished["train_seconds"].sum()) if len(finished) else 0.0
-    if blocked is None:
-        from prunebench.data import default_data_dir
-
-        blocked = needs(items, data_dir if data_dir is not None else default_data_dir())
-    blocked = {rid: n for rid, n in blocked.items() if rid not in set(finished["run_id"])}
     cannot = (f" {len(blocked)} cannot run on this machine (listed with what they need under \"CIFAR-10 and "
               "ImageNet columns\")." if blocked else "")
     lines += [f"Runs: {len(finished)} of {len({i.run_id for i in items})} planned are finished; their training "
               f"wall-clock adds up to {total / 3600:.2f} h"
               + (f" (this invocation: {wall_seconds / 60:.1f} min)" if wall_seconds is not None else "") + "."
               + cannot, ""]
+    return lines
 
-    # Table 1
-    lines += ["## Table 1: LeNet-300-100, threshold scales", "", TABLE_HEADER]
+
+def _table1(items: list[Item], runs: pd.DataFrame) -> list[str]:
+    """Table 1 (LeNet-300-100, DT per threshold scale) and its calibration sweep."""
+    lines = ["## Table 1: LeNet-300-100, threshold scales", "", TABLE_HEADER]
     pub_ind = published("dynthresh", "lenet300", {})
     group = _group(items, "table1", "lenet300", "dynthresh")
     lines.append(_row("individual (lambda 5e-4)", _summary(runs, group), pub_ind.compression, pub_ind.accuracy_loss,
@@ -562,9 +547,12 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             s = _summary(runs, [item])
             lines.append(f"| {dict(item.hparams)['scale']} | {dict(item.hparams)['lam']:g} | "
                          f"{_fmt(s['compression'], 1, 'x')} | {_fmt(s['loss'], 2, sign=True)} | `{item.command()}` |")
+    return lines
 
-    # Table 2
-    lines += ["", "## Table 2: MNIST columns", "", TABLE_HEADER]
+
+def _table2(items: list[Item], runs: pd.DataFrame) -> list[str]:
+    """Table 2's MNIST columns, their variants and DT's LeNet-5 calibration runs."""
+    lines = ["", "## Table 2: MNIST columns", "", TABLE_HEADER]
     sources: list[str] = []
     for task in TABLE2_TASKS:
         for method in TABLE2_METHODS:
@@ -602,9 +590,12 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
                          f"{_fmt(summary['loss'], 2, sign=True)} | `{item.command()}` |")
     if sources:
         lines += ["", "Where each published figure comes from:", "", *sources]
+    return lines
 
-    # Fig. 1
-    lines += ["", "## Fig. 1: DT against sparse VD on LeNet-300-100", ""]
+
+def _figures(db: Path, out_dir: Path, items: list[Item], finished: pd.DataFrame, figures: bool) -> list[str]:
+    """Fig. 1 (DT against sparse VD, with its marker table) and Fig. 4 (XOR)."""
+    lines = ["", "## Fig. 1: DT against sparse VD on LeNet-300-100", ""]
     markers = fig1_markers(db, items)
     if figures:
         from prunebench.report.plots import save
@@ -630,7 +621,6 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
     if fig_items:
         lines += ["", "Commands: " + "; ".join(f"`{i.command()}`" for i in fig_items if i.seed == 0)]
 
-    # Fig. 4
     lines += ["", "## Fig. 4: XOR, weights and thresholds", ""]
     fig4_items = [i for i in items if i.purpose == "fig4"]
     for item in fig4_items:
@@ -641,11 +631,7 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
             lines += ["![Fig. 4](xor-fig4.png)", "", "([SVG](xor-fig4.svg))", ""]
         lines.append(f"Command: `{item.command()}`. Published: 4 of the 15 weights pruned at the end "
                      "(layer 1 weights 1, 2, 6; layer 2 weight 1), some pruned and spliced back during training.")
-
-    lines += _large_section(db, out_dir, items, runs, finished, blocked, quick, figures)
-    path = out_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def _large_section(db: Path, out_dir: Path, items: list[Item], runs: pd.DataFrame, finished: pd.DataFrame,

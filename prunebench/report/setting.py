@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shlex
 from collections.abc import Iterable
 from typing import Any
 
 from prunebench.protocol import Protocol
 from prunebench.pruner import _field_default, make_hparams
 from prunebench.registry import get_method, get_task
+from prunebench.request import RunRequest, format_seeds, format_value  # noqa: F401 (format_seeds re-exported)
 from prunebench.store import _canonical, protocol_non_default
-
-#: Protocol fields `prunebench run` / `prunebench sweep` can set from the command line.
-CLI_PROTOCOL_FLAGS = {"iterations": "--iterations", "optimizer": "--optimizer", "lr": "--lr",
-                      "momentum": "--momentum", "weight_decay": "--optimizer-weight-decay", "epochs": "--train-epochs",
-                      "batch_size": "--batch-size",
-                      "autocast": "--autocast", "channels_last": "--channels-last"}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -38,30 +32,6 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds:
         raise ValueError(f"no seeds in {text!r}")
     return seeds
-
-
-def format_seeds(seeds: Iterable[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5' (the inverse of `parse_seeds` for sorted lists)."""
-    values = sorted(set(int(s) for s in seeds))
-    parts: list[str] = []
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
-            j += 1
-        parts.append(str(values[i]) if i == j else f"{values[i]}-{values[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-def format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(format_value(v) for v in value)
-    return str(value)
 
 
 def _full(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -103,27 +73,9 @@ def setting_string(hparams: dict[str, Any], protocol: dict[str, Any]) -> str:
 
 def rerun_command(task: str, method: str, seeds: Iterable[int], budget: str, hparams: dict[str, Any],
                   protocol: dict[str, Any], db: str | None = None, eval_every: int | None = None) -> str:
-    """The `prunebench sweep` command that reproduces a group of runs (same identities). `eval_every`
-    is not part of the identity, but it sets the trajectory's resolution (time to a compression), so
-    it is given when it differs from the task's."""
-    args = ["prunebench", "sweep", "--methods", method, "--tasks", task, "--seeds", format_seeds(seeds)]
-    if budget != "equal":
-        args += ["--budget", budget]
-    for key, value in sorted(protocol.items()):
-        if key in CLI_PROTOCOL_FLAGS:
-            args += [CLI_PROTOCOL_FLAGS[key], format_value(value)]
-    try:
-        task_eval_every = get_task(task).protocol.eval_every
-    except KeyError:
-        task_eval_every = None
-    if eval_every is not None and eval_every != task_eval_every:
-        args += ["--eval-every", str(int(eval_every))]
-    for key, value in sorted(hparams.items()):
-        args += ["--grid", f"{key}={format_value(value)}"]
-    if db:
-        args += ["--db", str(db)]
-    command = " ".join(shlex.quote(a) for a in args)
-    other = {k: v for k, v in protocol.items() if k not in CLI_PROTOCOL_FLAGS}
-    if other:
-        command += "  # protocol differs from the task's and has no CLI flag: " + setting_string({}, other)
-    return command
+    """The `prunebench sweep` command that reproduces a group of runs (same identities; `RunRequest.command`).
+    `eval_every` is not part of the identity, but it sets the trajectory's resolution (time to a
+    compression), so it is given when it differs from the task's."""
+    protocol = dict(protocol)
+    request = RunRequest(task, method, 0, hparams, protocol.pop("iterations", None), eval_every, budget, protocol)
+    return request.command(*(["--db", str(db)] if db else []), seeds=seeds)

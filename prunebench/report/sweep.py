@@ -38,18 +38,17 @@ from rich.table import Table
 
 from prunebench import harness
 from prunebench.checkpoint import checkpoint_dir
-from prunebench.data import TensorDataset
-from prunebench.errors import DataUnavailableError
 from prunebench.evaluation import Evaluation
 from prunebench.executors import Executor, LocalExecutor, Tracker
-from prunebench.observers import Observer, Observers
+from prunebench.observers import Observer
 from prunebench.pruner import REGISTRY
 from prunebench.records import RunRecord
 from prunebench.registry import method_names
 from prunebench.report.setting import setting_items, setting_string
-from prunebench.request import RunSpec, make_spec
+from prunebench.request import RunRequest, RunSpec
+from prunebench.runner import train_requests
 from prunebench.store import ResultStore
-from prunebench.tensorboard import TensorBoardObserver, require_tensorboard
+from prunebench.tensorboard import require_tensorboard
 from prunebench.worker import RunJob, discard_finished_record
 
 GRID_ALIASES = {"lambda": "lam"}
@@ -125,10 +124,9 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
 @dataclass
 class PlannedRun:
     spec: RunSpec
-    overrides: dict[str, str]   # grid values as given, for `prunebench run` flags
     setting: str
     status_before: str | None   # the store's status before the sweep: None (new) or its status
-    spec_args: dict[str, Any] = field(default_factory=dict)  # make_spec's arguments (a worker rebuilds the spec)
+    request: RunRequest         # what a worker resolves again
 
     @property
     def to_run(self) -> bool:
@@ -186,16 +184,15 @@ def plan_sweep(methods: Sequence[str], tasks: Sequence[str], seeds: Sequence[int
                     overrides = dict(zip(keys, combo, strict=True))
                     fields = {k: _hparam_field(k) for k in keys}
                     values = {k: convert_value(fields[k], v) for k, v in overrides.items()}
-                    args = {"task": task, "method": method, "seed": seed, "hparams": values, "iterations": iterations,
-                            "eval_every": eval_every, "budget": budget, "protocol": dict(protocol or {})}
-                    spec = make_spec(**args)
+                    request = RunRequest(task, method, seed, values, iterations, eval_every, budget, protocol)
+                    spec = request.resolve()
                     run_id, identity = spec.identity
                     if run_id in seen:
                         continue
                     seen.add(run_id)
                     hp, proto = setting_items(task, method, identity)
                     status = store.status(run_id) if store is not None else None
-                    runs.append(PlannedRun(spec, overrides, setting_string(hp, proto), status, args))
+                    runs.append(PlannedRun(spec, setting_string(hp, proto), status, request))
     return SweepPlan(runs, notes)
 
 
@@ -297,29 +294,31 @@ def run_sweep(plan: SweepPlan, db: Path | str, data_dir: Path | str, *, device: 
         progress.console.print(f"[{colour}]{outcome.status}[/] {escape(outcome.run.label)}"
                                + (f": {escape(outcome.error)}" if outcome.error else ""))
 
+    planned = {p.request.run_id: p for p in pending}
+    options = harness.TrainOptions(device=device, allow_unverified_data=allow_unverified_data,
+                                   checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds)
+    store = ResultStore(db)
+    driver = _Driver(store, planned, progress, overall, record)
+    if executor is None and jobs == 1:  # in this process
+        where = dict(specs={k: p.spec for k, p in planned.items()}, observer_for=driver.observer,
+                     on_result=driver.result, on_error=driver.error)
+    else:
+        where = dict(executor=executor or LocalExecutor(jobs), tracker=driver,
+                     label_for=lambda r: planned[r.run_id].label)
     with progress:
         try:
-            if executor is None and jobs == 1:
-                _run_in_process(pending, Path(db), Path(data_dir), device, progress, overall, record,
-                                allow_unverified_data, checkpoints, checkpoint_seconds, tensorboard)
-            else:
-                jobs_of = {p.spec.run_id: p for p in pending}
-                work = [RunJob(p.spec.run_id, p.label, p.spec_args, str(data_dir), str(checkpoints), device,
-                               allow_unverified_data, checkpoint_seconds,
-                               tensorboard=str(tensorboard) if tensorboard is not None else None) for p in pending]
-                store = ResultStore(db)
-                try:  # SIGTERM to the driver (kill, timeout, a scheduler) stops the workers as Ctrl-C does
-                    with harness.SigtermToInterrupt():
-                        (executor or LocalExecutor(jobs)).run(work, _Driver(store, jobs_of, progress, overall, record))
-                finally:
-                    store.close()
+            train_requests([p.request for p in pending], store, Path(data_dir), options, tensorboard=tensorboard,
+                           **where)
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            store.close()
     return SweepReport(outcomes, time.perf_counter() - t0, interrupted, len(pending))
 
 
 class _Driver(Tracker):
-    """The sweep's side of an executor: applies each worker's record to the store (the only writer)."""
+    """The sweep's side of the runner: in this process, an observer and the outcome of each run; through an
+    executor, applies each worker's record to the store (the only writer)."""
 
     def __init__(self, store: ResultStore, planned: dict[str, PlannedRun], progress: Progress, overall: Any,
                  record: Callable[[Outcome], None]) -> None:
@@ -337,14 +336,26 @@ class _Driver(Tracker):
         more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
         return escape(", ".join(labels[:shown]) + more)
 
-    def _end(self, job: RunJob) -> PlannedRun:
-        self.live.pop(job.run_id, None)
+    def _end(self, run_id: str) -> PlannedRun:
+        self.live.pop(run_id, None)
         self.done += 1
         self.progress.update(self.overall, completed=self.done, current=self._current())
-        return self.planned[job.run_id]
+        return self.planned[run_id]
+
+    def observer(self, request: RunRequest) -> Observer:
+        return _SweepObserver(self.progress, self.overall, self.done, self.planned[request.run_id].label)
+
+    def result(self, request: RunRequest, result: harness.RunResult, wall: float) -> None:
+        self.record(Outcome(self._end(request.run_id), "skipped" if result.skipped else result.status,
+                            dict(result.final), result.error, wall))
+
+    def error(self, request: RunRequest, exc: BaseException, wall: float) -> None:
+        stop = isinstance(exc, KeyboardInterrupt)
+        self.record(Outcome(self._end(request.run_id), "interrupted" if stop else "failed",
+                            error="interrupted" if stop else f"{type(exc).__name__}: {exc}", wall_seconds=wall))
 
     def finished(self, job: RunJob, result: RunRecord | str, wall: float) -> None:
-        planned = self._end(job)
+        planned = self._end(job.run_id)
         if isinstance(result, str):  # the run could not start, or its worker died for good: nothing to store
             self.record(Outcome(planned, "failed", error=result, wall_seconds=wall))
             return
@@ -357,42 +368,7 @@ class _Driver(Tracker):
         self.record(Outcome(planned, result.status, result.summary(), result.run.get("error"), wall))
 
     def interrupted(self, job: RunJob, wall: float) -> None:
-        self.record(Outcome(self._end(job), "interrupted", error="interrupted", wall_seconds=wall))
-
-
-def _run_in_process(pending: list[PlannedRun], db: Path, data_dir: Path, device: str | None,
-                    progress: Progress, overall: Any, record: Callable[[Outcome], None],
-                    allow_unverified_data: bool = False, checkpoints: Path | None = None,
-                    checkpoint_seconds: float | None = harness.CHECKPOINT_SECONDS,
-                    tensorboard: Path | None = None) -> None:
-    datasets: dict[str, TensorDataset | None] = {}  # resident data loaded once per task; None: streamed
-    store = ResultStore(db)
-    try:
-        for done, planned in enumerate(pending):
-            spec = planned.spec
-            start = time.perf_counter()
-            try:
-                if spec.task.name not in datasets:
-                    datasets[spec.task.name] = spec.task.resident_data(data_dir, allow_unverified_data)
-                result = harness.train(spec, store, data_dir, device=device, dataset=datasets[spec.task.name],
-                                       observer=Observers(_SweepObserver(progress, overall, done, planned.label),
-                                                          TensorBoardObserver(tensorboard) if tensorboard else None),
-                                       allow_unverified_data=allow_unverified_data, checkpoints=checkpoints,
-                                       checkpoint_seconds=checkpoint_seconds)
-            except KeyboardInterrupt:
-                record(Outcome(planned, "interrupted", error="interrupted", wall_seconds=time.perf_counter() - start))
-                raise
-            except DataUnavailableError:
-                raise  # every run of this task would fail alike: stop and say why
-            except Exception as exc:  # noqa: BLE001 - one failed run must not end the sweep
-                record(Outcome(planned, "failed", error=f"{type(exc).__name__}: {exc}",
-                               wall_seconds=time.perf_counter() - start))
-            else:
-                status = "skipped" if result.skipped else result.status
-                record(Outcome(planned, status, dict(result.final), result.error, time.perf_counter() - start))
-            progress.update(overall, completed=done + 1)
-    finally:
-        store.close()
+        self.record(Outcome(self._end(job.run_id), "interrupted", error="interrupted", wall_seconds=wall))
 
 
 def summary_table(report: SweepReport) -> Table:
