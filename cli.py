@@ -23,7 +23,6 @@ from prunebench.distributed import from_environment as join_processes
 from prunebench.environment import pick_device
 from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError
 from prunebench.evaluation import Evaluation
-from prunebench.executors import EXECUTORS, Executor, make_executor
 from prunebench.harness import CHECKPOINT_SECONDS, RunResult, TrainOptions
 from prunebench.observers import Observer
 from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
@@ -31,11 +30,12 @@ from prunebench.protocol import AUTOCAST, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner
 from prunebench.records import RecordingStore
 from prunebench.registry import method_names, task_names
-from prunebench.report.setting import parse_seeds
-from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep
-from prunebench.report.sweep import summary_table as sweep_summary_table
 from prunebench.request import CLI_PROTOCOL_FLAGS, RunRequest, RunSpec
-from prunebench.runner import train_requests
+from prunebench.running.executors import EXECUTORS, Executor, make_executor
+from prunebench.running.runner import train_requests
+from prunebench.running.sweep import parse_grid, plan_sweep, run_sweep
+from prunebench.running.sweep import summary_table as sweep_summary_table
+from prunebench.setting import parse_seeds
 from prunebench.store import ResultStore, check_store_file, default_db_path
 from prunebench.tasks import TASKS
 from prunebench.tensorboard import require_tensorboard
@@ -597,7 +597,7 @@ def check(methods: str | None, update: bool, speed: bool | None, baseline_path: 
     """Regression check: small fixed runs (xor and a short lenet300 on MNIST for every method, seed 0)
     against the committed baseline; exit 1 when accuracy, compression or speed regressed. With --tasks,
     those tasks instead (exit 3 when a task's data is not present and verified)."""
-    from prunebench.check import check_command, console_for_output
+    from prunebench.suites.check import check_command, console_for_output
 
     method_list = _names(methods, method_names(), "method(s)") if methods is not None else None
     task_list = _names(tasks, task_names(), "task(s)") if tasks is not None else None
@@ -628,9 +628,9 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
     data" / "needs a GPU (about N h estimated)") and write a report comparing each published figure with
     the measured one. Runs already in the store are reused; an interrupted reproduction continues where
     it stopped."""
-    from prunebench.report.reproduce import plan
-    from prunebench.report.reproduce import reproduce as run_reproduction
-    from prunebench.report.sweep import _progress, _SweepObserver
+    from prunebench.running.sweep import _progress, _SweepObserver
+    from prunebench.suites.reproduce import plan
+    from prunebench.suites.reproduce import reproduce as run_reproduction
 
     out = out or Path("leaderboards") / ("dt-paper-quick" if quick else "dt-paper")
     console = Console(stderr=True)
@@ -677,10 +677,12 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
 def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path, db: Path) -> None:
     """A static HTML site from the store: sortable leaderboards with rerun commands, figures, the DT-paper report."""
     from prunebench.report.site import build_site
+    from prunebench.suites.reproduce import reproduce as paper_report
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     try:
-        result = build_site(db, out, task_list, max_loss, data_dir)
+        result = build_site(db, out, task_list, max_loss, data_dir, paper_report=lambda folder, store, data, command:
+                            paper_report(folder, store, data, command=command, report_only=True))
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for path in result.pages:
@@ -716,7 +718,7 @@ def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | Non
 
     A run stored without --save-model is run again from its stored identity (the store is not touched); its
     model is then kept beside the store and its accuracy and compression compared with the stored ones."""
-    from prunebench import export as exporting
+    from prunebench.report import export as exporting
     from prunebench.report.deployment import write_deployment_table
 
     console = Console()

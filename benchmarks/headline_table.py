@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from prunebench.report.leaderboard import aggregate, run_table, shown_name
-from prunebench.report.reproduce import PAPER_BUDGET
+from prunebench.suites.reproduce import PAPER_BUDGET
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}

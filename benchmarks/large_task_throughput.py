@@ -16,7 +16,7 @@ CPU the peak resident set of a fresh process that runs the same steps (VmHWM), w
 Python and PyTorch baseline.
 
 The measured numbers are of THIS machine; the paper-protocol estimate beside them is
-`prunebench.report.estimate` (an ASSUMED GPU throughput), with this table's measured method/dense
+`prunebench.running.estimate` (an ASSUMED GPU throughput), with this table's measured method/dense
 ratio in place of its assumed overhead where one was measured.
 """
 
@@ -114,7 +114,7 @@ def main() -> None:
         print(peak_resident_bytes())
         return
 
-    from prunebench.report.estimate import estimate_gpu_hours
+    from prunebench.running.estimate import estimate_gpu_hours
 
     device = pick_device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -37,8 +37,8 @@ import torch
 from rich.console import Console
 
 from prunebench.data import default_data_dir
-from prunebench.executors import Executor, LocalExecutor, RayExecutor, SubmititExecutor
-from prunebench.report.sweep import SweepPlan, plan_sweep, run_sweep
+from prunebench.running.executors import Executor, LocalExecutor, RayExecutor, SubmititExecutor
+from prunebench.running.sweep import SweepPlan, plan_sweep, run_sweep
 from prunebench.store import ResultStore
 
 TIMINGS = ("train_seconds", "eval_seconds")

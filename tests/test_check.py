@@ -12,8 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from prunebench import check as check_module
-from prunebench.check import (
+from prunebench.cli import main
+from prunebench.pruner import prunable_layers
+from prunebench.registry import get_method
+from prunebench.suites import check as check_module
+from prunebench.suites.check import (
     Baseline,
     CheckConfig,
     Measurement,
@@ -23,9 +26,6 @@ from prunebench.check import (
     parse_baseline,
     updated_baseline,
 )
-from prunebench.cli import main
-from prunebench.pruner import prunable_layers
-from prunebench.registry import get_method
 
 SHORT_SUITE = (("xor", 600, 300),)
 

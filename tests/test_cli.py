@@ -141,7 +141,7 @@ def test_protocol_overrides_make_their_own_identity_and_dense_reference(tmp_path
     against the dense run of the same protocol, not the task's default one; the rerun command and a
     sweep with the same flags name the same identities."""
     from prunebench.report.leaderboard import run_table
-    from prunebench.report.setting import rerun_command, setting_items
+    from prunebench.setting import rerun_command, setting_items
 
     db = str(tmp_path / "p.sqlite")
     sgd = ["--optimizer", "sgd", "--lr", "0.05", "--optimizer-weight-decay", "0.0005"]
@@ -241,7 +241,7 @@ def test_a_damaged_checkpoint_is_one_line_and_force_starts_over(tmp_path):
 def test_a_damaged_checkpoint_stops_a_sweep_worker_in_one_line(tmp_path):
     from prunebench.checkpoint import checkpoint_path
     from prunebench.request import RunRequest, make_spec
-    from prunebench.worker import RunJob, WorkerError, execute
+    from prunebench.running.worker import RunJob, WorkerError, execute
 
     args = {"task": "xor", "method": "dense", "seed": 0, "iterations": 20}
     run_id = make_spec(**args).run_id

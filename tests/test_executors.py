@@ -20,16 +20,17 @@ import torch
 from click.testing import CliRunner
 
 from prunebench import checkpoint as checkpointing
-from prunebench import executors, harness
+from prunebench import harness
 from prunebench.checkpoint import checkpoint_dir, checkpoint_path
 from prunebench.cli import main
 from prunebench.errors import MissingExtraError
-from prunebench.executors import RayExecutor, SubmititExecutor, require
 from prunebench.records import RecordingStore
-from prunebench.report.sweep import SweepPlan, SweepReport, plan_sweep, run_sweep
 from prunebench.request import RunRequest, make_spec
+from prunebench.running import executors
+from prunebench.running.executors import RayExecutor, SubmititExecutor, require
+from prunebench.running.sweep import SweepPlan, SweepReport, plan_sweep, run_sweep
+from prunebench.running.worker import RunJob, execute, finished_record_path
 from prunebench.store import ResultStore
-from prunebench.worker import RunJob, execute, finished_record_path
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -18,12 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from prunebench import export as exporting
 from prunebench.cli import main
 from prunebench.data import load_mnist, make_xor
 from prunebench.deploy import load_saved, model_path, models_dir, rebuild
 from prunebench.models import LeNet5, LeNet300, XorNet
 from prunebench.report import deployment
+from prunebench.report import export as exporting
 from prunebench.sparse import (
     CSRConv2d,
     CSRLinear,

@@ -15,9 +15,9 @@ from prunebench.methods.magnitude import MagnitudePruning
 
 from prunebench.observers import ThresholdRecorder
 from prunebench.registry import get_task
-from prunebench.report.fig4 import fig4, load_fig4_data, pruned_spans, run_fig4
 from prunebench.request import make_spec
 from prunebench.store import ResultStore
+from prunebench.suites.fig4 import fig4, load_fig4_data, pruned_spans, run_fig4
 
 STEPS = [50, 100, 150, 200, 250, 300]
 

@@ -17,19 +17,19 @@ from prunebench.methods.dynthresh import DynamicThresholding, DynThreshHparams
 from prunebench.methods.ltp import LearnedThresholdPruning, LTPHparams
 from torch import nn
 
-from prunebench import check as check_module
-from prunebench.check import CheckConfig, Measurement, compare, default_configs, updated_baseline
 from prunebench.cli import main
 from prunebench.metrics import THRESHOLD_BINS_PER_DECADE, count_flops, threshold_distribution
 from prunebench.protocol import Protocol
 from prunebench.pruner import make_hparams, prunable_layers
 from prunebench.registry import get_method, get_task
-from prunebench.report import estimate as estimate_module
-from prunebench.report import reproduce as reproduce_module
 from prunebench.report.leaderboard import UNVERIFIED_NOTE, build_leaderboard, shown_name
 from prunebench.report.plots import fig5, fig6, fig7
 from prunebench.request import RunSpec
+from prunebench.running import estimate as estimate_module
 from prunebench.store import ResultStore
+from prunebench.suites import check as check_module
+from prunebench.suites import reproduce as reproduce_module
+from prunebench.suites.check import CheckConfig, Measurement, compare, default_configs, updated_baseline
 from prunebench.tasks import TASKS, Task
 
 VGG_LAYERS = [f"conv{i}" for i in range(1, 14)] + ["fc1", "fc2"]

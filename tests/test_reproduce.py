@@ -8,8 +8,8 @@ import sqlite3
 
 import pytest
 
-from prunebench.report.reproduce import FIG1_RATIOS, TABLE2_VARIANTS, Item, fig1_markers, plan, reproduce
 from prunebench.store import ResultStore
+from prunebench.suites.reproduce import FIG1_RATIOS, TABLE2_VARIANTS, Item, fig1_markers, plan, reproduce
 
 
 def _store_run(add_stored_run, store: ResultStore, item: Item, points: list[dict]) -> None:
@@ -159,7 +159,7 @@ def test_quick_reproduction_reuses_finished_runs_and_continues_an_interrupted_on
 
 
 def test_verdict_flags_differences_in_both_directions():
-    from prunebench.report.reproduce import _verdict
+    from prunebench.suites.reproduce import _verdict
 
     def summary(cr, loss, seeds=3):
         return {"compression": cr, "loss": loss, "seeds": seeds, "planned": 3}

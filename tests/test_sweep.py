@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from prunebench import harness
 from prunebench.cli import main
-from prunebench.report.sweep import parse_grid, plan_sweep, run_sweep, summary_table
 from prunebench.request import make_spec
+from prunebench.running.sweep import parse_grid, plan_sweep, run_sweep, summary_table
 from prunebench.store import ResultStore
 
 ITER = 200   # XOR steps per run: well under a second each

@@ -19,9 +19,9 @@ from prunebench.evaluation import Evaluation
 from prunebench.harness import train
 from prunebench.observers import Observer, Observers
 from prunebench.request import RunRequest, make_spec
+from prunebench.running.worker import RunJob, WorkerError, execute
 from prunebench.store import ResultStore
 from prunebench.tensorboard import point_scalars
-from prunebench.worker import RunJob, WorkerError, execute
 
 
 def logged(path: Path) -> tuple[dict[str, list[tuple[int, float]]], list[int]]:

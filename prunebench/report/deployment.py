@@ -3,7 +3,7 @@
 One row per method: its finished run of seed 0 at the task's calibrated defaults (setting "default" of
 `report.setting`: no hyperparameter or protocol field differs from what `prunebench run --method M --task
 T` uses today) under budget "equal", the row the leaderboard's default setting starts from. Each is
-exported (`prunebench.export.export_run`: its kept model, or a rerun from its stored identity, whose
+exported (`prunebench.report.export.export_run`: its kept model, or a rerun from its stored identity, whose
 accuracy and compression are checked against the stored ones), loaded back and measured
 (`prunebench.sparse`: bytes of the dense and the compressed file, latency of the dense and the compressed
 network at batch 1 and 100 on one CPU thread) beside the theoretical FLOPs reduction. The store is only
@@ -26,11 +26,11 @@ from typing import Any
 import torch
 
 from prunebench.deploy import model_path, models_dir
-from prunebench.export import ExportError, ExportResult, export_run, flops_reductions
 from prunebench.observers import Observer
+from prunebench.report.export import ExportError, ExportResult, export_run, flops_reductions
 from prunebench.report.leaderboard import shown_name
-from prunebench.report.setting import rerun_command, setting_items, setting_string
 from prunebench.request import RunSpec
+from prunebench.setting import rerun_command, setting_items, setting_string
 from prunebench.sparse import LATENCY_ROUNDS, SAMPLE_SECONDS
 from prunebench.store import read_only
 

@@ -47,8 +47,8 @@ from matplotlib.ticker import FuncFormatter
 from prunebench.metrics import THRESHOLD_LOG10_RANGE
 from prunebench.registry import get_task, method_names
 from prunebench.report.leaderboard import THRESHOLDS, run_table, shown_name
-from prunebench.report.setting import setting_items, setting_string
 from prunebench.results import load_runs, load_trajectories
+from prunebench.setting import setting_items, setting_string
 
 KINDS = ("fig1", "pareto", "time", "fig5", "fig6", "fig7")
 #: Run states fig5-fig7 draw (a run in progress shows its training so far); failed runs are left out.

@@ -26,6 +26,7 @@ import math
 import shlex
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -261,10 +262,13 @@ def site_command(out: Path | str, db_label: str, tasks: list[str] | None, max_lo
 
 
 def build_site(db: Path | str, out: Path | str, tasks: list[str] | None = None, max_loss: float = DEFAULT_MAX_LOSS,
-               data_dir: Path | None = None, command: str | None = None) -> Site:
+               data_dir: Path | None = None, command: str | None = None,
+               paper_report: Callable[[Path, Path, Path, str], Path] | None = None) -> Site:
     """Write the site for `tasks` (default: every task with runs in the store) into `out`. The store path is
-    shown (and used in the rerun commands) as given. ValueError for a task without runs; FileNotFoundError
-    without a store; MissingExtraError without python-markdown."""
+    shown (and used in the rerun commands) as given. `paper_report(report_dir, db, data_dir, command)` writes
+    the DT-paper report from the store and returns its markdown (the CLI passes the suite's; None: no report
+    page). ValueError for a task without runs; FileNotFoundError without a store; MissingExtraError without
+    python-markdown."""
     markdown_module = require_markdown()
     db_label = str(db)
     db, out = Path(db), Path(out)
@@ -297,20 +301,20 @@ def build_site(db: Path | str, out: Path | str, tasks: list[str] | None = None, 
         site.pages.append(path)
         boards.append(board)
 
-    t = time.perf_counter()
-    from prunebench.data import default_data_dir
-    from prunebench.report.reproduce import reproduce
+    title = "DT-paper report"
+    if paper_report is not None:
+        t = time.perf_counter()
+        from prunebench.data import default_data_dir
 
-    report_dir = out / "dt-paper"
-    report_command = " ".join(shlex.quote(a) for a in ["prunebench", "reproduce", "dt-paper", "--out",
-                                                       str(report_dir), "--db", db_label, "--report-only"])
-    readme = reproduce(report_dir, db, data_dir if data_dir is not None else default_data_dir(),
-                       command=report_command, report_only=True)
-    title = readme.read_text().splitlines()[0].lstrip("# ").strip() or "DT-paper report"
-    path = report_dir / "index.html"
-    path.write_text(report_page(markdown_module, readme, footer))
-    site.pages.append(path)
-    site.seconds["dt-paper report"] = time.perf_counter() - t
+        report_dir = out / "dt-paper"
+        report_command = " ".join(shlex.quote(a) for a in ["prunebench", "reproduce", "dt-paper", "--out",
+                                                           str(report_dir), "--db", db_label, "--report-only"])
+        readme = paper_report(report_dir, db, data_dir if data_dir is not None else default_data_dir(), report_command)
+        title = readme.read_text().splitlines()[0].lstrip("# ").strip() or "DT-paper report"
+        path = report_dir / "index.html"
+        path.write_text(report_page(markdown_module, readme, footer))
+        site.pages.append(path)
+        site.seconds["dt-paper report"] = time.perf_counter() - t
 
     path = out / "index.html"
     path.write_text(index_page(boards, title, footer))

@@ -1,7 +1,7 @@
 """A sweep worker: trains one planned run and returns its record; it never opens the SQLite store.
 
-The same function serves every executor: a local worker process (`python -m prunebench.worker JOB
-OUT`), a Ray task and a submitit job (`prunebench.executors`). A `RunJob` carries only plain values
+The same function serves every executor: a local worker process (`python -m prunebench.running.worker JOB
+OUT`), a Ray task and a submitit job (`prunebench.running.executors`). A `RunJob` carries only plain values
 (a `RunRequest` and where it trains), so it pickles to any machine that has prunebench installed; the
 worker resolves the request there and checks that it has the identity the driver planned (a node with
 another version of the code would otherwise store a different run under the planned name).
@@ -145,7 +145,7 @@ def execute_all(jobs: list[RunJob]) -> list[RunRecord | str]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m prunebench.worker JOB.pkl OUT.pkl`: the local executor's worker process. Exit code 0
+    """`python -m prunebench.running.worker JOB.pkl OUT.pkl`: the local executor's worker process. Exit code 0
     with a record, 130 when the run was interrupted (SIGTERM), 3 when it could not start (the error in
     OUT)."""
     job_path, out_path = Path(argv[0]), Path(argv[1])

@@ -1,5 +1,5 @@
 """The one runner: trains a list of `RunRequest`s, in this process (each task's resident data read once for
-all its runs) or through an executor (`prunebench.executors`), whose workers send back records that the
+all its runs) or through an executor (`prunebench.running.executors`), whose workers send back records that the
 executor's `Tracker` stores. `prunebench run`, `sweep`, `reproduce`, `check` and `export`'s reruns go through
 `train_requests`."""
 
@@ -12,14 +12,14 @@ from pathlib import Path
 from prunebench import harness
 from prunebench.data import TensorDataset
 from prunebench.errors import DataUnavailableError
-from prunebench.executors import Executor, Tracker
 from prunebench.harness import RunResult, TrainOptions
 from prunebench.observers import Observer, Observers
 from prunebench.records import RecordingStore
 from prunebench.request import RunRequest, RunSpec
+from prunebench.running.executors import Executor, Tracker
+from prunebench.running.worker import RunJob
 from prunebench.store import ResultStore
 from prunebench.tensorboard import TensorBoardObserver
-from prunebench.worker import RunJob
 
 
 def train_requests(requests: Sequence[RunRequest], store: ResultStore | RecordingStore, data_dir: Path,

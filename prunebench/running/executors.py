@@ -1,13 +1,13 @@
 """Where a sweep's runs train: local worker processes, a Ray cluster, or Slurm through submitit.
 
-Every executor hands `RunJob`s to `prunebench.worker.execute` somewhere and gives each result back to
-the driver (`prunebench.report.sweep.run_sweep`), which alone writes the store. Results arrive as they
+Every executor hands `RunJob`s to `prunebench.running.worker.execute` somewhere and gives each result back to
+the driver (`prunebench.running.sweep.run_sweep`), which alone writes the store. Results arrive as they
 finish, through `Tracker.finished(job, record_or_error, wall_seconds)`.
 
-- `LocalExecutor` (`--executor local --jobs N`, N > 1): one `python -m prunebench.worker` process per
+- `LocalExecutor` (`--executor local --jobs N`, N > 1): one `python -m prunebench.running.worker` process per
   run, N at a time; Ctrl-C or SIGTERM to the driver sends them SIGTERM and their runs come back as
   'interrupted'. A worker whose driver dies without stopping it (SIGKILL) gets SIGTERM from Linux
-  (`prunebench.worker.stop_with_parent`), so no orphan goes on training a run the next sweep restarts.
+  (`prunebench.running.worker.stop_with_parent`), so no orphan goes on training a run the next sweep restarts.
 - `RayExecutor` (`--executor ray`, extra `prunebench[ray]`): one Ray task per run with the resources
   asked for (`--cpus-per-run`, fractional `--gpus-per-run`), on a local Ray instance or the cluster
   at `--ray-address` / `$RAY_ADDRESS`. A task whose worker or node dies is retried by Ray
@@ -44,7 +44,7 @@ from typing import Any
 
 from prunebench.errors import MissingExtraError
 from prunebench.records import RunRecord
-from prunebench.worker import PARENT_PID_ENV, RunJob, execute, execute_all
+from prunebench.running.worker import PARENT_PID_ENV, RunJob, execute, execute_all
 
 EXECUTORS = ("local", "ray", "submitit")
 #: The extra that installs each optional executor's engine.
@@ -78,7 +78,7 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """N worker processes on this machine, each `python -m prunebench.worker JOB OUT`; CPU threads are
+    """N worker processes on this machine, each `python -m prunebench.running.worker JOB OUT`; CPU threads are
     shared out between them (OMP_NUM_THREADS, unless set)."""
 
     name = "local"
@@ -102,7 +102,7 @@ class LocalExecutor(Executor):
                         job = queue.pop(0)
                         job_file, out = Path(tmp) / f"{job.run_id}.job", Path(tmp) / f"{job.run_id}.out"
                         job_file.write_bytes(pickle.dumps(job))
-                        command = [sys.executable, "-m", "prunebench.worker", str(job_file), str(out)]
+                        command = [sys.executable, "-m", "prunebench.running.worker", str(job_file), str(out)]
                         with open(Path(tmp) / f"{job.run_id}.log", "wb") as log:
                             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
                         live.append((job, proc, out, Path(tmp) / f"{job.run_id}.log", time.perf_counter()))

@@ -22,7 +22,7 @@ Speed checks are off with `--no-speed` or the environment variable PRUNEBENCH_CH
 
 Other tasks (`--tasks`, e.g. vgg-cifar10, alexnet-imagenet): each method runs `EXTRA_TASK_ITERATIONS`
 steps (after a `EXTRA_WARMUP_ITERATIONS`-step warm-up) on the task's real data, which must be present and
-verified (`prunebench.report.estimate.data_blocker`; otherwise the check says so and exits with 3,
+verified (`prunebench.running.estimate.data_blocker`; otherwise the check says so and exits with 3,
 running nothing). They are compared with the baseline's rows for that task where it has any; a task
 without any row is reported as having no baseline (a note, not a failure: record one with `--update`
 on a machine with the data). Their rows keep the machine they were recorded on (`machine`), so
@@ -64,7 +64,7 @@ from prunebench.harness import TrainOptions
 from prunebench.observers import Observer
 from prunebench.registry import get_task, method_names
 from prunebench.request import RunRequest, RunSpec
-from prunebench.runner import train_requests
+from prunebench.running.runner import train_requests
 from prunebench.store import ResultStore
 
 #: (task, iterations, eval_every): the fixed suite; every registered method runs on each, seed 0.
@@ -707,7 +707,7 @@ def resolve_baseline_path(path: Path | None) -> Path:
 def data_missing(tasks: Sequence[str], data_dir: Path) -> dict[str, str]:
     """task -> why its data is not ready, for each of `tasks` outside the suite whose data is not present
     and verified under `data_dir` (the suite's tasks fetch or generate their own)."""
-    from prunebench.report.estimate import data_blocker
+    from prunebench.running.estimate import data_blocker
 
     out = {}
     for task in dict.fromkeys(tasks):

@@ -9,7 +9,7 @@
   `with_dense=False`.
 - Identities already finished in the store are skipped; running (left over from a killed process),
   interrupted ones continue from their last checkpoint and failed ones run again from the start.
-- `jobs=1` trains in this process; otherwise an executor (`prunebench.executors`: N local worker
+- `jobs=1` trains in this process; otherwise an executor (`prunebench.running.executors`: N local worker
   processes, Ray, or submitit) trains the runs and sends back their records, which this process alone
   writes to the store.
 """
@@ -39,17 +39,17 @@ from rich.table import Table
 from prunebench import harness
 from prunebench.checkpoint import checkpoint_dir
 from prunebench.evaluation import Evaluation
-from prunebench.executors import Executor, LocalExecutor, Tracker
 from prunebench.observers import Observer
 from prunebench.pruner import REGISTRY
 from prunebench.records import RunRecord
 from prunebench.registry import method_names
-from prunebench.report.setting import setting_items, setting_string
 from prunebench.request import RunRequest, RunSpec
-from prunebench.runner import train_requests
+from prunebench.running.executors import Executor, LocalExecutor, Tracker
+from prunebench.running.runner import train_requests
+from prunebench.running.worker import RunJob, discard_finished_record
+from prunebench.setting import setting_items, setting_string
 from prunebench.store import ResultStore
 from prunebench.tensorboard import require_tensorboard
-from prunebench.worker import RunJob, discard_finished_record
 
 GRID_ALIASES = {"lambda": "lam"}
 

@@ -53,7 +53,7 @@ from prunebench.observers import Observer
 from prunebench.records import RecordingStore
 from prunebench.registry import get_task
 from prunebench.request import RunRequest, RunSpec
-from prunebench.runner import train_requests
+from prunebench.running.runner import train_requests
 from prunebench.sparse import DeploymentCost, deployment_cost
 from prunebench.store import read_only
 from prunebench.tasks import Task

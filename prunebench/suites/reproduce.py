@@ -19,7 +19,7 @@ What it reproduces (../shared/papers/dynamic-thresholding.txt):
   distribution during training (VGG-like), remaining weights per layer and top-1/top-5 accuracy during
   training (AlexNet). Such an item runs only where its data is present and verified and a CUDA device
   is available; otherwise the report lists it with what it needs ("needs the data", "needs a GPU
-  (about N h estimated)", see `prunebench.report.estimate`), never leaving it out silently. A run of
+  (about N h estimated)", see `prunebench.running.estimate`), never leaving it out silently. A run of
   such an item already finished in the store (e.g. on another machine) is reported as usual.
 
 Runs already finished in the store are reused (a stored run that lacks what a figure needs, such as the
@@ -46,7 +46,11 @@ from prunebench.harness import TrainOptions
 from prunebench.observers import Observer
 from prunebench.registry import task_names
 from prunebench.report import stats
-from prunebench.report.estimate import (
+from prunebench.report.leaderboard import run_table, shown_name
+from prunebench.report.published import DT_TABLE1_SCALES, published
+from prunebench.request import RunRequest, RunSpec
+from prunebench.results import load_trajectories
+from prunebench.running.estimate import (
     METHOD_OVERHEAD,
     TASK_DATA,
     UNKNOWN_OVERHEAD,
@@ -54,11 +58,7 @@ from prunebench.report.estimate import (
     estimate_gpu_hours,
     format_hours,
 )
-from prunebench.report.leaderboard import run_table, shown_name
-from prunebench.report.published import DT_TABLE1_SCALES, published
-from prunebench.request import RunRequest, RunSpec
-from prunebench.results import load_trajectories
-from prunebench.runner import train_requests
+from prunebench.running.runner import train_requests
 from prunebench.store import ResultStore
 
 FIG1_RATIOS = (50.0, 60.0, 70.0)
@@ -303,7 +303,7 @@ def _lacks(item: Item, store: ResultStore) -> bool:
         if "at_compression" not in extra:
             return True
     if item.record_thresholds:
-        from prunebench.report.fig4 import has_thresholds
+        from prunebench.suites.fig4 import has_thresholds
 
         return not has_thresholds(store, item.run_id, item.eval_every or item.spec.protocol.eval_every,
                                   item.spec.protocol.iterations)
@@ -625,8 +625,8 @@ def _figures(db: Path, out_dir: Path, items: list[Item], finished: pd.DataFrame,
     fig4_items = [i for i in items if i.purpose == "fig4"]
     for item in fig4_items:
         if figures and item.run_id in set(finished["run_id"]):
-            from prunebench.report.fig4 import fig4
             from prunebench.report.plots import save
+            from prunebench.suites.fig4 import fig4
             save(fig4(db, item.run_id), out_dir, "xor-fig4")
             lines += ["![Fig. 4](xor-fig4.png)", "", "([SVG](xor-fig4.svg))", ""]
         lines.append(f"Command: `{item.command()}`. Published: 4 of the 15 weights pruned at the end "
