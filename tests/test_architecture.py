@@ -1,5 +1,6 @@
 """The shape of the code, read from its source (nothing imported): no import cycle between the project's
-modules, counting imports inside functions and under TYPE_CHECKING, and no function over 90 lines."""
+modules, counting imports inside functions and under TYPE_CHECKING, no import of a layer above a module's own
+(docs/architecture.md), and no function over 90 lines."""
 
 from __future__ import annotations
 
@@ -122,3 +123,22 @@ def test_no_function_over_90_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{name}.{node.name} ({lines} lines)")
     assert not long, "functions over 90 lines: " + ", ".join(sorted(long))
+
+
+#: The layers of docs/architecture.md, lowest first; a module not named here is in the core (layer 0).
+LAYERS = ("prunebench.running", "prunebench.report", "prunebench.suites", "prunebench.cli")
+
+
+def layer(module: str) -> int:
+    for level, prefix in enumerate(LAYERS, start=1):
+        if module == prefix or module.startswith(prefix + "."):
+            return level
+    return LAYERS.index("prunebench.cli") + 1 if module == "prunebench.__main__" else 0
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = sorted(f"{name} -> {target}" for name, targets in import_graph().items() for target in targets
+                    if layer(target) > layer(name))
+    assert not upward, "imports of a higher layer: " + "; ".join(upward)
+    assert layer("prunebench.harness") < layer("prunebench.running.runner") < layer("prunebench.report.site")
+    assert layer("prunebench.report.site") < layer("prunebench.suites.check") < layer("prunebench.cli")
