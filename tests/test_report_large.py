@@ -322,7 +322,7 @@ def test_plan_lists_the_cifar_and_imagenet_columns_and_figs_5_to_7():
 def test_large_item_identity_is_make_specs():
     from prunebench.request import make_spec
 
-    item = reproduce_module.Item("table2", "vgg-cifar10", "dense", 0)
+    item = reproduce_module.make_item("table2", "vgg-cifar10", "dense", 0)
     assert item.run_id == make_spec("vgg-cifar10", "dense", 0).run_id
 
 

@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from prunebench.store import ResultStore
-from prunebench.suites.reproduce import FIG1_RATIOS, TABLE2_VARIANTS, Item, fig1_markers, plan, reproduce
+from prunebench.suites.reproduce import FIG1_RATIOS, TABLE2_VARIANTS, Item, fig1_markers, make_item, plan, reproduce
 
 
 def _store_run(add_stored_run, store: ResultStore, item: Item, points: list[dict]) -> None:
@@ -21,8 +21,8 @@ def _store_run(add_stored_run, store: ResultStore, item: Item, points: list[dict
 def test_fig1_markers_by_hand(add_stored_run, tmp_path):
     db = tmp_path / "fig1.sqlite"
     store = ResultStore(db)
-    dt = Item("fig1", "lenet300", "dynthresh", 0, eval_every=100)
-    vd = Item("fig1", "lenet300", "sparse-vd", 0, eval_every=100, at_compressions=FIG1_RATIOS)
+    dt = make_item("fig1", "lenet300", "dynthresh", 0, eval_every=100)
+    vd = make_item("fig1", "lenet300", "sparse-vd", 0, eval_every=100, at_compressions=FIG1_RATIOS)
     # DT: final accuracy 0.980; within 0.5 pp means >= 0.975.
     _store_run(add_stored_run, store, dt, [
         {"step": 100, "train_seconds": 1.0, "accuracy": 0.960, "compression": 70.0},  # too inaccurate

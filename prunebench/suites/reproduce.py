@@ -129,27 +129,25 @@ LARGE_FIGURES: dict[str, tuple[str, str]] = {
 
 @dataclass(frozen=True)
 class Item:
-    """One run the reproduction needs."""
+    """One run the reproduction needs: the run request, why it is needed, and what its evaluations add
+    (not part of the run's identity)."""
 
     purpose: str  # table1-sweep | table1 | table2 | fig1 | fig4 | fig5 | fig6 | fig7
-    task: str
-    method: str
-    seed: int
-    hparams: tuple[tuple[str, Any], ...] = ()
-    budget: str = "equal"
-    iterations: int | None = None
-    eval_every: int | None = None
+    request: RunRequest
     at_compressions: tuple[float, ...] = ()
     record_thresholds: bool = False
-    #: Overrides of the task's protocol (optimizer, lr, momentum, weight_decay, batch_size): a variant row.
-    protocol: tuple[tuple[str, Any], ...] = ()
     #: What a "table2-variant" row is, e.g. "budget paper" or "SGD lr 0.01, the authors' optimizer".
     label: str = ""
 
-    @cached_property
-    def request(self) -> RunRequest:
-        return RunRequest(self.task, self.method, self.seed, self.hparams, self.iterations, self.eval_every,
-                          self.budget, self.protocol)
+    task = property(lambda self: self.request.task)
+    method = property(lambda self: self.request.method)
+    seed = property(lambda self: self.request.seed)
+    hparams = property(lambda self: self.request.hparams)
+    budget = property(lambda self: self.request.budget)
+    iterations = property(lambda self: self.request.iterations)
+    eval_every = property(lambda self: self.request.eval_every)
+    #: Overrides of the task's protocol (optimizer, lr, momentum, weight_decay, batch_size): a variant row.
+    protocol = property(lambda self: self.request.protocol)
 
     @cached_property
     def spec(self) -> RunSpec:
@@ -174,6 +172,15 @@ class Item:
                                     *(["--record-thresholds"] if self.record_thresholds else []))
 
 
+def make_item(purpose: str, task: str, method: str, seed: int, hparams: tuple[tuple[str, Any], ...] = (),
+         budget: str = "equal", iterations: int | None = None, eval_every: int | None = None, *,
+         protocol: tuple[tuple[str, Any], ...] = (), **evaluation: Any) -> Item:
+    """An `Item` for `purpose` of the run request built from the remaining arguments; `evaluation`:
+    at_compressions, record_thresholds, label."""
+    request = RunRequest(task, method, seed, hparams, iterations, eval_every, budget, protocol)
+    return Item(purpose, request, **evaluation)
+
+
 def plan(quick: bool = False) -> list[Item]:
     """Every run of the reproduction, in the order they run (cheap and central ones first)."""
     seeds = (0,) if quick else SEEDS
@@ -182,43 +189,43 @@ def plan(quick: bool = False) -> list[Item]:
     items: list[Item] = []
     # Table 1 (LeNet-300-100, DT per threshold scale) and its calibration sweep.
     for seed in seeds:
-        items.append(Item("table2", "lenet300", "dense", seed, iterations=iters300))
+        items.append(make_item("table2", "lenet300", "dense", seed, iterations=iters300))
         # evaluated every 100 steps: the same runs draw Fig. 1 (eval_every is not part of the identity)
-        items.append(Item("table1", "lenet300", "dynthresh", seed, iterations=iters300, eval_every=100))
+        items.append(make_item("table1", "lenet300", "dynthresh", seed, iterations=iters300, eval_every=100))
         for scale, lam in TABLE1_LAMBDA.items():
-            items.append(Item("table1", "lenet300", "dynthresh", seed, (("scale", scale), ("lam", lam)),
+            items.append(make_item("table1", "lenet300", "dynthresh", seed, (("scale", scale), ("lam", lam)),
                               iterations=iters300))
     if not quick:
         for scale in TABLE1_LAMBDA:
             for lam in TABLE1_SWEEP[scale]:
-                items.append(Item("table1-sweep", "lenet300", "dynthresh", 0, (("scale", scale), ("lam", lam))))
+                items.append(make_item("table1-sweep", "lenet300", "dynthresh", 0, (("scale", scale), ("lam", lam))))
     # Fig. 1 (LeNet-300-100, evaluated every 100 steps; sparse VD's markers at exact ratios).
     fig_seeds = (0,) if quick else SEEDS
     for seed in fig_seeds:
-        items.append(Item("fig1", "lenet300", "dynthresh", seed, iterations=iters300, eval_every=100))
-        items.append(Item("fig1", "lenet300", "sparse-vd", seed, iterations=iters300, eval_every=100,
+        items.append(make_item("fig1", "lenet300", "dynthresh", seed, iterations=iters300, eval_every=100))
+        items.append(make_item("fig1", "lenet300", "sparse-vd", seed, iterations=iters300, eval_every=100,
                           at_compressions=FIG1_RATIOS))
     # Fig. 4 (XOR).
-    items.append(Item("fig4", "xor", "dynthresh", 0, iterations=1_000 if quick else None, eval_every=50,
+    items.append(make_item("fig4", "xor", "dynthresh", 0, iterations=1_000 if quick else None, eval_every=50,
                       record_thresholds=True))
     # Table 2 (both LeNets, every method).
     for task, iters in (("lenet300", iters300), ("lenet5", iters5)):
         for seed in seeds:
             if task != "lenet300":
-                items.append(Item("table2", task, "dense", seed, iterations=iters))
+                items.append(make_item("table2", task, "dense", seed, iterations=iters))
             for method in TABLE2_METHODS:
                 if task == "lenet300" and method == "dynthresh":
                     continue  # Table 1's individual-threshold runs
                 budget = "paper" if method in PAPER_BUDGET and not quick else "equal"
-                items.append(Item("table2", task, method, seed, budget=budget, iterations=iters))
+                items.append(make_item("table2", task, method, seed, budget=budget, iterations=iters))
     if not quick:
-        items += [Item("table2-sweep", "lenet5", "dynthresh", 0, (("lam", lam),)) for lam in LENET5_DT_SWEEP]
+        items += [make_item("table2-sweep", "lenet5", "dynthresh", 0, (("lam", lam),)) for lam in LENET5_DT_SWEEP]
         for seed in seeds:
             for v in TABLE2_VARIANTS:
                 if v.protocol:  # its dense reference, under the same protocol
-                    items.append(Item("table2-dense", v.task, "dense", seed, protocol=v.protocol,
+                    items.append(make_item("table2-dense", v.task, "dense", seed, protocol=v.protocol,
                                       iterations=v.iterations))
-                items.append(Item("table2-variant", v.task, v.method, seed, v.hparams, v.budget, v.iterations,
+                items.append(make_item("table2-variant", v.task, v.method, seed, v.hparams, v.budget, v.iterations,
                                   protocol=v.protocol, label=v.label))
     if not quick:
         items += large_items()
@@ -227,9 +234,9 @@ def plan(quick: bool = False) -> list[Item]:
 
 def large_items() -> list[Item]:
     """Table 2's CIFAR-10 and ImageNet columns and Figs. 5-7 (their DT runs), in the order they run."""
-    items = [Item("table2", task, method, seed) for task, methods in LARGE_TABLE2.items()
+    items = [make_item("table2", task, method, seed) for task, methods in LARGE_TABLE2.items()
              for seed in LARGE_SEEDS for method in methods]
-    items += [Item(fig, task, "dynthresh", LARGE_SEEDS[0]) for fig, (task, _) in LARGE_FIGURES.items()]
+    items += [make_item(fig, task, "dynthresh", LARGE_SEEDS[0]) for fig, (task, _) in LARGE_FIGURES.items()]
     return items
 
 
