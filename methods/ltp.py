@@ -285,10 +285,6 @@ class LearnedThresholdPruning(FusedPenalty, PretrainThenPrune):
                     threshold.s.clamp_(min=0.0)
 
     # -- reading the state (`parametrised`: name, dense weight w, parametrisation) ------------------
-    def taus(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """tau_l per layer (0 during the pretrain phase)."""
-        return {name: threshold.tau().detach() for name, _, threshold in parametrised(model)}
-
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The hard keep masks 1[w^2 > tau_l] (bool), per layer: what `deployed` keeps."""
         return {name: hard_mask(weight, threshold.tau()) for name, weight, threshold in parametrised(model)}

@@ -62,10 +62,6 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    return file_digest(path, "sha256")
-
-
 def checksum_status(folder: Path, expected: dict[str, str], algorithm: str = "sha256") -> dict[str, str]:
     """For each file name in `expected` (name -> hex digest) under `folder`: 'ok', 'missing' or 'bad checksum'."""
     status = {}

@@ -275,10 +275,6 @@ class DeploymentCost:
     def size_ratio(self) -> float:
         return self.dense_bytes / self.compressed_bytes
 
-    def speedup(self, batch: int) -> float:
-        dense, compressed = self.latency[batch]
-        return dense / compressed
-
     def describe_storage(self) -> str:
         """E.g. 'fc1 csr, fc2 csr, fc3 bitmask'."""
         return ", ".join(f"{name} {layout}" for name, layout in self.layouts.items())
