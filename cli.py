@@ -20,7 +20,7 @@ from prunebench.data import default_data_dir, fetch_mnist, mnist_raw_dir, mnist_
 from prunebench.deploy import model_path, models_dir
 from prunebench.distributed import close as close_processes
 from prunebench.distributed import from_environment as join_processes
-from prunebench.environment import pick_device
+from prunebench.environment import pick_device, quiet_cuda_home_notice
 from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError
 from prunebench.evaluation import Evaluation
 from prunebench.harness import CHECKPOINT_SECONDS, RunResult, TrainOptions
@@ -236,6 +236,7 @@ def main() -> None:
       prunebench check                                  regression check against leaderboards/regression.toml
       prunebench data status                            MNIST, CIFAR-10 and ImageNet: present, verified, where
     """
+    quiet_cuda_home_notice()
 
 
 @main.command()

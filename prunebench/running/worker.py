@@ -28,6 +28,7 @@ import torch
 
 from prunebench import harness
 from prunebench.checkpoint import load_checkpoint
+from prunebench.environment import quiet_cuda_home_notice
 from prunebench.errors import CheckpointError
 from prunebench.records import RecordingStore, RunRecord
 from prunebench.request import RunRequest
@@ -149,6 +150,7 @@ def main(argv: list[str]) -> int:
     with a record, 130 when the run was interrupted (SIGTERM), 3 when it could not start (the error in
     OUT)."""
     job_path, out_path = Path(argv[0]), Path(argv[1])
+    quiet_cuda_home_notice()  # its stderr is the sweep's terminal
     job: RunJob = pickle.loads(job_path.read_bytes())
     if not stop_with_parent():
         return 3  # the sweep that started this worker is gone: nobody would store the run
