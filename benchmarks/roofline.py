@@ -53,7 +53,7 @@ def gemm_seconds(repeats: int = 5) -> float:
 class DenseStep:
     """The task's dense network taking training steps on one fixed batch of its real training images."""
 
-    def __init__(self, task: str, data_dir: Path) -> None:
+    def __init__(self, task: str, data_dir: Path, channels_last: bool = False) -> None:
         spec = make_spec(task, "dense")
         self.task = spec.task
         self.pruner = get_method("dense")(spec.hparams, spec.task, spec.budget)
@@ -63,6 +63,9 @@ class DenseStep:
         batch = spec.protocol.batch_size
         self.x, self.y = data.x_train[:batch].float(), data.y_train[:batch]
         self.flops = 2 * batch * (3 * count_flops(self.model, self.x[0]).dense - self._first_layer_macs())
+        if channels_last:  # the convolutions' weights and input in NHWC (oneDNN's preferred layout on CPU)
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.count = 0
 
     def _first_layer_macs(self) -> int:
@@ -89,12 +92,16 @@ class DenseStep:
 
 
 def measure(tasks: list[str], threads: int, repeats: int, steps: int, data_dir: Path) -> list[dict]:
+    """One row per task (and per memory format for a convolutional task), measured in alternating rounds."""
     torch.set_num_threads(threads)
     steppers = {task: DenseStep(task, data_dir) for task in tasks}
+    for task in tasks:
+        if any(isinstance(m, torch.nn.Conv2d) for m in steppers[task].model.modules()):
+            steppers[f"{task} channels_last"] = DenseStep(task, data_dir, channels_last=True)
     for stepper in steppers.values():
         stepper.seconds(5)  # warm-up
     gemm: list[float] = []
-    step: dict[str, list[float]] = {task: [] for task in tasks}
+    step: dict[str, list[float]] = {task: [] for task in steppers}
     for _ in range(repeats):
         gemm.append(gemm_seconds())
         for task, stepper in steppers.items():
@@ -120,7 +127,7 @@ def section(rows: list[dict], command: str) -> str:
              "sgemm = a 1024^3 float32 product in the same process at the same thread count; medians over "
              "alternating rounds; the fraction is taken within each round). A method's step costs its ratio to "
              "dense in the tables above times the dense step.", "",
-             "| task | threads | GFLOP per step | ms per step | GFLOP/s achieved | sgemm GFLOP/s | fraction of sgemm |",
+             "| task (memory format) | threads | GFLOP per step | ms per step | GFLOP/s achieved | sgemm GFLOP/s | fraction of sgemm |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['threads']} | {r['gflop']:.3f} | {r['ms']:.2f} | {r['achieved']:.1f} | "
