@@ -127,7 +127,8 @@ def section(rows: list[dict], command: str) -> str:
              "sgemm = a 1024^3 float32 product in the same process at the same thread count; medians over "
              "alternating rounds; the fraction is taken within each round). A method's step costs its ratio to "
              "dense in the tables above times the dense step.", "",
-             "| task (memory format) | threads | GFLOP per step | ms per step | GFLOP/s achieved | sgemm GFLOP/s | fraction of sgemm |",
+             "| task (memory format) | threads | GFLOP per step | ms per step | GFLOP/s achieved | sgemm GFLOP/s "
+             "| fraction of sgemm |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['threads']} | {r['gflop']:.3f} | {r['ms']:.2f} | {r['achieved']:.1f} | "
