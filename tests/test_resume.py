@@ -133,11 +133,11 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 @pytest.mark.slow
 def test_lenet5_on_mnist_stopped_and_continued_ends_with_the_same_weights(mnist_dir, stop_at, timeless, tmp_path):
-    """Real MNIST, LeNet-5 with dynamic thresholds: 200 steps straight, or stopped at 150 (checkpoint at 100)
-    and continued: the final weights are equal bit for bit."""
-    spec = make_spec("lenet5", "dynthresh", seed=0, iterations=200, eval_every=100)
-    straight, continued, (resumed, expected, points) = _stopped_and_continued(spec, mnist_dir, tmp_path, stop_at, 150)
-    assert resumed == [100]
+    """Real MNIST, LeNet-5 with dynamic thresholds: 40 steps straight, or stopped at 30 (checkpoint at 20) and
+    continued: the final weights are equal bit for bit (few steps: each evaluation reads 10,000 test images)."""
+    spec = make_spec("lenet5", "dynthresh", seed=0, iterations=40, eval_every=20)
+    straight, continued, (resumed, expected, points) = _stopped_and_continued(spec, mnist_dir, tmp_path, stop_at, 30)
+    assert resumed == [20]
     _assert_same_weights(straight, continued)
     assert any(bool((w == 0).any()) for w in straight.values())  # some weights pruned: the masks matter too
     assert timeless(points) == timeless(expected)
@@ -146,15 +146,16 @@ def test_lenet5_on_mnist_stopped_and_continued_ends_with_the_same_weights(mnist_
 @pytest.mark.slow
 def test_cifar10_with_augmentation_stopped_and_continued_ends_with_the_same_weights(stop_at, timeless, tmp_path):
     """ResNet-56 (BatchNorm buffers included) on generated CIFAR-10 files in the real format, random crops and
-    flips on: 24 steps of batch 8 over 64 images (3 epochs, reshuffled), stopped at 14 (checkpoint at 12)."""
+    flips on: 8 steps of batch 8 over 32 images (an epoch boundary crossed, reshuffled), stopped at 7
+    (checkpoint at 4)."""
     from fakedata import write_fake_cifar10
 
-    write_fake_cifar10(tmp_path, n_train=64, n_test=16, seed=0)
-    spec = make_spec("resnet56-cifar10", "dynthresh", seed=0, iterations=24, eval_every=6, protocol={"batch_size": 8})
+    write_fake_cifar10(tmp_path, n_train=32, n_test=16, seed=0)
+    spec = make_spec("resnet56-cifar10", "dynthresh", seed=0, iterations=8, eval_every=4, protocol={"batch_size": 8})
     assert spec.task.augment is not None
     straight, continued, (resumed, expected, points) = _stopped_and_continued(
-        spec, tmp_path, tmp_path, stop_at, 14, allow_unverified_data=True)
-    assert resumed == [12]
+        spec, tmp_path, tmp_path, stop_at, 7, allow_unverified_data=True)
+    assert resumed == [4]
     _assert_same_weights(straight, continued)
     assert any("running_mean" in name for name in straight)
     assert timeless(points) == timeless(expected)
