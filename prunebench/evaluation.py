@@ -58,7 +58,8 @@ class Evaluation:
 
     def row(self) -> dict[str, Any]:
         """The trajectory row the store writes (empty columns left out)."""
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)[:-2]}  # not the parameter counts
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("params_nonzero", "params_total")}  # final row only
         if not self.extra:
             del row["extra"]
         return {k: v for k, v in row.items() if v is not None}
@@ -106,10 +107,10 @@ class Evaluator:
 
     def __init__(self, spec: RunSpec, pruner: Pruner, model: nn.Module, source: DataSource, device: torch.device,
                  ctx: ddp.Context, measure: Callable[[Pruner, nn.Module, TensorDataset | None], dict[str, Any]],
-                 at_compressions: tuple[float, ...] = ()) -> None:
+                 at_compressions: tuple[float, ...] = (), channels_last: bool = False) -> None:
         self.spec, self.pruner, self.model, self.source, self.device = spec, pruner, model, source, device
         self.ctx, self.measure, self.at_compressions, self.seconds = ctx, measure, at_compressions, 0.0
-        self.channels_last = spec.protocol.channels_last and device.type == "cuda"
+        self.channels_last = channels_last  #: the deployed network in channels_last, as the model trains (CUDA)
         self.autocast = spec.protocol.autocast if device.type == "cuda" else "off"
         self.reference = spec.task.architecture().to(device)  # what every deployed network is measured against
         self.flops_reference = count_flops(self.reference, source.example).dense

@@ -299,7 +299,8 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
         return RunResult(run_id, "finished", spec, store.final_row(run_id) or {}, skipped=True)
     run = prepare(spec, Path(data_dir), opts, ctx, dataset)
     task, protocol, device, model, pruner = spec.task, spec.protocol, run.device, run.model, run.pruner
-    evaluate = Evaluator(spec, pruner, model, run.source, device, ctx, observer.measure, opts.at_compressions)
+    evaluate = Evaluator(spec, pruner, model, run.source, device, ctx, observer.measure, opts.at_compressions,
+                         run.channels_last)
     checkpoints = Checkpointer(directory, run_id, opts.checkpoint_seconds, ctx.is_writer, model=model, pruner=pruner,
                                source=run.source, device=device, phases=run.schedule)
     checkpoint = checkpoints.load(opts.resume and not opts.force and status in ("interrupted", "running"))
@@ -339,8 +340,9 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
                     if step % protocol.eval_every == 0 or step == run.total_steps:
                         train_seconds += device_clock(device) - t0
                         point = evaluate(step, phase.name, losses.mean(ctx), train_seconds)
-                        store.add_point(run_id, point.row())
-                        checkpoints.add(point.row())
+                        row = point.row()
+                        store.add_point(run_id, row)
+                        checkpoints.add(row)
                         observer.evaluation(point)
                         if step < run.total_steps:
                             checkpoints.save(step, index, phase_steps, {"train_seconds": train_seconds,
