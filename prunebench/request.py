@@ -183,7 +183,7 @@ def _flags(pairs: Iterable[tuple[str, Any]]) -> list[str]:
 
 
 def format_seeds(seeds: Iterable[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5' (the inverse of `report.setting.parse_seeds` for sorted lists)."""
+    """[0, 1, 2, 5] -> '0-2,5' (the inverse of `prunebench.setting.parse_seeds` for sorted lists)."""
     values = enumerate(sorted(set(int(s) for s in seeds)))
     runs = [[v for _, v in run] for _, run in itertools.groupby(values, key=lambda iv: iv[1] - iv[0])]
     return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)

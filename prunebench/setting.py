@@ -11,7 +11,7 @@ from typing import Any
 from prunebench.protocol import Protocol
 from prunebench.pruner import _field_default, make_hparams
 from prunebench.registry import get_method, get_task
-from prunebench.request import RunRequest, format_seeds, format_value  # noqa: F401 (format_seeds re-exported)
+from prunebench.request import RunRequest, format_value
 from prunebench.store import _canonical, protocol_non_default
 
 

@@ -17,7 +17,8 @@ from prunebench.report.leaderboard import CSV_COLUMNS_REQUIRED, build_leaderboar
 from prunebench.report.plots import fig1, pareto, pareto_frontier, time_plot, write_plot
 from prunebench.report.published import published
 from prunebench.report.stats import ci95_halfwidth, std, t_quantile
-from prunebench.setting import format_seeds, parse_seeds
+from prunebench.request import format_seeds
+from prunebench.setting import parse_seeds
 from prunebench.store import ResultStore
 
 T975_DF2 = 4.302652729911275  # Student t, 0.975 quantile, 2 degrees of freedom (tables)

@@ -1,7 +1,7 @@
 """The deployment table of a task: what compression buys each method's network (`prunebench export --table`).
 
 One row per method: its finished run of seed 0 at the task's calibrated defaults (setting "default" of
-`report.setting`: no hyperparameter or protocol field differs from what `prunebench run --method M --task
+`prunebench.setting`: no hyperparameter or protocol field differs from what `prunebench run --method M --task
 T` uses today) under budget "equal", the row the leaderboard's default setting starts from. Each is
 exported (`prunebench.report.export.export_run`: its kept model, or a rerun from its stored identity, whose
 accuracy and compression are checked against the stored ones), loaded back and measured

@@ -36,8 +36,9 @@ from rich.table import Table
 from prunebench.registry import get_method
 from prunebench.report import stats
 from prunebench.report.published import published
+from prunebench.request import format_seeds
 from prunebench.results import load_runs, load_trajectories
-from prunebench.setting import format_seeds, rerun_command, setting_items, setting_string
+from prunebench.setting import rerun_command, setting_items, setting_string
 from prunebench.store import _canonical
 
 THRESHOLDS: tuple[int, ...] = (50, 60, 70)
