@@ -32,6 +32,7 @@ from prunebench.records import RecordingStore
 from prunebench.registry import method_names, task_names
 from prunebench.request import CLI_PROTOCOL_FLAGS, RunRequest, RunSpec
 from prunebench.running.executors import EXECUTORS, Executor, make_executor
+from prunebench.running.jobs import auto_jobs
 from prunebench.running.runner import train_requests
 from prunebench.running.sweep import parse_grid, plan_sweep, run_sweep
 from prunebench.running.sweep import summary_table as sweep_summary_table
@@ -193,7 +194,8 @@ protocol_options = _options(
     click.option("--autocast", type=click.Choice(AUTOCAST), default=None,
                  help="Forward pass under CUDA autocast (bf16), recorded in the run's identity; CUDA only."),
     click.option("--channels-last", "channels_last", type=bool, default=None, metavar="BOOLEAN",
-                 help="Convolutions in channels_last memory format (true/false); CUDA only."))
+                 help="Convolutions in channels_last memory format (true/false), on CPU and CUDA; recorded in the "
+                 "run's identity (it changes float rounding)."))
 
 
 #: What `run` and `sweep` both take after their own options.
@@ -376,10 +378,24 @@ def _executor_only(command: click.Command) -> dict[str, tuple[str, tuple[str, ..
     return found
 
 
+class JobsType(click.ParamType):
+    """`--jobs`: a whole number >= 1, or 'auto' (returned as 0)."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) or str(value).strip().isdigit():
+            if int(value) >= 1:
+                return int(value)
+        elif str(value).strip().lower() == "auto":
+            return 0
+        self.fail(f"{value!r} is neither a whole number >= 1 nor 'auto'", param, ctx)
+
+
 def sweep_executor(name: str, jobs: int, db: Path, options: dict[str, Any]) -> Executor | None:
-    """The executor of `prunebench sweep --executor NAME` (None: local, `--jobs` as given). Options of
-    another executor are a usage error; a missing extra raises MissingExtraError."""
-    if jobs > 1 and name != "local":
+    """The executor of `prunebench sweep --executor NAME` (None: local, `--jobs` as given; 0 is 'auto').
+    Options of another executor are a usage error; a missing extra raises MissingExtraError."""
+    if jobs != 1 and name != "local":
         hint = ("Ray runs as many at once as the cluster has CPUs / --cpus-per-run (and GPUs / --gpus-per-run)"
                 if name == "ray" else "submitit runs --array-parallelism jobs at once")
         raise click.UsageError(f"--jobs is for --executor local; {hint}")
@@ -410,8 +426,10 @@ def sweep_executor(name: str, jobs: int, db: Path, options: dict[str, Any]) -> E
 @click.option("--eval-every", type=int, default=None, help="Evaluate the deployed network every N steps.")
 @click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
               help="Training budget mode, as for `prunebench run`.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="--executor local: runs at once, each in its own worker process (1: in this process).")
+@click.option("--jobs", type=JobsType(), default="1", show_default=True,
+              help="--executor local: runs at once, each in its own worker process (1: in this process). auto: "
+              "on a CPU as many runs as there are CPUs, one thread each (LeNet-sized runs barely use a second "
+              "thread; docs/cost.md), on CUDA one; the sweep prints what it chose and why.")
 @click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
               help="Where the runs train: local (this machine: this process, or --jobs worker processes), ray "
               "(a Ray cluster; pip install 'prunebench[ray]') or submitit (Slurm jobs, or local processes where "
@@ -493,6 +511,10 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
         console.print(f"[dim]note:[/] {note}")
     console.print(f"{len(plan.runs)} identities: {len(plan.pending)} to run, "
                   f"{len(plan.finished_before)} already finished in {db}")
+    if jobs == 0:  # --jobs auto
+        chosen = auto_jobs(len(plan.pending), pick_device(device).type)
+        console.print(chosen.describe())
+        jobs = chosen.jobs
     if dry_run:
         table = Table(title="sweep plan")
         for col in ("task", "method", "setting", "seed", "run_id", "in store", "action"):

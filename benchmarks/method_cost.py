@@ -95,8 +95,14 @@ Left:
 """
 
 
-def step_seconds(task: str, method: str, iterations: int, data_dir: Path, work: Path) -> float:
-    spec = make_spec(task, method, 0, None, iterations, iterations)
+#: Tasks whose networks have convolutions: `--channels-last` runs them in that memory format.
+CONVOLUTIONAL = ("lenet5",)
+
+
+def step_seconds(task: str, method: str, iterations: int, data_dir: Path, work: Path,
+                 channels_last: bool = False) -> float:
+    protocol = {"channels_last": True} if channels_last and task in CONVOLUTIONAL else None
+    spec = make_spec(task, method, 0, None, iterations, iterations, protocol=protocol)
     store = RecordingStore()
     result = harness.train(spec, store, data_dir, device="cpu", checkpoints=work, checkpoint_seconds=None)
     if result.status != "finished":
@@ -105,22 +111,23 @@ def step_seconds(task: str, method: str, iterations: int, data_dir: Path, work: 
 
 
 def measure(task: str, methods: list[str], iterations: int, repeats: int, data_dir: Path,
-            work: Path) -> dict[str, list[float]]:
+            work: Path, channels_last: bool = False) -> dict[str, list[float]]:
     """Seconds per step of each method, one value per repeat."""
     for method in methods:  # warm-up: compiled kernels, allocator, data on the device
-        step_seconds(task, method, max(20, iterations // 10), data_dir, work)
+        step_seconds(task, method, max(20, iterations // 10), data_dir, work, channels_last)
     times: dict[str, list[float]] = {m: [] for m in methods}
     for repeat in range(repeats):
         for method in (methods if repeat % 2 == 0 else list(reversed(methods))):
-            seconds = step_seconds(task, method, iterations, data_dir, work)
+            seconds = step_seconds(task, method, iterations, data_dir, work, channels_last)
             times[method].append(seconds)
             print(f"{task} repeat {repeat} {method:10s} {1000 * seconds:7.3f} ms/step", flush=True)
     return times
 
 
-def table(task: str, times: dict[str, list[float]], iterations: int) -> list[str]:
+def table(task: str, times: dict[str, list[float]], iterations: int, channels_last: bool = False) -> list[str]:
     dense = times["dense"]
-    lines = [f"## {task} ({iterations:,} iterations per run)", "",
+    layout = ", channels_last" if channels_last and task in CONVOLUTIONAL else ""
+    lines = [f"## {task} ({iterations:,} iterations per run{layout})", "",
              "| method | ms per step (median) | steps/s | x dense step (median over repeats) | per repeat | target "
              "| within | the method's floor beyond a dense step |",
              "|---|---:|---:|---:|---|---:|---|---|"]
@@ -136,6 +143,12 @@ def table(task: str, times: dict[str, list[float]], iterations: int) -> list[str
     return lines + [""]
 
 
+def kept_section(text: str, name: str) -> str:
+    """The `<!-- NAME:start -->` ... `<!-- NAME:end -->` section another benchmark wrote into the file, or ''."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    return text[text.index(start):text.index(end) + len(end)] if start in text and end in text else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="lenet300,lenet5")
@@ -144,6 +157,8 @@ def main() -> None:
     parser.add_argument("--lenet5-iterations", type=int, default=300, help="iterations per lenet5 run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--channels-last", action="store_true",
+                        help="convolutional tasks (lenet5) in channels_last memory format, every method")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "leaderboards" / "method-cost.md")
     args = parser.parse_args()
@@ -155,10 +170,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks.split(","):
             iterations = args.lenet5_iterations if task == "lenet5" else args.iterations
-            times = measure(task, methods, iterations, args.repeats, data_dir, Path(tmp))
-            sections += table(task, times, iterations)
+            times = measure(task, methods, iterations, args.repeats, data_dir, Path(tmp), args.channels_last)
+            sections += table(task, times, iterations, args.channels_last)
     command = (f"python benchmarks/method_cost.py --tasks {args.tasks} --iterations {args.iterations} "
-               f"--lenet5-iterations {args.lenet5_iterations} --repeats {args.repeats} --threads {args.threads}")
+               f"--lenet5-iterations {args.lenet5_iterations} --repeats {args.repeats} --threads {args.threads}"
+               + (" --channels-last" if args.channels_last else ""))
     header = [
         "# What each method costs per training step, against a dense step",
         "",
@@ -172,9 +188,8 @@ def main() -> None:
         "",
     ]
     previous = args.out.read_text() if args.out.exists() else ""
-    start, end = "<!-- roofline:start -->", "<!-- roofline:end -->"  # benchmarks/roofline.py's section: kept
-    roofline = previous[previous.index(start):previous.index(end) + len(end)] if start in previous else ""
-    args.out.write_text("\n".join(header + sections) + "\n" + NOT_REACHED + (f"\n{roofline}\n" if roofline else ""))
+    kept = [kept_section(previous, name) for name in ("end-to-end", "roofline")]  # the other benchmarks' sections
+    args.out.write_text("\n".join(header + sections) + "\n" + NOT_REACHED + "".join(f"\n{k}\n" for k in kept if k))
     print(f"wrote {args.out}")
 
 

@@ -110,7 +110,7 @@ class Evaluator:
                  at_compressions: tuple[float, ...] = (), channels_last: bool = False) -> None:
         self.spec, self.pruner, self.model, self.source, self.device = spec, pruner, model, source, device
         self.ctx, self.measure, self.at_compressions, self.seconds = ctx, measure, at_compressions, 0.0
-        self.channels_last = channels_last  #: the deployed network in channels_last, as the model trains (CUDA)
+        self.channels_last = channels_last  #: the deployed network in channels_last, as the model trains
         self.autocast = spec.protocol.autocast if device.type == "cuda" else "off"
         self.reference = spec.task.architecture().to(device)  # what every deployed network is measured against
         self.flops_reference = count_flops(self.reference, source.example).dense

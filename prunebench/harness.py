@@ -112,10 +112,10 @@ def default_workers(device: torch.device) -> int:
 
 
 def check_device_options(protocol: Protocol, device: torch.device) -> None:
-    """bf16 autocast and channels_last are CUDA options; on CPU they are refused, not silently dropped."""
-    if device.type != "cuda" and (protocol.autocast != "off" or protocol.channels_last):
-        raise ValueError(f"--autocast {protocol.autocast} / --channels-last apply on CUDA only; this run is on "
-                         f"{device.type}")
+    """bf16 autocast is a CUDA option; on CPU it is refused, not silently dropped. (channels_last applies on
+    both: on CPU it is oneDNN's fast layout for convolutions, `docs/cost.md`.)"""
+    if device.type != "cuda" and protocol.autocast != "off":
+        raise ValueError(f"--autocast {protocol.autocast} applies on CUDA only; this run is on {device.type}")
 
 
 def training_step(forward: Callable[[torch.Tensor], torch.Tensor], task: Task, pruner: Pruner,
@@ -247,7 +247,7 @@ def prepare(spec: RunSpec, data_dir: Path, opts: TrainOptions, ctx: ddp.Context,
         data_dir, protocol.batch_size, spec.seed, device, allow_unverified=opts.allow_unverified_data,
         dataset=dataset, workers=default_workers(device) if opts.workers is None else opts.workers,
         shard=Shard(ctx.rank, ctx.world_size))
-    channels_last = protocol.channels_last and device.type == "cuda"
+    channels_last = protocol.channels_last
     pruner = get_method(spec.method)(spec.hparams, task, spec.budget)
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)
     if channels_last:
@@ -333,7 +333,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
                     if protocol.lr_milestones and (now := protocol.lr_factor(step)) != factor:
                         factor = set_lr(optimizer, now)
                     x, y = run.source.next_batch()
-                    if run.channels_last:
+                    if run.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
                     losses.add(step, *training_step(forward, task, pruner, optimizer, x, y, step, run.autocast))
                     observer.step(step)

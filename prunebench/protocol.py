@@ -39,7 +39,9 @@ class Protocol:
     lr_gamma: float = 0.1
     #: Mixed precision of the forward pass on CUDA: "off" or "bf16" (torch.autocast); refused on CPU.
     autocast: str = "off"
-    #: Convolutions in channels_last memory format on CUDA; refused on CPU.
+    #: The network and its image batches in channels_last memory format (NHWC): on CPU oneDNN's faster layout
+    #: for convolutions (LeNet-5's step 1.4x faster here, `docs/cost.md`), on CUDA the tensor cores'. It
+    #: changes float rounding, so it is part of a run's identity; no effect on a network without convolutions.
     channels_last: bool = False
 
     def with_overrides(self, **changes) -> Protocol:
