@@ -178,7 +178,9 @@ def _stuck(knob: CompressionKnob, probes: Sequence[tuple[float, float]], target:
         return Decision("exhausted", chosen=best, note=f"compression jumps across {target:g}x between "
                         f"neighbouring {knob.hparam} values; closest {probes[best][1]:.1f}x")
     short = all(c < target for _, c in probes)
-    extreme = (max if short else min)(range(len(probes)), key=lambda i: probes[i][1])
+    sign = 1.0 if knob.raises else -1.0  # among equal compressions, the probe at the limit
+    extreme = (max if short else min)(range(len(probes)),
+                                      key=lambda i: (probes[i][1], sign * knob.position(probes[i][0])))
     value, compression = probes[extreme]
     return Decision("unreached", chosen=extreme, note=f"unreached: at {'most' if short else 'least'} "
                     f"{compression:.1f}x at the knob's limit ({knob.label}={value:g})")
