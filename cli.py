@@ -31,6 +31,8 @@ from prunebench.pruner import REGISTRY, Pruner
 from prunebench.records import RecordingStore
 from prunebench.registry import method_names, task_names
 from prunebench.request import CLI_PROTOCOL_FLAGS, RunRequest, RunSpec
+from prunebench.running.curve import CurveSettings, curve_cells, run_curve
+from prunebench.running.curve import summary_table as curve_summary_table
 from prunebench.running.executors import EXECUTORS, Executor, make_executor
 from prunebench.running.jobs import auto_jobs
 from prunebench.running.runner import train_requests
@@ -533,6 +535,88 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
         sys.exit(130)
     if report.count("failed"):
         sys.exit(1)
+
+
+#: sweep's options that say where runs train (--jobs, --executor and each executor's, checkpoints), shared
+#: by `curve`.
+EXECUTOR_PARAMS = ("jobs", "executor", "ray_address", "cpus_per_run", "gpus_per_run", "submitit_cluster",
+                   "partition", "time_limit_min", "runs_per_job", "array_parallelism", "retries", "checkpoints",
+                   "checkpoint_seconds", "submitit_folder")
+
+
+def parse_targets(text: str) -> tuple[float, ...]:
+    """'10,25,50,100' -> (10.0, 25.0, 50.0, 100.0); each a compression > 1."""
+    try:
+        targets = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"takes compressions separated by commas, got {text!r}") from None
+    if not targets or any(not t > 1 for t in targets):
+        raise click.BadParameter(f"compressions must be > 1, got {text!r}")
+    return targets
+
+
+@main.command()
+@click.option("--task", "-t", required=True, type=click.Choice(task_names()), help="Task (data + model + protocol).")
+@click.option("--methods", required=True, help="Comma-separated methods with a compression knob (`prunebench list`).")
+@click.option("--targets", required=True, callback=lambda ctx, param, value: parse_targets(value),
+              help="Target compressions (conv+fc weights), e.g. 10,25,50,100.")
+@click.option("--seeds", default="0", show_default=True,
+              help="Seeds: '0-2', '0,1,5'; the search runs on the first, the others train at the value it found.")
+@click.option("--tolerance", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.10,
+              show_default=True, help="A probe lands when its compression is within this share of the target.")
+@click.option("--max-probes", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Probe runs (first seed) per method and target before the search gives up ('exhausted').")
+@click.option("--iterations", type=int, default=None, help="Override the task's iterations (>= 1).")
+@click.option("--eval-every", type=int, default=None, help="Evaluate the deployed network every N steps.")
+@click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
+              help="Training budget mode, as for `prunebench run`.")
+@click.option("--dense/--no-dense", "with_dense", default=True, show_default=True,
+              help="Add `dense` (the accuracy reference) for each seed.")
+@click.option("--device", default=None, callback=_device, help="cpu, cuda or cuda:N (default: CUDA when present).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON record per method and target on stdout.")
+@unverified_option
+@data_dir_option
+@db_option
+def curve(task: str, methods: str, targets: tuple[float, ...], seeds: str, tolerance: float, max_probes: int,
+          iterations: int | None, eval_every: int | None, budget: str, with_dense: bool, device: str | None,
+          as_json: bool, allow_unverified_data: bool, data_dir: Path, db: Path, **options: Any) -> None:
+    """Accuracy at matched compression: for each method and target compression, search the method's
+    compression knob on the first seed for a deployed network within --tolerance of the target (reading only
+    compression from the store, never accuracy), then train the other seeds at the value found.
+
+    \b
+    Each probe is an ordinary stored run: a rerun skips finished runs, and a stopped curve continues where
+    the store stands. A target beyond the knob's limit is reported as unreached.
+      prunebench curve --task lenet300 --methods dynthresh,magnitude --targets 10,25,50,100 --seeds 0-2"""
+    console = Console(stderr=as_json)
+    method_list = _names(methods, method_names(), "method(s)")
+    runner = sweep_executor(options.pop("executor"), options["jobs"], db, options)
+    try:
+        settings = CurveSettings(task, tuple(method_list), targets, tuple(parse_seeds(seeds)), tolerance, max_probes,
+                                 iterations, eval_every, budget)
+        store = ResultStore(db)
+        try:
+            curve_cells(store, settings)  # every request resolves before anything trains
+        finally:
+            store.close()
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
+    report = run_curve(settings, db, data_dir, device=device, jobs=options["jobs"], executor=runner,
+                       console=console, with_dense=with_dense, checkpoints=options["checkpoints"],
+                       checkpoint_seconds=options["checkpoint_seconds"],
+                       allow_unverified_data=allow_unverified_data)
+    console.print(curve_summary_table(report, task))
+    if as_json:
+        for cell in report.cells:
+            click.echo(json.dumps(cell.record()))
+    if report.interrupted:
+        console.print(f"[yellow]interrupted[/]: rerun the same command to continue ({db})")
+        sys.exit(130)
+    if report.failed:
+        sys.exit(1)
+
+
+curve.params[-3:-3] = [p for p in sweep.params if p.name in EXECUTOR_PARAMS]
 
 
 @main.command()

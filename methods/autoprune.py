@@ -66,6 +66,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parametrize
 
+from prunebench.knob import CompressionKnob
 from prunebench.pruner import Hyperparameters, Pruner, prunable_layers, register
 from prunebench.structured import Structure, network_structure, shrink
 
@@ -128,6 +129,8 @@ class AutoPruning(Pruner):
     citation = ("Li, Fan, Pan & Zhang, AutoPruning for Deep Neural Network with Dynamic Channel Masking, "
                 "arXiv 2010.12021, 2020")
     hparams_class = AutoPruneHparams
+    knob = CompressionKnob("flops_target", raises=False, low=0.001, high=1.0,
+        note="the fraction of the dense MACs the channel masks aim at; a smaller target removes more channels")
     hp: AutoPruneHparams
     provenance = "reconstruction"
 

@@ -64,6 +64,7 @@ import torch
 from prunebench.methods._common import LAYER_RULES, carry_optimizer_state, layer_values, per_layer_values
 from torch import nn
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import Hyperparameters, Pruner, parametrize_weights, prunable_layers, register
 
@@ -164,6 +165,8 @@ class _SurgeryLayer:
 class DynamicNetworkSurgery(Pruner):
     citation = "Guo, Yao & Chen, Dynamic Network Surgery for Efficient DNNs, NeurIPS 2016"
     hparams_class = DNSHparams
+    knob = CompressionKnob("c_rate", raises=True, low=0.05, high=5.0, scale=True,
+        note="c of the per-layer threshold max(mu + c*sigma, 0), one factor on the calibrated per-layer c")
     hp: DNSHparams
 
     def __init__(self, hparams: DNSHparams, task: Task, budget: str = "equal") -> None:

@@ -68,6 +68,7 @@ import torch
 from prunebench.methods._common import fusable, fused, fused_paths
 from torch import nn
 
+from prunebench.knob import CompressionKnob
 from prunebench.pruner import Hyperparameters, Pruner, parametrize_weights, prunable_layers, register
 
 if TYPE_CHECKING:
@@ -185,6 +186,8 @@ class DynamicSparseTraining(Pruner):
     citation = ("Liu, Xu, Shi, Cheung & So, Dynamic Sparse Training: Find Efficient Sparse Network From Scratch "
                 "With Trainable Masked Layers, ICLR 2020")
     hparams_class = DSTHparams
+    knob = CompressionKnob("alpha", raises=True, low=1e-6, high=1.0,
+        note="weight of the threshold penalty alpha*sum(exp(-t)) that raises the trainable thresholds")
     hp: DSTHparams
     provenance = "paper"
 

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from prunebench.knob import CompressionKnob
 from prunebench.pruner import Hyperparameters, Pruner, parametrised, prunable_layers, register
 
 SQRT_PI = math.sqrt(math.pi)
@@ -181,6 +182,8 @@ class DynThreshHparams(Hyperparameters):
 class DynamicThresholding(FusedPenalty, Pruner):
     citation = "Park & Lee, Dynamic Thresholding for Learning Sparse Neural Networks, ECAI 2020"
     hparams_class = DynThreshHparams
+    knob = CompressionKnob("lam", raises=True, low=1e-6, high=0.1,
+        note="lambda of the sparsity loss -lambda*sum(log t) that raises the thresholds")
     hp: DynThreshHparams
 
     def attach(self, model: nn.Module) -> nn.Module:

@@ -103,6 +103,7 @@ from prunebench.methods._common import expand_per_layer, per_layer_values
 from torch import nn
 from torch.nn import functional as F
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import Hyperparameters, Pruner, init_like, prunable_layers, register, swap_layers
 from prunebench.structured import Structure, network_structure, unread_units, zero_unread_units
@@ -256,6 +257,8 @@ class L0Hparams(Hyperparameters):
 class L0Regularization(Pruner):
     citation = "Louizos, Welling & Kingma, Learning Sparse Neural Networks through L0 Regularization, ICLR 2018"
     hparams_class = L0Hparams
+    knob = CompressionKnob("lam", raises=True, low=0.01, high=100.0, scale=True,
+        note="L0 strength of the gates, one factor on the calibrated per-layer lam")
     hp: L0Hparams
     provenance = "paper"
     trained_network_differs = True  # trained with stochastic gates; deployed with the deterministic ones

@@ -67,6 +67,7 @@ import torch
 from prunebench.methods._common import FusedPenalty, PretrainThenPrune, fusable, fused
 from torch import nn
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase
 from prunebench.pruner import Hyperparameters, parametrised, parametrize_weights, register
 
@@ -227,6 +228,8 @@ class LTPHparams(Hyperparameters):
 class LearnedThresholdPruning(FusedPenalty, PretrainThenPrune):
     citation = "Azarian, Bhalgat, Lee & Blankevoort, Learned Threshold Pruning, arXiv 2003.00075"
     hparams_class = LTPHparams
+    knob = CompressionKnob("lam", raises=True, low=0.001, high=1000.0,
+        note="weight of the soft L0 penalty that raises the learned thresholds")
     hp: LTPHparams
     provenance = "reconstruction"
     trained_network_differs = True  # soft-pruned in training, hard-pruned when deployed

@@ -52,6 +52,7 @@ import torch
 from prunebench.methods._common import LAYER_RULES, layer_values, per_layer_values
 from torch import nn
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import (  # noqa: F401 (zero_pruned: plugins import it from here)
     Hyperparameters,
@@ -105,6 +106,9 @@ class MagnitudePruning(MaskedPruner):
     citation = ("Han, Pool, Tran & Dally, Learning both Weights and Connections for Efficient Neural Networks, "
                 "NeurIPS 2015")
     hparams_class = MagnitudeHparams
+    knob = CompressionKnob("quality", raises=True, low=0.05, high=5.0, scale=True, exact_cut=True,
+        note="quality q of the threshold q*std(W), one factor on the calibrated per-layer q; the kept weights are "
+        "the largest |w|, so a trained network can also be cut by |w| (without the last retraining)")
     hp: MagnitudeHparams
     masks_key = "masks"
 

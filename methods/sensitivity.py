@@ -127,6 +127,7 @@ import torch
 from prunebench.methods._common import PretrainThenPrune
 from torch import nn
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase
 from prunebench.pruner import Hyperparameters, MaskedPruner, prunable_layers, register
 
@@ -246,6 +247,8 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
     citation = ("Tartaglione, Lepsøy, Fiandrotti & Francini, Learning Sparse Neural Networks via "
                 "Sensitivity-Driven Regularization, NeurIPS 2018")
     hparams_class = SensitivityHparams
+    knob = CompressionKnob("lam", raises=True, low=0.01, high=100.0,
+        note="strength of the shrinkage of insensitive weights towards the pruning threshold")
     hp: SensitivityHparams
     provenance = "reconstruction"
     ddp_refusal = ("the output sensitivity comes from each rank's own share of the batch, so the ranks' "

@@ -57,6 +57,7 @@ from prunebench.methods._common import FusedPenalty, carry_optimizer_state, fusa
 from torch import nn
 from torch.nn import functional as F
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase, Protocol
 from prunebench.pruner import Hyperparameters, Pruner, init_like, register, swap_layers
 
@@ -233,6 +234,9 @@ class SparseVDHparams(Hyperparameters):
 class SparseVariationalDropout(FusedPenalty, Pruner):
     citation = "Molchanov, Ashukha & Vetrov, Variational Dropout Sparsifies Deep Neural Networks, ICML 2017"
     hparams_class = SparseVDHparams
+    knob = CompressionKnob("threshold", raises=False, low=-8.0, high=8.0, log=False, exact_cut=True,
+        note="the log-alpha cut: log alpha is clipped to [-8, 8], so the cut is searched linearly; the deployed "
+        "mask is 1[log alpha < cut], so a trained network can also be cut at any log alpha (its scores)")
     hp: SparseVDHparams
 
     def __init__(self, hparams: SparseVDHparams, task: Task, budget: str = "equal") -> None:

@@ -87,6 +87,7 @@ import torch
 from prunebench.methods._common import PretrainThenPrune
 from torch import nn
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase
 from prunebench.pruner import Hyperparameters, parametrised, parametrize_weights, register
 
@@ -190,6 +191,8 @@ class SrinivasGates(PretrainThenPrune):
     citation = ("Srinivas, Subramanya & Babu, Training Sparse Neural Networks, CVPR Workshops 2017, pp. 138-145 "
                 "(arXiv 1611.06694)")
     hparams_class = SrinivasHparams
+    knob = CompressionKnob("lambda2", raises=True, low=0.001, high=1000.0,
+        note="weight of the sparsity term lambda2*sum(g) on the gates")
     hp: SrinivasHparams
     provenance = "reconstruction"
     trained_network_differs = True  # stochastic gates (expected w * g in eval) vs the hard mask g > 0.5

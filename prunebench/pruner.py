@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase, Protocol
 
 if TYPE_CHECKING:
@@ -108,6 +109,10 @@ class Pruner:
     #: gradients after the all-reduce, its own state, the global generator); the harness checks the
     #: masks agree at every evaluation.
     ddp_refusal: ClassVar[str | None] = None
+    #: The hyperparameter that trades compression for accuracy, its direction and search bounds
+    #: (`prunebench.knob`), for the matched-compression search (`prunebench curve`); None: the method has
+    #: none (dense).
+    knob: ClassVar[CompressionKnob | None] = None
 
     def __init__(self, hparams: Hyperparameters, task: Task, budget: str = "equal") -> None:
         hparams.validate()

@@ -286,6 +286,13 @@ class ResultStore:
         row = self.conn.execute("SELECT * FROM final WHERE run_id = ?", (run_id,)).fetchone()
         return dict(row) if row else None
 
+    def final_compression(self, run_id: str) -> float | None:
+        """The compression of a finished run's deployed network (None: not finished), and nothing else of
+        it: the matched-compression search reads only this, never accuracy."""
+        row = self.conn.execute("SELECT final.compression FROM final JOIN runs ON runs.run_id = final.run_id "
+                                "WHERE final.run_id = ? AND runs.status = 'finished'", (run_id,)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     def trajectory(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT * FROM trajectory WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
         return [dict(r) for r in rows]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prunebench.knob import CompressionKnob
 from prunebench.pruner import Hyperparameters, MaskedPruner
 
 
@@ -31,6 +32,8 @@ class RandomPruning(MaskedPruner):
     citation = ("Liu et al., The Unreasonable Effectiveness of Random Pruning, ICLR 2022 "
                 "(uniform ratios; example plugin)")
     hparams_class = RandomHparams
+    # The hyperparameter that trades compression for accuracy, for `prunebench curve`: keeping less prunes more.
+    knob = CompressionKnob("keep", raises=False, low=0.001, high=1.0, note="fraction of each layer's weights kept")
     masks_key = "masks"
 
     def attach(self, model: nn.Module) -> nn.Module:
