@@ -36,11 +36,13 @@ from rich.console import Console
 from rich.table import Table
 
 from prunebench import harness
+from prunebench.environment import pick_device
 from prunebench.knob import CompressionKnob
 from prunebench.pruner import make_hparams
 from prunebench.registry import get_method, get_task
 from prunebench.request import RunRequest
 from prunebench.running.executors import Executor
+from prunebench.running.jobs import auto_jobs
 from prunebench.running.sweep import Outcome, PlannedRun, SweepPlan, run_sweep
 from prunebench.store import ResultStore
 
@@ -305,7 +307,8 @@ def run_curve(settings: CurveSettings, db: Path | str, data_dir: Path | str, *, 
     """Search and train every cell of `settings` into the store at `db`, round after round, until every cell
     is reached (with its seeds trained), unreached or exhausted; finished runs are never trained again.
     Ctrl-C stops it (`interrupted`); the same call later continues. A run that fails is not retried in this
-    call: its cell stays "searching" (see the report's `failed`)."""
+    call: its cell stays "searching" (see the report's `failed`). `jobs` 0 is `--jobs auto`, chosen per round
+    (`prunebench.running.jobs`)."""
     console = console or Console(stderr=True)
     report = CurveReport([])
     tried: set[str] = set()
@@ -324,7 +327,12 @@ def run_curve(settings: CurveSettings, db: Path | str, data_dir: Path | str, *, 
         console.print(f"[bold]round {report.rounds}[/]: {probes} probe(s), {len(runs) - probes} other run(s)")
         outcome_hook = report.outcomes.append if on_outcome is None else (
             lambda o: (report.outcomes.append(o), on_outcome(o)))
-        sweep = run_sweep(SweepPlan(runs), db, data_dir, device=device, jobs=jobs, console=console,
+        round_jobs = jobs
+        if jobs == 0:  # --jobs auto, for this round's runs
+            chosen = auto_jobs(len(runs), pick_device(device).type)
+            console.print(chosen.describe())
+            round_jobs = chosen.jobs
+        sweep = run_sweep(SweepPlan(runs), db, data_dir, device=device, jobs=round_jobs, console=console,
                           on_outcome=outcome_hook, allow_unverified_data=allow_unverified_data,
                           executor=executor, checkpoints=checkpoints, checkpoint_seconds=checkpoint_seconds)
         report.interrupted = sweep.interrupted
