@@ -98,6 +98,8 @@ def summary_table(result: RunResult) -> Table:
     table.add_column("value", justify="right")
     rows = [("task / method / seed", f"{result.spec.task.name} / {result.spec.method} / {result.spec.seed}"),
             ("accuracy (deployed, test)", f"{100 * f['accuracy']:.2f}%"),
+            *([("accuracy (deployed, validation)", f"{100 * f['validation_accuracy']:.2f}%")]
+              if f.get("validation_accuracy") is not None else []),
             ("compression (conv+fc weights)", f"{f['compression']:.1f}x"),
             ("non-zero weights", f"{f['weights_nonzero']:,} / {f['weights_total']:,}"),
             ("compression (all parameters)", f"{f['compression_all']:.1f}x"),
@@ -197,7 +199,11 @@ protocol_options = _options(
                  help="Forward pass under CUDA autocast (bf16), recorded in the run's identity; CUDA only."),
     click.option("--channels-last", "channels_last", type=bool, default=None, metavar="BOOLEAN",
                  help="Convolutions in channels_last memory format (true/false), on CPU and CUDA; recorded in the "
-                 "run's identity (it changes float rounding)."))
+                 "run's identity (it changes float rounding)."),
+    click.option("--validation", type=click.IntRange(min=0), default=None, metavar="IMAGES",
+                 help="Hold this many images out of the training set as a validation split (MNIST: 5000), the "
+                 "same for every seed; every evaluation also measures accuracy on it. Recorded in the run's "
+                 "identity; resident tasks only (docs/validation.md)."))
 
 
 #: What `run` and `sweep` both take after their own options.

@@ -43,6 +43,38 @@ class TensorDataset:
         return TensorDataset(*(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)))
 
 
+#: The seed of every task's validation split (`hold_out`): fixed, so every run of a task, whatever its own seed,
+#: holds out the same images (and lenet300 and lenet5, both MNIST, the same ones).
+VALIDATION_SEED = 0
+
+
+def validation_indices(n: int, size: int, seed: int = VALIDATION_SEED) -> torch.Tensor:
+    """The sorted indices of the `size` training examples (of `n`) held out for validation: the first `size` of
+    `torch.randperm(n)` drawn on the CPU from `torch.Generator().manual_seed(seed)`, the same on every machine
+    (and every device the data later lives on)."""
+    if not 0 < size < n:
+        raise ValueError(f"a validation split must hold out between 1 and {n - 1} of the {n} training examples, "
+                         f"got {size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:size].sort().values
+
+
+def hold_out(data: TensorDataset, size: int, seed: int = VALIDATION_SEED) -> tuple[TensorDataset,
+                                                                                   tuple[torch.Tensor, torch.Tensor]]:
+    """(the dataset whose training set keeps the other examples, in their original order; the held-out
+    (inputs, targets)) for a validation split of `size` examples (`validation_indices`). The test set is
+    untouched."""
+    n = data.x_train.shape[0]
+    held = validation_indices(n, size, seed)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    kept = keep.nonzero().squeeze(1)
+    device = data.x_train.device
+    held, kept = held.to(device), kept.to(device)
+    train = TensorDataset(data.x_train[kept], data.y_train[kept], data.x_test, data.y_test)
+    return train, (data.x_train[held], data.y_train[held])
+
+
 def default_data_dir() -> Path:
     """`$PRUNEBENCH_DATA`, else `~/.cache/prunebench/data`."""
     env = os.environ.get("PRUNEBENCH_DATA")

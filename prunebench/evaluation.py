@@ -55,6 +55,8 @@ class Evaluation:
     eval_seconds: float | None = None
     params_nonzero: int | None = None  #: final row only
     params_total: int | None = None
+    #: the deployed network's accuracy on the validation split held out of the training set (runs with one)
+    validation_accuracy: float | None = None
 
     def row(self) -> dict[str, Any]:
         """The trajectory row the store writes (empty columns left out)."""
@@ -68,8 +70,9 @@ class Evaluation:
         """The run's final row when this is its last point."""
         final = {"iterations": iterations, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                  **{k: getattr(self, k) for k in FINAL_COLUMNS}, "flops_reference": flops_reference}
-        if self.top5 is not None:
-            final["top5"] = self.top5
+        for optional in ("top5", "validation_accuracy"):
+            if getattr(self, optional) is not None:
+                final[optional] = getattr(self, optional)
         if self.extra:
             final["extra"] = self.extra
         return final
@@ -103,7 +106,9 @@ class Evaluator:
     against the task's dense architecture, accuracy on the test set (top-5 where the task has it), the trained
     network's accuracy where it differs, and the extras: accuracy `at_compressions`, the distribution of the
     method's learned thresholds, `measure(pruner, model, data)` (the observers'), and in a DDP run the mask's
-    hash, checked equal on every rank. `seconds`: the time spent evaluating so far."""
+    hash, checked equal on every rank. Where the source holds a validation split, the deployed network's accuracy
+    on it too (for selection rules; the test accuracy stays the reported one). `seconds`: the time spent
+    evaluating so far."""
 
     def __init__(self, spec: RunSpec, pruner: Pruner, model: nn.Module, source: DataSource, device: torch.device,
                  ctx: ddp.Context, measure: Callable[[Pruner, nn.Module, TensorDataset | None], dict[str, Any]],
@@ -119,6 +124,10 @@ class Evaluator:
         return evaluate_batches(net, self.source.eval_batches(), self.spec.task.correct, top5=self.spec.task.top5,
                                 autocast=self.autocast)
 
+    def validation_accuracy(self, net: nn.Module) -> float:
+        return evaluate_batches(net, self.source.validation_batches(), self.spec.task.correct,
+                                autocast=self.autocast)[0]
+
     def __call__(self, step: int, phase: str, loss: float, train_seconds: float) -> Evaluation:
         t0 = time.perf_counter()
         pruner, model = self.pruner, self.model
@@ -130,6 +139,7 @@ class Evaluator:
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         top1, top5 = self.accuracy(net)
+        validation = self.validation_accuracy(net) if self.source.validation_size else None
         trained = self.accuracy(model)[0] if pruner.trained_network_differs else None
         extra = {}
         if self.at_compressions:
@@ -145,4 +155,4 @@ class Evaluator:
         self.seconds += device_clock(self.device) - t0
         return Evaluation(step, phase, train_seconds, loss, top1, counts.compression, counts.weights_nonzero,
                           counts.weights_total, counts.compression_all, counts.per_layer, flops.dense, flops.nonzero,
-                          top5, trained, extra, self.seconds, counts.params_nonzero, counts.params_total)
+                          top5, trained, extra, self.seconds, counts.params_nonzero, counts.params_total, validation)

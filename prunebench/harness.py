@@ -65,10 +65,11 @@ class RunResult:
         return {
             "run_id": self.run_id, "status": self.status, "method": self.spec.method,
             "task": self.spec.task.name, "seed": self.spec.seed, "budget": self.spec.budget,
-            "accuracy": f.get("accuracy"), "compression": f.get("compression"),
-            "nonzero": f.get("weights_nonzero"), "weights_total": f.get("weights_total"),
-            "compression_all": f.get("compression_all"), "train_seconds": f.get("train_seconds"),
-            "eval_seconds": f.get("eval_seconds"), "iterations": f.get("iterations"),
+            "accuracy": f.get("accuracy"), "validation_accuracy": f.get("validation_accuracy"),
+            "compression": f.get("compression"), "nonzero": f.get("weights_nonzero"),
+            "weights_total": f.get("weights_total"), "compression_all": f.get("compression_all"),
+            "train_seconds": f.get("train_seconds"), "eval_seconds": f.get("eval_seconds"),
+            "iterations": f.get("iterations"),
             "per_layer": f.get("per_layer"), "hparams": self.spec.hparams.as_dict(),
             "error": self.error, "failed_step": self.failed_step, "skipped": self.skipped,
         }
@@ -246,7 +247,7 @@ def prepare(spec: RunSpec, data_dir: Path, opts: TrainOptions, ctx: ddp.Context,
     source: DataSource = task.make_source(
         data_dir, protocol.batch_size, spec.seed, device, allow_unverified=opts.allow_unverified_data,
         dataset=dataset, workers=default_workers(device) if opts.workers is None else opts.workers,
-        shard=Shard(ctx.rank, ctx.world_size))
+        shard=Shard(ctx.rank, ctx.world_size), validation=protocol.validation)
     channels_last = protocol.channels_last
     pruner = get_method(spec.method)(spec.hparams, task, spec.budget)
     model = pruner.attach(task.build_model(spec.seed, protocol)).to(device)

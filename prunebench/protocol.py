@@ -43,6 +43,10 @@ class Protocol:
     #: for convolutions (LeNet-5's step 1.4x faster here, `docs/cost.md`), on CUDA the tensor cores'. It
     #: changes float rounding, so it is part of a run's identity; no effect on a network without convolutions.
     channels_last: bool = False
+    #: Images held out of the task's training set for validation (0: none, the whole training set trains).
+    #: The split is fixed per task, the same for every seed (`prunebench.data.hold_out`); each evaluation then
+    #: also measures accuracy on it, for rules that must not select on the test set (docs/validation.md).
+    validation: int = 0
 
     def with_overrides(self, **changes) -> Protocol:
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -90,6 +94,8 @@ class Protocol:
             raise ValueError(f"lr_milestones must be increasing epochs >= 1, got {self.lr_milestones}")
         if not 0 < self.lr_gamma <= 1:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.validation < 0:
+            raise ValueError(f"validation must be >= 0 images, got {self.validation}")
         if self.autocast not in AUTOCAST:
             raise ValueError(f"autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
 

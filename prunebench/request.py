@@ -21,7 +21,8 @@ from prunebench.tasks import Task
 #: Protocol fields `prunebench run` / `prunebench sweep` can set from the command line.
 CLI_PROTOCOL_FLAGS = {"iterations": "--iterations", "optimizer": "--optimizer", "lr": "--lr",
                       "momentum": "--momentum", "weight_decay": "--optimizer-weight-decay", "epochs": "--train-epochs",
-                      "batch_size": "--batch-size", "autocast": "--autocast", "channels_last": "--channels-last"}
+                      "batch_size": "--batch-size", "autocast": "--autocast", "channels_last": "--channels-last",
+                      "validation": "--validation"}
 
 
 @dataclass
@@ -98,6 +99,7 @@ class RunRequest:
                 base = base.with_overrides(epochs=base.epochs)
         protocol = base.with_overrides(iterations=self.iterations, eval_every=self.eval_every, **overrides)
         protocol.validate()
+        task.check_validation(protocol.validation)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.budget not in BUDGETS:

@@ -11,7 +11,7 @@ import pandas as pd
 #: The final-row columns `load_runs` joins onto each run.
 FINAL_COLUMNS = ("iterations", "train_seconds", "eval_seconds", "accuracy", "compression", "weights_nonzero",
                  "weights_total", "compression_all", "params_nonzero", "params_total", "flops", "flops_nonzero",
-                 "flops_reference", "final_per_layer", "extra", "top5")
+                 "flops_reference", "final_per_layer", "extra", "top5", "validation_accuracy")
 
 
 def load_runs(db: Path | str, status: str | None = "finished") -> pd.DataFrame:

@@ -15,6 +15,10 @@ does not care which kind it has.
 
 Both keep their position in `state_dict()`, which goes into the run's checkpoint.
 
+A resident source may also hold a validation split (`Protocol.validation`: images held out of the training set
+by `prunebench.data.hold_out`, the same for every seed): it trains on the rest only and evaluates the held-out
+images through `validation_batches()`. A streamed source has none (`Task.make_source` refuses one).
+
 Under DDP (`prunebench.distributed`) both take a `Shard` (rank, world size): each rank gets its contiguous
 slice of the global batch that one process would train on, and random augmentation is drawn for the
 whole global batch, so every rank's generator stays in step and the slices together are the
@@ -128,6 +132,7 @@ class DataSource:
 
     train_size: int
     example: torch.Tensor
+    validation_size: int = 0  #: images held out of the training set for validation (0: no validation split)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next training batch (inputs, targets), augmented, on the device."""
@@ -136,6 +141,10 @@ class DataSource:
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole evaluation set in batches, preprocessed for evaluation, on the device."""
         raise NotImplementedError
+
+    def validation_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The held-out validation images in batches, preprocessed for evaluation, on the device."""
+        raise ValueError("this data source has no validation split")
 
     @property
     def resident(self) -> TensorDataset | None:
@@ -152,12 +161,15 @@ class DataSource:
 class ResidentSource(DataSource):
     """A `TensorDataset` on the device; batches by index. With `augment`, inputs are uint8 images that
     are augmented (training) and normalised (both) per batch on the device; without it, inputs are used
-    as stored (MNIST: floats in [0, 1]), exactly as before this seam existed."""
+    as stored (MNIST: floats in [0, 1]), exactly as before this seam existed. `validation`: the held-out
+    (inputs, targets) of a validation split (`data` is then the training set without them)."""
 
     def __init__(self, data: TensorDataset, batch_size: int, seed: int, device: torch.device,
                  augment: ImageAugment | None = None, eval_batch_size: int = RESIDENT_EVAL_BATCH,
-                 shard: Shard = WHOLE) -> None:
+                 shard: Shard = WHOLE, validation: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.data = data.to(device)
+        self.validation = None if validation is None else (validation[0].to(device), validation[1].to(device))
+        self.validation_size = 0 if validation is None else int(validation[1].shape[0])
         self.augment, self.shard = augment, shard
         self.eval_batch_size = eval_batch_size
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -175,10 +187,17 @@ class ResidentSource(DataSource):
             x = self.augment.train(x, self.generator, self.shard)
         return x, self.data.y_train[idx]
 
-    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = self.data.x_test, self.data.y_test
+    def _batches(self, x: torch.Tensor, y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, x.shape[0], self.eval_batch_size):
             yield self._eval_input(x[start:start + self.eval_batch_size]), y[start:start + self.eval_batch_size]
+
+    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._batches(self.data.x_test, self.data.y_test)
+
+    def validation_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.validation is None:
+            return super().validation_batches()
+        return self._batches(*self.validation)
 
     @property
     def resident(self) -> TensorDataset | None:

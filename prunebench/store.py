@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS trajectory (
     flops INTEGER,                   -- MACs per example of the deployed network as built (dense)
     flops_nonzero INTEGER,           -- MACs per example of its non-zero weights
     top5 REAL,                       -- deployed network, test set, tasks with 1,000 classes only (else NULL)
+    validation_accuracy REAL,        -- deployed network, validation split held out of training (else NULL)
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS final (
@@ -71,7 +72,8 @@ CREATE TABLE IF NOT EXISTS final (
     flops INTEGER,
     flops_nonzero INTEGER,
     flops_reference INTEGER,         -- MACs per example of the task's dense architecture
-    top5 REAL                        -- tasks with 1,000 classes only (else NULL)
+    top5 REAL,                       -- tasks with 1,000 classes only (else NULL)
+    validation_accuracy REAL         -- runs with a validation split only (else NULL)
 );
 """
 
@@ -117,8 +119,10 @@ def run_identity(task: str, protocol: Protocol, method: str, hparams_non_default
 
 #: Columns added after the first stores were written: table -> [(column, type)].
 ADDED_COLUMNS = {
-    "trajectory": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("top5", "REAL")],
-    "final": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("flops_reference", "INTEGER"), ("top5", "REAL")],
+    "trajectory": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("top5", "REAL"),
+                   ("validation_accuracy", "REAL")],
+    "final": [("flops", "INTEGER"), ("flops_nonzero", "INTEGER"), ("flops_reference", "INTEGER"), ("top5", "REAL"),
+              ("validation_accuracy", "REAL")],
 }
 
 

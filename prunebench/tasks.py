@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from prunebench.data import TensorDataset, load_mnist, make_xor
+from prunebench.data import TensorDataset, hold_out, load_mnist, make_xor
 from prunebench.models import LeNet5, LeNet300, XorNet
 from prunebench.protocol import Protocol
 from prunebench.sources import (
@@ -75,17 +75,34 @@ class Task:
 
     def make_source(self, data_dir: Path, batch_size: int, seed: int, device: torch.device, *,
                     allow_unverified: bool = False, dataset: TensorDataset | None = None,
-                    workers: int = 0, shard: Shard = WHOLE) -> DataSource:
+                    workers: int = 0, shard: Shard = WHOLE, validation: int = 0) -> DataSource:
         """The run's data source: resident tensors on `device` (`dataset` when given), or a stream;
-        `shard`: this process's slice of every global batch under DDP."""
+        `shard`: this process's slice of every global batch under DDP; `validation`: images held out of the
+        training set for validation (`prunebench.data.hold_out`; resident data only)."""
         if self.streamed is not None and dataset is None:
+            self.check_validation(validation)
             train, test = self.streamed(Path(data_dir), allow_unverified)
             return StreamedSource(train, test, batch_size, seed, device, workers=workers,
                                   eval_batch_size=self.eval_batch_size, shard=shard)
         data = dataset if dataset is not None else self.load(Path(data_dir), allow_unverified)
+        held = None
+        if validation:
+            data, held = hold_out(data, validation)
         augment = self.augment() if self.augment is not None else None
         return ResidentSource(data, batch_size, seed, device, augment=augment, eval_batch_size=self.eval_batch_size,
-                              shard=shard)
+                              shard=shard, validation=held)
+
+    def check_validation(self, validation: int) -> None:
+        """ValueError (one line) unless this task can hold `validation` images out of its training set: resident
+        tasks can (fewer than their training set), streamed ones (ImageNet) cannot yet."""
+        if not validation:
+            return
+        if self.streamed is not None:
+            raise ValueError(f"{self.name} streams its data and has no validation split yet; --validation applies "
+                             "to resident tasks (MNIST, XOR, CIFAR-10)")
+        if self.train_size and validation >= self.train_size:
+            raise ValueError(f"validation must hold out fewer than {self.name}'s {self.train_size:,} training "
+                             f"examples, got {validation:,}")
 
     def resident_data(self, data_dir: Path, allow_unverified: bool = False) -> TensorDataset | None:
         """The task's tensors, loaded once to share between runs (`make_source(dataset=...)`); None for a
