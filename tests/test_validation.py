@@ -106,6 +106,8 @@ def test_validation_accuracy_is_stored_at_every_evaluation_and_in_the_final_row(
     final = store.final_row(spec.run_id)
     assert final["validation_accuracy"] == points[-1]["validation_accuracy"] == result.final["validation_accuracy"]
     assert final["accuracy"] == points[-1]["accuracy"]  # the reported number is still the test set's
+    again = RunRequest.from_row(store.run_row(spec.run_id))  # the stored run can be run again (reproduce, export)
+    assert again.run_id == spec.run_id and dict(again.protocol)["validation"] == 1_000
 
     plain = make_spec("xor", "dynthresh", 0, iterations=100, eval_every=50)
     train(plain, store, tmp_path, device="cpu", checkpoint_seconds=None)
@@ -161,3 +163,16 @@ def test_run_table_shows_validation_accuracy(tmp_path):
     refused = CliRunner().invoke(main, ["run", "--method", "dense", "--task", "alexnet-imagenet", "--validation", "9",
                                         "--db", str(db), "--data-dir", str(tmp_path)])
     assert refused.exit_code == 2 and "streams its data and has no validation split yet" in refused.output
+
+
+def test_resident_cifar10_holds_out_uint8_images_evaluated_without_augmentation():
+    images = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8)
+    data = TensorDataset(images, torch.arange(200) % 10, images[:20], torch.arange(20) % 10)
+    task = TASKS["vgg-cifar10"]
+    source = task.make_source("unused", 10, 0, torch.device("cpu"), dataset=data, validation=50)
+    assert source.train_size == 150 and source.validation_size == 50
+    (x_val, y_val), = source.validation_batches()  # one batch: 50 images, under the eval batch of 1,000
+    held = validation_indices(200, 50)
+    assert torch.equal(x_val, task.augment().normalise(images[held])) and torch.equal(y_val, data.y_train[held])
+    x, _ = source.next_batch()
+    assert x.dtype == torch.float32 and x.shape == (10, 3, 32, 32)  # training batches still augmented
