@@ -220,7 +220,7 @@ class MatchedTable:
         for c in self.cells:
             if c.command:
                 lines.append(f"- {c.method} at {c.target:g}x ({c.knob}={c.knob_value:g}, {len(c.probe_run_ids)} "
-                             f"probe runs): `{c.command}`")
+                             f"probe run{'' if len(c.probe_run_ids) == 1 else 's'}): `{c.command}`")
         return "\n".join(lines).rstrip() + "\n"
 
     def write(self, out_dir: Path | str) -> list[Path]:
