@@ -11,73 +11,20 @@ import pytest
 from click.testing import CliRunner
 
 from prunebench.cli import main
-from prunebench.pruner import make_hparams
-from prunebench.registry import get_method, get_task
 from prunebench.report import stats
 from prunebench.report.matched import CSV_COLUMNS, build_matched, read_settings
-from prunebench.request import RunRequest
-from prunebench.running.curve import CurveSettings, curve_cells
+from prunebench.running.curve import CurveSettings
 from prunebench.store import ResultStore
 
+#: The curve tests/conftest.py writes (`fill_matched`): dynthresh, magnitude and dns at 10x and 50x, seeds 0-2.
 SETTINGS = CurveSettings("lenet300", ("dynthresh", "magnitude", "dns"), (10.0, 50.0), (0, 1, 2))
-#: Compression at the calibrated knob value (knob value 1 for a scale knob), and the most the knob reaches.
-AT_START = {"dynthresh": 87.0, "magnitude": 12.0, "dns": 46.0}
-CAP = {"dynthresh": 300.0, "magnitude": 31.0, "dns": 200.0}
-DENSE = 0.983
-#: Test accuracy (fraction) per method, target and seed. At 10x: dynthresh best (mean 98.1, s 0.1), magnitude
-#: 0.1 pp lower with the same spread (t = 1.22, not significant), dns 1.0 pp lower (t = 12.2, significant).
-ACCURACY = {
-    ("dynthresh", 10.0): (0.980, 0.982, 0.981), ("magnitude", 10.0): (0.979, 0.981, 0.980),
-    ("dns", 10.0): (0.970, 0.972, 0.971),
-    ("dynthresh", 50.0): (0.978, 0.976, 0.977), ("dns", 50.0): (0.975, 0.0, 0.0),  # dns at 50x: seed 0 only
-}
-SECONDS = {"dynthresh": 20.0, "magnitude": 30.0, "dns": 40.0}
-
-
-def knob_value(request: RunRequest) -> float:
-    cls = get_method(request.method)
-    knob = cls.knob
-    base = make_hparams(cls, get_task(request.task), {})
-    value = dict(request.hparams)[knob.hparam]
-    return value[0] / getattr(base, knob.hparam)[0] if knob.scale else value / knob.start(base)
-
-
-def compression_of(request: RunRequest) -> float:
-    """Compression proportional to the knob (relative to its start), capped; seeds 1 and 2 land 2% off."""
-    method = request.method
-    return min(AT_START[method] * knob_value(request), CAP[method]) * (1 + 0.02 * (request.seed % 2))
-
-
-def fill_curve(store: ResultStore, settings: CurveSettings, add_stored_run) -> None:
-    """Write every run the curve asks for, round after round, until no cell has a pending run; dns's seeds 1-2
-    at 50x stay untrained. Accuracy: ACCURACY at the target a run lands on, 0.9 for a run that lands on none."""
-    for seed in settings.seeds:
-        _write(store, settings.request("dense", seed, {}), DENSE, 1.0, 10.0, add_stored_run)
-    while True:
-        pending = {r.run_id: r for c in curve_cells(store, settings) for r in c.pending
-                   if not (c.method == "dns" and c.target == 50 and r.seed)}
-        if not pending:
-            return
-        for request in pending.values():
-            compression = compression_of(request)
-            landed = [t for t in settings.targets if abs(compression / t - 1) <= settings.tolerance]
-            accuracy = ACCURACY.get((request.method, landed[0]), (0.9,) * 3)[request.seed] if landed else 0.9
-            _write(store, request, accuracy, compression, SECONDS[request.method] + request.seed, add_stored_run)
-
-
-def _write(store, request: RunRequest, accuracy: float, compression: float, seconds: float, add_stored_run) -> None:
-    points = [{"step": 100, "train_seconds": seconds / 2, "accuracy": accuracy, "compression": compression / 2},
-              {"step": 200, "train_seconds": seconds, "accuracy": accuracy, "compression": compression}]
-    final = {"iterations": 200, "train_seconds": seconds, "accuracy": accuracy, "compression": compression}
-    add_stored_run(store, request.resolve(), points, final)
-
 
 @pytest.fixture()
-def matched_db(tmp_path, add_stored_run):
+def matched_db(tmp_path, fill_matched):
     db = tmp_path / "runs.sqlite"
     store = ResultStore(db)
     try:
-        fill_curve(store, SETTINGS, add_stored_run)
+        fill_matched(store)
     finally:
         store.close()
     return db
