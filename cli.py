@@ -835,17 +835,23 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
 @click.option("--tasks", default=None, help="Comma-separated tasks (default: every task with runs in the store).")
 @click.option("--max-loss", type=click.FloatRange(min=0), default=0.4, show_default=True,
               help="Accuracy-loss limit in pp for the ranking, as `prunebench leaderboard --max-loss`.")
+@click.option("--matched-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("leaderboards"),
+              show_default=True, help="Where `prunebench matched` wrote <task>-matched.json: the curves whose "
+              "matched-compression tables open the first page (rebuilt from this store).")
 @data_dir_option
 @db_option
-def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path, db: Path) -> None:
-    """A static HTML site from the store: sortable leaderboards with rerun commands, figures, the DT-paper report."""
+def site(out: Path, tasks: str | None, max_loss: float, matched_dir: Path, data_dir: Path, db: Path) -> None:
+    """A static HTML site from the store: the comparison at matched compression first, sortable leaderboards with
+    rerun commands, figures, the DT-paper report."""
+    from prunebench.report.matched import read_settings
     from prunebench.report.site import build_site
     from prunebench.suites.reproduce import reproduce as paper_report
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     try:
+        matched = [read_settings(path) for path in sorted(matched_dir.glob("*-matched.json"))]
         result = build_site(db, out, task_list, max_loss, data_dir, paper_report=lambda folder, store, data, command:
-                            paper_report(folder, store, data, command=command, report_only=True))
+                            paper_report(folder, store, data, command=command, report_only=True), matched=matched)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for path in result.pages:
