@@ -561,21 +561,48 @@ def parse_targets(text: str) -> tuple[float, ...]:
     return targets
 
 
+def curve_options(command: Any) -> Any:
+    """The options that make a curve's `CurveSettings` (task, methods, targets, seeds, tolerance, probes,
+    iterations, eval_every, budget), shared by `curve` and `matched` so that a table replays the cells its
+    curve searched."""
+    options = [
+        click.option("--task", "-t", required=True, type=click.Choice(task_names()),
+                     help="Task (data + model + protocol)."),
+        click.option("--methods", required=True,
+                     help="Comma-separated methods with a compression knob (`prunebench list`)."),
+        click.option("--targets", required=True, callback=lambda ctx, param, value: parse_targets(value),
+                     help="Target compressions (conv+fc weights), e.g. 10,25,50,100."),
+        click.option("--seeds", default="0", show_default=True, help="Seeds: '0-2', '0,1,5'; the search runs on "
+                     "the first, the others train at the value it found."),
+        click.option("--tolerance", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+                     default=0.10, show_default=True,
+                     help="A probe lands when its compression is within this share of the target."),
+        click.option("--max-probes", type=click.IntRange(min=1), default=6, show_default=True,
+                     help="Probe runs (first seed) per method and target before the search gives up ('exhausted')."),
+        click.option("--iterations", type=int, default=None, help="Override the task's iterations (>= 1)."),
+        click.option("--eval-every", type=int, default=None, help="Evaluate the deployed network every N steps."),
+        click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
+                     help="Training budget mode, as for `prunebench run`."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def curve_settings(task: str, methods: str, targets: tuple[float, ...], seeds: str, tolerance: float,
+                   max_probes: int, iterations: int | None, eval_every: int | None, budget: str) -> CurveSettings:
+    """The `CurveSettings` of `curve_options`' values (a usage error for an unknown method, or one without a
+    compression knob): `curve` and `matched` build theirs here, so both replay the same cells."""
+    method_list = _names(methods, method_names(), "method(s)")
+    try:
+        return CurveSettings(task, tuple(method_list), targets, tuple(parse_seeds(seeds)), tolerance, max_probes,
+                             iterations, eval_every, budget)
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
+
+
 @main.command()
-@click.option("--task", "-t", required=True, type=click.Choice(task_names()), help="Task (data + model + protocol).")
-@click.option("--methods", required=True, help="Comma-separated methods with a compression knob (`prunebench list`).")
-@click.option("--targets", required=True, callback=lambda ctx, param, value: parse_targets(value),
-              help="Target compressions (conv+fc weights), e.g. 10,25,50,100.")
-@click.option("--seeds", default="0", show_default=True,
-              help="Seeds: '0-2', '0,1,5'; the search runs on the first, the others train at the value it found.")
-@click.option("--tolerance", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.10,
-              show_default=True, help="A probe lands when its compression is within this share of the target.")
-@click.option("--max-probes", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Probe runs (first seed) per method and target before the search gives up ('exhausted').")
-@click.option("--iterations", type=int, default=None, help="Override the task's iterations (>= 1).")
-@click.option("--eval-every", type=int, default=None, help="Evaluate the deployed network every N steps.")
-@click.option("--budget", type=click.Choice(["equal", "paper"]), default="equal", show_default=True,
-              help="Training budget mode, as for `prunebench run`.")
+@curve_options
 @click.option("--dense/--no-dense", "with_dense", default=True, show_default=True,
               help="Add `dense` (the accuracy reference) for each seed.")
 @click.option("--device", default=None, callback=_device, help="cpu, cuda or cuda:N (default: CUDA when present).")
@@ -595,11 +622,9 @@ def curve(task: str, methods: str, targets: tuple[float, ...], seeds: str, toler
     the store stands. A target beyond the knob's limit is reported as unreached.
       prunebench curve --task lenet300 --methods dynthresh,magnitude --targets 10,25,50,100 --seeds 0-2"""
     console = Console(stderr=as_json)
-    method_list = _names(methods, method_names(), "method(s)")
+    settings = curve_settings(task, methods, targets, seeds, tolerance, max_probes, iterations, eval_every, budget)
     runner = sweep_executor(options.pop("executor"), options["jobs"], db, options)
     try:
-        settings = CurveSettings(task, tuple(method_list), targets, tuple(parse_seeds(seeds)), tolerance, max_probes,
-                                 iterations, eval_every, budget)
         store = ResultStore(db)
         try:
             curve_cells(store, settings)  # every request resolves before anything trains
@@ -623,6 +648,37 @@ def curve(task: str, methods: str, targets: tuple[float, ...], seeds: str, toler
 
 
 curve.params[-3:-3] = [p for p in sweep.params if p.name in EXECUTOR_PARAMS]
+
+
+@main.command()
+@curve_options
+@click.option("--out", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
+              help="Folder for <task>-matched.md / .csv / .json; the plot goes to <out>/figures/<task>-matched.png.")
+@db_option
+def matched(task: str, methods: str, targets: tuple[float, ...], seeds: str, tolerance: float, max_probes: int,
+            iterations: int | None, eval_every: int | None, budget: str, out: Path, db: Path) -> None:
+    """The matched-compression table and curve plot of a `prunebench curve` (give it the curve's options), from
+    the store, training nothing: per method and target, test accuracy (mean +- 95% CI), compression reached,
+    loss against dense of the same seeds, the best of each target in bold and Welch's t-test against it.
+
+    \b
+      prunebench matched --task lenet300 --methods dynthresh,magnitude --targets 10,25,50,100 --seeds 0-2"""
+    from prunebench.report.matched import build_matched, matched_command
+    from prunebench.report.plots import matched_plot, save
+
+    settings = curve_settings(task, methods, targets, seeds, tolerance, max_probes, iterations, eval_every, budget)
+    try:
+        table = build_matched(db, settings, command=matched_command(settings, str(db), out))
+    except FileNotFoundError as exc:
+        raise click.UsageError(str(exc)) from None
+    for path in table.write(out):
+        click.echo(f"wrote {path}")
+    if not table.has_results:
+        click.echo(f"no matched results yet (no reached target with a finished seed run); the curve: "
+                   f"{table.search_command()}")
+        return
+    for path in save(matched_plot(table), out / "figures", f"{task}-matched"):
+        click.echo(f"wrote {path}")
 
 
 @main.command()
@@ -785,17 +841,23 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
 @click.option("--tasks", default=None, help="Comma-separated tasks (default: every task with runs in the store).")
 @click.option("--max-loss", type=click.FloatRange(min=0), default=0.4, show_default=True,
               help="Accuracy-loss limit in pp for the ranking, as `prunebench leaderboard --max-loss`.")
+@click.option("--matched-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("leaderboards"),
+              show_default=True, help="Where `prunebench matched` wrote <task>-matched.json: the curves whose "
+              "matched-compression tables open the first page (rebuilt from this store).")
 @data_dir_option
 @db_option
-def site(out: Path, tasks: str | None, max_loss: float, data_dir: Path, db: Path) -> None:
-    """A static HTML site from the store: sortable leaderboards with rerun commands, figures, the DT-paper report."""
+def site(out: Path, tasks: str | None, max_loss: float, matched_dir: Path, data_dir: Path, db: Path) -> None:
+    """A static HTML site from the store: the comparison at matched compression first, sortable leaderboards with
+    rerun commands, figures, the DT-paper report."""
+    from prunebench.report.matched import read_settings
     from prunebench.report.site import build_site
     from prunebench.suites.reproduce import reproduce as paper_report
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     try:
+        matched = [read_settings(path) for path in sorted(matched_dir.glob("*-matched.json"))]
         result = build_site(db, out, task_list, max_loss, data_dir, paper_report=lambda folder, store, data, command:
-                            paper_report(folder, store, data, command=command, report_only=True))
+                            paper_report(folder, store, data, command=command, report_only=True), matched=matched)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for path in result.pages:

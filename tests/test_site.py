@@ -233,3 +233,74 @@ def test_site_rejects_a_task_without_runs(built, tmp_path):
                                        "--tasks", "lenet5"])
     assert result.exit_code == 2
     assert "no runs of task(s) lenet5" in result.output and "tasks with runs: lenet300" in result.output
+
+
+class MatchedParser(HTMLParser):
+    """The cells of <table id="matched-<task>"> in a page, row by row (the method first); text in <strong> is
+    kept between '**' as in the Markdown table."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__()
+        self.table_id, self.rows, self._in, self._cell = f"matched-{task}", [], False, None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and dict(attrs).get("id") == self.table_id:
+            self._in = True
+        elif self._in and tag == "tr":
+            self.rows.append([])
+        elif self._in and tag in ("td", "th"):
+            self._cell = []
+        elif self._cell is not None and tag == "strong":
+            self._cell.append("**")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in = False
+        elif self._cell is not None and tag == "strong":
+            self._cell.append("**")
+        elif self._cell is not None and tag in ("td", "th"):
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_the_first_page_says_how_to_make_matched_results_when_there_are_none(built):
+    index = (built["out"] / "index.html").read_text()
+    assert 'id="no-matched"' in index and "prunebench curve --task T" in index and 'id="matched-' not in index
+    assert index.index('id="no-matched"') < index.index("<h2>Leaderboards</h2>")
+
+
+def test_the_first_page_opens_on_the_matched_table_and_plot(tmp_path, fill_matched):
+    db = tmp_path / "runs.sqlite"
+    store = ResultStore(db)
+    settings = fill_matched(store)
+    store.close()
+    boards = tmp_path / "boards"
+    options = ["--task", "lenet300", "--methods", ",".join(settings.methods), "--targets", "10,50", "--seeds", "0-2",
+               "--db", str(db)]
+    made = CliRunner().invoke(main, ["matched", *options, "--out", str(boards)], catch_exceptions=False)
+    assert made.exit_code == 0, made.output
+    out = tmp_path / "site"
+    result = CliRunner().invoke(main, ["site", "--out", str(out), "--db", str(db), "--matched-dir", str(boards)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (out / "figures" / "lenet300-matched.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "lenet300-matched.csv").read_text() == (boards / "lenet300-matched.csv").read_text()
+    index = (out / "index.html").read_text()
+    assert 'id="no-matched"' not in index and 'src="figures/lenet300-matched.png"' in index
+    assert index.index('id="matched-lenet300"') < index.index("<h2>Leaderboards</h2>")
+    # in the browser: the first page's table is the Markdown table's, cell for cell
+    args = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom", (out / "index.html").resolve().as_uri()]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = MatchedParser("lenet300")
+    dom.feed(done.stdout)
+    md = [[c.strip().replace("\\|", "|") for c in line.strip("| ").split(" | ")]
+          for line in (boards / "lenet300-matched.md").read_text().splitlines() if line.startswith("| ")]
+    assert dom.rows == [md[0], *md[1:]] and len(dom.rows) == 4
+    assert dom.rows[1][1].startswith("**98.10 ± 0.25** %") and "≈" in dom.rows[2][1]
+    assert dom.rows[2][2].startswith("unreached: at most 31.0x")

@@ -6,6 +6,9 @@
   training wall-clock to each marker in the legend, as in Fig. 1 of the dynamic thresholding paper.
 - `pareto`: accuracy against compression (log axis), every run a point, the Pareto frontier per method.
 - `time`: training wall-clock to first reach each compression, per method (mean over seeds).
+- `matched_plot`: from a matched-compression table (`report.matched`, `prunebench matched`), the accuracy
+  loss against dense at each method's matched compressions with CI bands and the published points, beside the
+  training time to each target (`<task>-matched.png`).
 - `fig5`: the distribution of the learned thresholds during training (DT paper Fig. 5), from each
   evaluation's `extra["thresholds"]` (`metrics.threshold_distribution`): the median and the 25-75 %
   and 5-95 % bands against epochs, one panel per method (and setting) that records thresholds.
@@ -20,7 +23,8 @@ axis is in epochs, step * batch_size / train_size (the run's protocol, the task'
 iterations when the task's training-set size is not known.
 
 Every series carries a gid (`curve:<label>`, `marker:<label>:<X>`, `points:<method>`,
-`frontier:<method>`, `time:<label>`; fig5 `median:<label>`, `q25-75:<label>`, `q5-95:<label>`; fig6
+`frontier:<method>`, `time:<label>`; matched `matched:<method>`, `band:<method>`,
+`published:<method>`, `time:<method>`; fig5 `median:<label>`, `q25-75:<label>`, `q5-95:<label>`; fig6
 `layer:<label>:<layer>`; fig7 `top1:<label>`, `top5:<label>`) so tests and scripts can find it.
 Colours come from seaborn's "colorblind" palette, one fixed colour per method across all plots;
 settings of one method differ by line style. Figures are built on a plain `Figure` with an Agg canvas
@@ -42,11 +46,14 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from prunebench.metrics import THRESHOLD_LOG10_RANGE
 from prunebench.registry import get_task, method_names
+from prunebench.report import stats
 from prunebench.report.leaderboard import THRESHOLDS, run_table, shown_name
+from prunebench.report.matched import MatchedTable
+from prunebench.report.published import published
 from prunebench.results import load_runs, load_trajectories
 from prunebench.setting import setting_items, setting_string
 
@@ -317,6 +324,61 @@ def time_plot(db: Path | str, task: str, thresholds: tuple[int, ...] = THRESHOLD
         handles, _ = ax.get_legend_handles_labels()
         handles += _marker_key(thresholds, "mean time to {x}x (dotted line)")
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return fig
+
+
+def matched_plot(table: MatchedTable) -> Figure:
+    """Two panels from a matched-compression table (`report.matched`): the accuracy loss against dense of the
+    same seeds (pp) against the compression reached (log x), one line per method through its reached targets
+    with the 95% CI of the mean as a band, the published figures overlaid as hollow stars labelled
+    "published"; and the mean training seconds of each target's runs, per method. The loss, not the accuracy,
+    is drawn so that the published points (a loss against each paper's own dense network) sit on the same axis."""
+    colours = method_colours(list(table.settings.methods))
+    drawn = [m for m in table.settings.methods if any(c.has_accuracy for c in table.cells if c.method == m)]
+    if not drawn:
+        raise ValueError(f"no matched results of task {table.task!r}: no reached target with a finished seed run")
+    with _style():
+        fig = Figure(figsize=(14.0, 5.8), layout="constrained")
+        FigureCanvasAgg(fig)
+        loss_ax, time_ax = fig.subplots(1, 2, width_ratios=(3, 2))
+        loss_ax.axhline(0.0, color="0.4", linestyle="--", linewidth=1.0, gid="dense", label="dense (same seeds)")
+        for method in drawn:
+            cells = sorted((c for c in table.cells if c.method == method and c.has_accuracy),
+                           key=lambda c: stats.mean(c.compression))
+            x = np.array([stats.mean(c.compression) for c in cells])
+            loss = np.array([c.loss_mean for c in cells])
+            ci = np.array([stats.ci95_halfwidth(c.loss) for c in cells])
+            colour = colours[method]
+            reached = ", ".join(f"{c.target:g}x" for c in cells)
+            loss_ax.plot(x, loss, color=colour, marker="o", markeredgecolor="black", linewidth=2.0,
+                         gid=f"matched:{method}", label=f"{shown_name(method)} (targets {reached})")
+            loss_ax.fill_between(x, loss - ci, loss + ci, color=colour, alpha=0.2, linewidth=0, gid=f"band:{method}")
+            loss_ax.errorbar(x, loss, yerr=np.nan_to_num(ci), fmt="none", ecolor=colour, capsize=4, linewidth=1.0,
+                             label="_nolegend_")
+            time_ax.plot(x, [stats.mean(c.train_seconds) for c in cells], color=colour, marker="o",
+                         markeredgecolor="black", linewidth=2.0, gid=f"time:{method}", label=shown_name(method))
+            pub = published(method, table.task)
+            if pub is not None and pub.compression is not None and pub.accuracy_loss is not None:
+                loss_ax.scatter([pub.compression], [pub.accuracy_loss], marker="*", s=180, facecolors="none",
+                                edgecolors=[colour], linewidths=1.5, zorder=5, gid=f"published:{method}",
+                                label=f"{method} published ({pub.source})")
+                loss_ax.annotate("published", (pub.compression, pub.accuracy_loss), textcoords="offset points",
+                                 xytext=(6, 4), fontsize="x-small", color=colour)
+        for ax in (loss_ax, time_ax):
+            _log_compression_axis(ax)
+            ax.set_xticks(list(table.settings.targets))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            for target in table.settings.targets:
+                ax.axvline(target, color="0.6", linestyle=":", linewidth=1, zorder=1)
+            ax.set_xlabel("compression reached (mean over seeds, log scale; dotted: the targets)")
+        loss_ax.set_ylabel("accuracy loss against dense of the same seeds (pp; lower is better)")
+        loss_ax.set_title(f"{table.task}: accuracy at matched compression (band: 95% CI of the mean)",
+                          fontsize="medium")
+        time_ax.set_ylim(bottom=0)
+        time_ax.set_ylabel("training wall-clock of a run (s, mean over seeds)")
+        time_ax.set_title("training time to each target", fontsize="medium")
+        handles, labels = loss_ax.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize="small", frameon=False)
     return fig
 
 

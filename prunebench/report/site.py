@@ -2,14 +2,18 @@
 
 DIR gets:
 
-- `index.html`: a link to every task page and to the DT-paper report;
+- `index.html`: first, the comparison at matched compression of every task that has one (the table of
+  `prunebench matched` and its curve plot, `report.matched`, for each `CurveSettings` handed in: the CLI reads
+  them from `leaderboards/<task>-matched.json`); without any, a line saying how to make them; then a link to
+  every task page and to the DT-paper report;
 - `<task>.html`, one per task with runs in the store: the task's leaderboard (the rows, ranking and cells of
   `prunebench leaderboard --task <task>`, built by `build_leaderboard`) with each row's rerun command, and the
   task's figures. The rows travel as JSON inside the page and a small inline script renders the table: clicking
   a header sorts by that column (again: the other direction), and a URL hash `#sort=<key>:<asc|desc>` (e.g.
   `#sort=accuracy:desc`) is applied on load. Numeric columns sort by the underlying mean, missing values last;
   ties keep the leaderboard's rank order. `<task>.csv` is the leaderboard's CSV;
-- `figures/<task>-<kind>.png`: fig1, pareto and time drawn from the store by `prunebench.report.plots`;
+- `figures/<task>-<kind>.png`: fig1, pareto and time drawn from the store by `prunebench.report.plots`, and
+  `figures/<task>-matched.png` with `<task>-matched.csv` for a task with matched results;
 - `dt-paper/`: the DT-paper report written from the store by `prunebench reproduce dt-paper --report-only`
   (`README.md` and its figures), and `index.html`, that README rendered by python-markdown (tables extension).
 
@@ -23,10 +27,11 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import shlex
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -37,7 +42,9 @@ from prunebench import __version__
 from prunebench.errors import MissingExtraError
 from prunebench.registry import task_names
 from prunebench.report.leaderboard import DEFAULT_MAX_LOSS, UNVERIFIED_NOTE, Leaderboard, build_leaderboard
+from prunebench.report.matched import ALPHA, TIED_MARK, MatchedTable, build_matched, matched_command
 from prunebench.results import load_runs
+from prunebench.running.curve import CurveSettings
 
 #: (plot kind, default settings only, caption) of each figure on a task page; as leaderboards/README.md draws them.
 FIGURES: tuple[tuple[str, bool, str], ...] = (
@@ -231,7 +238,44 @@ def report_page(markdown_module: Any, readme: Path, footer: str) -> str:
     return _page("prunebench: DT-paper report", f"<div class=\"md\">\n{rendered}\n</div>", footer, root="../")
 
 
-def index_page(boards: list[Leaderboard], report_title: str, footer: str) -> str:
+#: The first page's line when no task has matched results.
+NO_MATCHED = ("No task in this store has results at matched compression yet. Make them with `prunebench curve "
+              "--task T --methods A,B --targets 10,25,50,100 --seeds 0-2`, then write the table with `prunebench "
+              "matched` and the same options (it writes leaderboards/T-matched.json, which `prunebench site` reads).")
+
+
+def _markdown_bold(text: str) -> str:
+    """A matched cell's text as HTML: escaped, its **bold** as <strong>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+
+def matched_section(table: MatchedTable, figure: str | None) -> str:
+    """One task's matched-compression table (static HTML, `id="matched-<task>"`) and its curve plot."""
+    task = html.escape(table.task)
+    rows = table.grid()
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_markdown_bold(v)}</td>" for v in row.values()) + "</tr>\n"
+                   for row in rows)
+    parts = [f"<h2>{task}: accuracy at matched compression</h2>",
+             f"<div class=\"scroll\"><table id=\"matched-{task}\" class=\"board matched\"><thead><tr>{head}"
+             f"</tr></thead><tbody>\n{body}</tbody></table></div>",
+             "<p class=\"note\">Each cell: test accuracy (%, mean ± 95% CI over seeds), compression reached, loss "
+             f"against dense of the same seeds (pp), seeds. <strong>Bold</strong>: best of the column; {TIED_MARK}: "
+             f"not significantly worse than it (Welch's t-test, two-sided, p = {ALPHA:g}); n/a: fewer than 2 seeds. "
+             "The knob values were searched on compression alone. Table: <code>"
+             f"{html.escape(table.command)}</code>; every cell's rerun command: <a href=\"{task}-matched.csv\">"
+             f"{task}-matched.csv</a>.</p>"]
+    if figure:
+        parts.append(f'<figure id="matched-{task}-plot"><img src="figures/{html.escape(figure)}" alt="{task} at '
+                     'matched compression"><figcaption>Accuracy loss against dense at each matched compression (band '
+                     'and bars: 95% CI), the published figures as hollow stars; right: training time to each '
+                     'target.</figcaption></figure>')
+    return "\n".join(parts)
+
+
+def index_page(boards: list[Leaderboard], report_title: str, footer: str, matched: Sequence[str] = ()) -> str:
+    """The first page: the matched-compression sections (HTML from `matched_section`), or the line saying how to
+    make them; then the leaderboards and reports."""
     items = []
     for board in boards:
         task = html.escape(board.task)
@@ -242,13 +286,32 @@ def index_page(boards: list[Leaderboard], report_title: str, footer: str) -> str
             text += (f"; rank 1: {html.escape(top['method'])} ({html.escape(top['setting'])}), compression "
                      f"{html.escape(top['compression'])}, accuracy loss (pp) {html.escape(top['loss pp'])}")
         items.append(f"<li><a href=\"{task}.html\">{task}</a>: {text}</li>")
+    comparison = ("\n".join(matched) if matched
+                  else f"<p class=\"note\" id=\"no-matched\">{html.escape(NO_MATCHED)}</p>")
     body = ("<h1>prunebench results</h1>\n<p class=\"note\">Every number comes from a run in the result store named "
             "below; accuracy is the deployed network's on the test set, loss is against dense of the same seed "
             "(pp, positive = worse), compression is dense weights / non-zero weights.</p>\n"
+            f"{comparison}\n"
             "<h2>Leaderboards</h2>\n<ul class=\"tasks\">" + "".join(items) + "</ul>\n"
             f"<h2>Reports</h2>\n<ul class=\"tasks\"><li><a href=\"dt-paper/index.html\">{html.escape(report_title)}"
             "</a></li></ul>")
     return _page("prunebench results", body, footer)
+
+
+def _matched(db: Path, settings: CurveSettings, out: Path, db_label: str) -> str | None:
+    """The task's matched section, its CSV and plot written into `out`; None without matched results."""
+    from prunebench.report.plots import matched_plot
+
+    table = build_matched(db, settings, db_label, matched_command(settings, db_label, "leaderboards"))
+    if not table.has_results:
+        return None
+    table.frame().to_csv(out / f"{settings.task}-matched.csv", index=False, float_format="%.6g")
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    name = f"{settings.task}-matched.png"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="constrained_layout not applied")
+        matched_plot(table).savefig(out / "figures" / name, dpi=FIGURE_DPI, bbox_inches="tight")
+    return matched_section(table, name)
 
 
 def site_command(out: Path | str, db_label: str, tasks: list[str] | None, max_loss: float) -> str:
@@ -263,11 +326,13 @@ def site_command(out: Path | str, db_label: str, tasks: list[str] | None, max_lo
 
 def build_site(db: Path | str, out: Path | str, tasks: list[str] | None = None, max_loss: float = DEFAULT_MAX_LOSS,
                data_dir: Path | None = None, command: str | None = None,
-               paper_report: Callable[[Path, Path, Path, str], Path] | None = None) -> Site:
+               paper_report: Callable[[Path, Path, Path, str], Path] | None = None,
+               matched: Sequence[CurveSettings] = ()) -> Site:
     """Write the site for `tasks` (default: every task with runs in the store) into `out`. The store path is
     shown (and used in the rerun commands) as given. `paper_report(report_dir, db, data_dir, command)` writes
     the DT-paper report from the store and returns its markdown (the CLI passes the suite's; None: no report
-    page). ValueError for a task without runs; FileNotFoundError without a store; MissingExtraError without
+    page). `matched`: the curves whose matched-compression tables open the first page (those of the chosen
+    tasks). ValueError for a task without runs; FileNotFoundError without a store; MissingExtraError without
     python-markdown."""
     markdown_module = require_markdown()
     db_label = str(db)
@@ -316,8 +381,11 @@ def build_site(db: Path | str, out: Path | str, tasks: list[str] | None = None, 
         site.pages.append(path)
         site.seconds["dt-paper report"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    sections = [_matched(db, settings, out, db_label) for settings in matched if settings.task in chosen]
+    site.seconds["matched"] = time.perf_counter() - t
     path = out / "index.html"
-    path.write_text(index_page(boards, title, footer))
+    path.write_text(index_page(boards, title, footer, [s for s in sections if s]))
     site.pages.insert(0, path)
     site.seconds["total"] = time.perf_counter() - t0
     return site

@@ -1,4 +1,4 @@
-"""Small statistics without SciPy: Student t quantiles and the 95% confidence interval of a mean."""
+"""Small statistics without SciPy: Student t quantiles, the 95% confidence interval of a mean, Welch's t-test."""
 
 from __future__ import annotations
 
@@ -96,3 +96,22 @@ def ci95_halfwidth(values: Sequence[float]) -> float:
     if len(vals) < 2:
         return math.nan
     return t_quantile(0.975, len(vals) - 1) * std(vals) / math.sqrt(len(vals))
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Welch's unequal-variance t-test of mean(a) = mean(b): (t, degrees of freedom, two-sided p).
+
+    t = (mean(a) - mean(b)) / sqrt(s_a^2 / n_a + s_b^2 / n_b), df by Welch-Satterthwaite. NaNs for fewer than
+    two values on either side. Both samples without spread: p = 1 where the means are equal, else 0 (t = +-inf)."""
+    xs, ys = finite(a), finite(b)
+    if len(xs) < 2 or len(ys) < 2:
+        return math.nan, math.nan, math.nan
+    va, vb = std(xs) ** 2 / len(xs), std(ys) ** 2 / len(ys)
+    diff = mean(xs) - mean(ys)
+    if va + vb == 0:
+        if diff == 0:
+            return 0.0, math.nan, 1.0
+        return math.copysign(math.inf, diff), math.nan, 0.0
+    t = diff / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(xs) - 1) + vb ** 2 / (len(ys) - 1))
+    return t, df, 2.0 * t_cdf(-abs(t), df)
