@@ -188,7 +188,7 @@ def main() -> None:
         "",
     ]
     previous = args.out.read_text() if args.out.exists() else ""
-    kept = [kept_section(previous, name) for name in ("end-to-end", "roofline")]  # the other benchmarks' sections
+    kept = [kept_section(previous, name) for name in ("end-to-end", "roofline", "eval-batch")]  # other benchmarks' own
     args.out.write_text("\n".join(header + sections) + "\n" + NOT_REACHED + "".join(f"\n{k}\n" for k in kept if k))
     print(f"wrote {args.out}")
 
