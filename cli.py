@@ -938,13 +938,15 @@ def list_() -> None:
     """Methods (with their hyperparameter defaults) and tasks (with their protocols)."""
     console = Console()
     methods = Table(title="methods")
-    for col in ("method", "provenance", "hyperparameters (defaults)", "citation"):
+    for col in ("method", "provenance", "hyperparameters (defaults)", "compression knob (prunebench curve)",
+                "citation"):
         methods.add_column(col)
     for name in method_names():
         cls = REGISTRY[name]
         hp = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.hparams_class)) or "-"
         plugin = origin(METHOD_GROUP, name)
-        methods.add_row(name + (f"\n(plugin: {plugin})" if plugin else ""), cls.provenance, hp, cls.citation)
+        knob = cls.knob.describe() if cls.knob is not None else "-"
+        methods.add_row(name + (f"\n(plugin: {plugin})" if plugin else ""), cls.provenance, hp, knob, cls.citation)
     console.print(methods)
     tasks = Table(title="tasks")
     for col in ("task", "description", "protocol", "calibrated method defaults"):
