@@ -51,13 +51,17 @@ FLOORS = {
     "ltp": "after the pretraining phase, one fused pass per weight for the sigmoid soft mask (forward) and one "
            "for its gradient with the soft L0 penalty's gradient in closed form, a reduction per threshold",
     "autoprune": "one gate multiply per unit; the gate's straight-through gradient",
+    "sensitivity": "C extra backward passes per sensitivity refresh (C = 10 classes; every step on LeNet-300-100, e"
+                   "very 10th on LeNet-5), a copy of the prunable weights and one elementwise pass per step",
+    "srinivas": "a gate per weight (a second weight-sized parameter and its Adam state), one Bernoulli draw per weigh"
+                "t per step, the gated multiply and its two straight-through gradients, the clip after the step",
     "l0": "one hard-concrete draw per gate (units, not weights) and a gate multiply; the expected-L0 penalty "
           "per gate",
 }
 
 
 #: What was tried where a target is not reached yet, and what is left (edit when the figures change).
-NOT_REACHED = """## What was done, and where a target is not reached (lenet300, one thread)
+NOT_REACHED = """## What was done, and where a target is not reached
 
 Done (issue 18): torch's fused Adam/SGD for every method (`Protocol.make_optimizer`), and a fused path for
 each method whose per-weight work went through autograd as many elementwise passes: dynthresh
@@ -65,33 +69,30 @@ each method whose per-weight work went through autograd as many elementwise pass
 autograd Function whose forward and backward are one compiled pass each (torch.compile, static shapes;
 eager below 512 weights), with the penalty's gradient in closed form inside the backward, so no penalty
 term enters the loss. PRUNEBENCH_FUSED=0 forces the plain paths, and the tests compare each fused path
-with its plain formulas. Each figure below is the median ratio over repeats; on this shared 2-core VM a
-single repeat's ratio moves by up to about 20%.
+with its plain formulas. Issue 28: channels_last for the convolutional tasks (an opt-in protocol field,
+`--channels-last true`, part of the run's identity), the end-to-end and evaluation sections below.
 
-Tried and not kept (A/B in one process, alternating with dense, 3 repeats of 600 lenet300 steps):
-- l0, gating the batch's inputs instead of the weight's columns (x (W diag z)^T = (x * z) W^T): slower,
-  because fc1's input then needs a gradient, one more full-size matrix product per step.
-- l0, a compiled pass for W * z and its two gradients: median 2.06x against 1.80x for autograd's three
-  small passes (the compiled call's overhead, and a reduction over the outer dimension).
-- sparse-vd, recomputing log alpha in the backward instead of storing it: 3.28x against 2.89x.
-- dynthresh, running the 30,000- and 1,000-weight layers eager (compiled only from 50,000 weights):
-  2.04x against 1.85x.
-- dynthresh, multiplying by 1/tau instead of dividing by tau in the compiled backward: no difference.
-
-Left:
-- dynthresh: the floor itself is compute-bound here. On fc1 (235,200 weights) the compiled backward
-  (two Gaussians, two erfs sharing them, the chain through the sigmoid, the penalty's gradient) takes
-  about 1.0-1.1 ms on one thread, the forward (a sigmoid, a compare, a multiply) about 0.4 ms, and Adam
-  over twice the parameters about 0.4 ms more than dense's, beside a 4.5-5 ms dense step: about 1.45x
-  before the per-call overhead of three layers' compiled calls and custom Functions (about 0.1-0.2 ms
-  each). 1.5x would need a cheaper surrogate than erf (a method change) or wider SIMD than AVX2.
-- sparse-vd: the second matrix product of the local reparameterisation (13 matrix products per step
-  against dense's 5) already makes about 1.7x of the dense step's matrix time; the compiled posterior
-  passes (log and exp forward; exp, a sigmoid and the chain backward) add about 1.2 ms each on fc1.
-- l0: its per-step work is a hard-concrete draw per gate (1,184 gates), the gate multiply over the
-  weights and its two gradients, and about 40 small tensor operations whose dispatch costs as much as
-  their arithmetic on this network.
-- On LeNet-5 every method is within its target: the convolutions dominate the step.
+Where a LeNet-300-100 target is not reached (the end-to-end section, one thread, this AVX512 machine): the
+dense step is about 2.3 ms here against 4.6 ms on the AVX2 machine of issue 18, so a method's elementwise
+work and its per-call overheads weigh about twice as much against it.
+- dynthresh (2.0x): in the training loop, fc1's compiled backward (two Gaussians and two erfs by
+  Abramowitz-Stegun sharing them, the chain through the sigmoid, the penalty's gradient) takes about
+  0.73 ms and its forward 0.30 ms; fc2 and fc3 about 0.3 ms more, of which about 40 us per compiled call is
+  dynamo's guard check and wrapper; Adam over twice the parameters about 0.16 ms more than dense's. Left:
+  one compiled call for all layers each way (fewer guard checks), or a cheaper surrogate (a method change).
+  At 2 threads it is closer (the second thread helps the elementwise passes more than the small matmuls).
+- sparse-vd (2.8x): 13 matrix products a step against dense's 5 (the local reparameterisation's
+  variance) is 2.6x of the matrix time alone, above the 2.5x target before any elementwise work: the
+  target cannot be met by this formulation on a CPU where the matrix products dominate.
+- sensitivity (3.4x): its defining cost, 10 extra backward passes a step (the output sensitivity, one
+  per class, refresh_every 1 on LeNet-300-100); refresh_every 10 (LeNet-5's default) divides that by 10,
+  and gave the same compression on seed 0 (docs/calibration.md), but it is another identity.
+- srinivas (1.7x): a gate per weight (a second weight-sized parameter and its Adam state), one Bernoulli
+  draw per weight per step, the gated multiply and its two straight-through gradients, the regulariser
+  over the gates and the clip after every step; not profiled further.
+- Fixed costs: with the compile cache warm (torch's on-disk FX-graph cache, by default in
+  /tmp/torchinductor_$USER, shared by every run and process on the machine) a run pays at most about 3 s
+  once; the first run of a method on a fresh machine pays up to about 20 s (ltp, sparse-vd) to compile.
 """
 
 

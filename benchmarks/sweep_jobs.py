@@ -36,6 +36,7 @@ def sweep_seconds(jobs: str, methods: str, seeds: str, iterations: int, work: Pa
            "--no-dense", "--iterations", str(iterations), "--eval-every", str(iterations), "--device", "cpu",
            "--db", str(db), "--jobs", jobs]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env["COLUMNS"] = "400"  # rich wraps at 80 columns without a terminal: keep the --jobs auto line whole
     start = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
