@@ -77,8 +77,8 @@ dense step is about 2.3 ms here against 4.6 ms on the AVX2 machine of issue 18, 
 work and its per-call overheads weigh about twice as much against it.
 - dynthresh (2.0x): in the training loop, fc1's compiled backward (two Gaussians and two erfs by
   Abramowitz-Stegun sharing them, the chain through the sigmoid, the penalty's gradient) takes about
-  0.73 ms and its forward 0.30 ms; fc2 and fc3 about 0.3 ms more, of which about 40 us per compiled call is
-  dynamo's guard check and wrapper; Adam over twice the parameters about 0.16 ms more than dense's. Left:
+  0.73 ms and its forward 0.30 ms; fc2 and fc3 about 0.3 ms more, of which about 25-30 us per compiled call is
+  dynamo's cache lookup (about 20 us) and wrapper; Adam over twice the parameters about 0.16 ms more than dense's. Left:
   one compiled call for all layers each way (fewer guard checks), or a cheaper surrogate (a method change).
   At 2 threads it is closer (the second thread helps the elementwise passes more than the small matmuls).
 - sparse-vd (2.8x): 13 matrix products a step against dense's 5 (the local reparameterisation's
