@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from prunebench.cli import main
 from prunebench.report import stats
-from prunebench.report.matched import CSV_COLUMNS, build_matched, read_settings
+from prunebench.report.matched import CSV_COLUMNS, build_matched, read_settings, settings_args
 from prunebench.running.curve import CurveSettings
 from prunebench.store import ResultStore
 
@@ -132,3 +132,18 @@ def test_the_curve_plot_draws_one_line_per_method_with_bands_published_points_an
     assert accuracy.get_xscale() == "log"
     times = {line.get_gid(): line for line in seconds.get_lines() if line.get_gid()}
     assert list(times["time:dynthresh"].get_ydata()) == pytest.approx([21.0, 21.0])  # mean of 20, 21, 22
+
+
+def test_protocol_overrides_reach_the_settings_and_come_back_as_flags(tmp_path):
+    settings = CurveSettings("lenet5", ("dynthresh",), (25.0,), (0, 1, 2), protocol=(("channels_last", True),))
+    args = settings_args(settings)
+    assert args[-2:] == ["--channels-last", "true"]
+    db = tmp_path / "empty.sqlite"
+    ResultStore(db).close()
+    result = CliRunner().invoke(main, ["matched", *args, "--db", str(db), "--out", str(tmp_path)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert read_settings(tmp_path / "lenet5-matched.json") == settings
+    # The protocol is part of every run's identity: the same cell without it asks for other runs.
+    plain = CurveSettings("lenet5", ("dynthresh",), (25.0,), (0, 1, 2))
+    assert settings.request("dynthresh", 0, {}).run_id != plain.request("dynthresh", 0, {}).run_id

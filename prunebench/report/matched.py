@@ -39,7 +39,7 @@ from prunebench.pruner import make_hparams
 from prunebench.registry import get_method, get_task
 from prunebench.report import stats
 from prunebench.report.leaderboard import run_table, shown_name
-from prunebench.request import format_seeds
+from prunebench.request import CLI_PROTOCOL_FLAGS, format_seeds
 from prunebench.running.curve import CurveCell, CurveSettings, curve_cells
 from prunebench.store import ResultStore
 
@@ -253,8 +253,9 @@ def cell_text(c: MatchedCell) -> str:
 
 def settings_args(settings: CurveSettings) -> list[str]:
     """The options of `prunebench curve` / `prunebench matched` that give these settings (fixed per-method
-    hyperparameter and protocol overrides have no flag there: ValueError)."""
-    if settings.hparams or settings.protocol:
+    hyperparameter overrides, and protocol fields without a flag, have none there: ValueError)."""
+    if settings.hparams or any(name not in CLI_PROTOCOL_FLAGS or name == "iterations"
+                               for name, _ in settings.protocol):
         raise ValueError("curve settings with fixed hyperparameter or protocol overrides have no command line")
     args = ["--task", settings.task, "--methods", ",".join(settings.methods),
             "--targets", ",".join(f"{t:g}" for t in settings.targets), "--seeds", format_seeds(settings.seeds)]
@@ -264,7 +265,10 @@ def settings_args(settings: CurveSettings) -> list[str]:
         args += ["--max-probes", str(settings.max_probes)]
     args += ["--iterations", str(settings.iterations)] if settings.iterations is not None else []
     args += ["--eval-every", str(settings.eval_every)] if settings.eval_every is not None else []
-    return args + (["--budget", settings.budget] if settings.budget != "equal" else [])
+    args += ["--budget", settings.budget] if settings.budget != "equal" else []
+    for name, value in settings.protocol:
+        args += [CLI_PROTOCOL_FLAGS[name], str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
 
 
 def settings_record(settings: CurveSettings) -> dict[str, Any]:
