@@ -147,3 +147,22 @@ def test_protocol_overrides_reach_the_settings_and_come_back_as_flags(tmp_path):
     # The protocol is part of every run's identity: the same cell without it asks for other runs.
     plain = CurveSettings("lenet5", ("dynthresh",), (25.0,), (0, 1, 2))
     assert settings.request("dynthresh", 0, {}).run_id != plain.request("dynthresh", 0, {}).run_id
+
+
+def test_the_dt_paper_section_puts_dt_against_the_others_per_target(matched_db):
+    from prunebench.suites.reproduce import matched_section
+
+    lines = matched_section([(SETTINGS, matched_db)])
+    rows = [line for line in lines if line.startswith("| lenet300 |")]
+    assert len(rows) == 2
+    at10, at50 = ([cell.strip() for cell in row.strip("|").split("|")] for row in rows)
+    # 10x: DT 98.10 +- 0.25 (t-interval of 98.0/98.2/98.1), loss 98.3 - 98.1 = +0.20 pp; magnitude 0.1 pp lower
+    # is not significantly different (t = 1.22), dns 1.0 pp lower is significantly worse than DT.
+    assert at10[2].startswith("98.10 ± 0.25 %") and at10[2].endswith("+0.20 pp")
+    assert at10[4].startswith("Magnitude") or at10[4].lower().startswith("magnitude")
+    assert "98.00 %" in at10[4]
+    assert at10[5] == "1 / 1 / 0 of 2"
+    # 50x: magnitude cannot reach it; dns has one finished seed, so no test: counted as not different.
+    assert at50[5] == "0 / 1 / 0 of 1"
+    # Without DT in any curve the section says how to make one.
+    assert "prunebench curve" in "\n".join(matched_section([]))

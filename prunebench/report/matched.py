@@ -20,8 +20,8 @@ the chosen knob value, dense references included); the page heads with the `prun
 searches again and the `prunebench matched` command that writes the table. The settings are also written as
 `<task>-matched.json`, so the site can rebuild the table from the store (`read_settings`).
 
-Not here yet (no real matched runs exist): the README's headline comparison and the DT-paper report's
-section "DT against the others at matched compression" (suites/reproduce.py) would both call `build_matched`."""
+The site's first page (`report.site`) and the DT-paper report's section "DT against the others at matched
+compression" (`suites.reproduce`) rebuild the tables from the store recorded in the JSON (`read_matched`)."""
 
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ class MatchedTable:
         md, csv, settings = (out / f"{self.task}-matched.{ext}" for ext in ("md", "csv", "json"))
         md.write_text(self.to_markdown())
         self.frame().to_csv(csv, index=False, float_format="%.6g")
-        settings.write_text(json.dumps(settings_record(self.settings), indent=1) + "\n")
+        settings.write_text(json.dumps({**settings_record(self.settings), "db": self.db}, indent=1) + "\n")
         return [md, csv, settings]
 
 
@@ -278,6 +278,15 @@ def settings_record(settings: CurveSettings) -> dict[str, Any]:
             "iterations": settings.iterations, "eval_every": settings.eval_every, "budget": settings.budget,
             "protocol": [list(p) for p in settings.protocol],
             "hparams": {m: dict(h) for m, h in settings.hparams.items()}}
+
+
+def read_matched(path: Path | str, default_db: Path | str) -> tuple[CurveSettings, Path]:
+    """The settings written beside a matched table (`<task>-matched.json`) and the store to rebuild it from: the
+    one the table was written from (recorded as given, e.g. `leaderboards/foundation/matched.sqlite`) where that
+    file exists, else `default_db`."""
+    recorded = json.loads(Path(path).read_text()).get("db")
+    db = Path(recorded) if recorded and Path(recorded).is_file() else Path(default_db)
+    return read_settings(path), db
 
 
 def read_settings(path: Path | str) -> CurveSettings:

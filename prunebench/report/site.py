@@ -327,12 +327,13 @@ def site_command(out: Path | str, db_label: str, tasks: list[str] | None, max_lo
 def build_site(db: Path | str, out: Path | str, tasks: list[str] | None = None, max_loss: float = DEFAULT_MAX_LOSS,
                data_dir: Path | None = None, command: str | None = None,
                paper_report: Callable[[Path, Path, Path, str], Path] | None = None,
-               matched: Sequence[CurveSettings] = ()) -> Site:
+               matched: Sequence[CurveSettings | tuple[CurveSettings, Path]] = ()) -> Site:
     """Write the site for `tasks` (default: every task with runs in the store) into `out`. The store path is
     shown (and used in the rerun commands) as given. `paper_report(report_dir, db, data_dir, command)` writes
     the DT-paper report from the store and returns its markdown (the CLI passes the suite's; None: no report
     page). `matched`: the curves whose matched-compression tables open the first page (those of the chosen
-    tasks). ValueError for a task without runs; FileNotFoundError without a store; MissingExtraError without
+    tasks), each with the store of its runs (`(settings, store)`; bare settings: this site's store).
+    ValueError for a task without runs; FileNotFoundError without a store; MissingExtraError without
     python-markdown."""
     markdown_module = require_markdown()
     db_label = str(db)
@@ -382,7 +383,9 @@ def build_site(db: Path | str, out: Path | str, tasks: list[str] | None = None, 
         site.seconds["dt-paper report"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sections = [_matched(db, settings, out, db_label) for settings in matched if settings.task in chosen]
+    sources = [entry if isinstance(entry, tuple) else (entry, db) for entry in matched]
+    sections = [_matched(Path(store), settings, out, db_label if Path(store) == db else str(store))
+                for settings, store in sources if settings.task in chosen]
     site.seconds["matched"] = time.perf_counter() - t
     path = out / "index.html"
     path.write_text(index_page(boards, title, footer, [s for s in sections if s]))

@@ -34,7 +34,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -47,9 +47,11 @@ from prunebench.observers import Observer
 from prunebench.registry import task_names
 from prunebench.report import stats
 from prunebench.report.leaderboard import run_table, shown_name
+from prunebench.report.matched import ALPHA, MatchedCell, build_matched, cell_text
 from prunebench.report.published import DT_TABLE1_SCALES, published
 from prunebench.request import RunRequest, RunSpec
 from prunebench.results import load_trajectories
+from prunebench.running.curve import CurveSettings
 from prunebench.running.estimate import (
     METHOD_OVERHEAD,
     TASK_DATA,
@@ -487,9 +489,11 @@ def _finished_runs(db: Path, items: list[Item]) -> pd.DataFrame:
 
 def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, command: str,
                  wall_seconds: float | None = None, figures: bool = True,
-                 blocked: dict[str, Needs] | None = None, data_dir: Path | None = None) -> Path:
+                 blocked: dict[str, Needs] | None = None, data_dir: Path | None = None,
+                 matched: Sequence[tuple[CurveSettings, Path]] = ()) -> Path:
     """Write `out_dir/README.md` (and the figures) from the store. Returns the README's path. `blocked`:
-    what the large items that cannot run here need (default: `needs(items, data_dir)`)."""
+    what the large items that cannot run here need (default: `needs(items, data_dir)`). `matched`: the curves
+    (settings and the store of their runs) of the section "DT against the others at matched compression"."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = _measured_runs(db)
     finished = _finished_runs(db, items)
@@ -501,6 +505,8 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
     lines = _introduction(db, items, runs, finished, blocked, quick, command, wall_seconds)
     lines += _table1(items, runs) + _table2(items, runs) + _figures(db, out_dir, items, finished, figures)
     lines += _large_section(db, out_dir, items, runs, finished, blocked, quick, figures)
+    if not quick:
+        lines += matched_section(matched)
     path = out_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -760,9 +766,71 @@ def fig1_figure(db: Path, items: list[Item], markers: pd.DataFrame):
     return fig
 
 
+def standing(dt: MatchedCell, others: Sequence[MatchedCell], alpha: float = ALPHA) -> tuple[int, int, int]:
+    """DT's cell against each other method's at the same target (Welch's t-test on the seeds' accuracies,
+    two-sided): how many it is significantly better than, not significantly different from, and significantly
+    worse than. A comparison with fewer than 2 seeds on either side counts as not different."""
+    better = tied = worse = 0
+    for other in others:
+        _, _, p = stats.welch(dt.accuracy, other.accuracy)
+        if math.isnan(p) or p >= alpha:
+            tied += 1
+        elif dt.accuracy_mean > other.accuracy_mean:
+            better += 1
+        else:
+            worse += 1
+    return better, tied, worse
+
+
+def matched_section(curves: Sequence[tuple[CurveSettings, Path]]) -> list[str]:
+    """The section "DT against the others at matched compression": for each curve with DT in it, per target,
+    DT's cell, the most accurate of the other methods that reached the target, and DT's standing against the
+    others (`standing`); the full tables are `prunebench matched`'s."""
+    lines = ["", "## DT against the others at matched compression", ""]
+    curves = [(settings, store) for settings, store in curves if "dynthresh" in settings.methods]
+    if not curves:
+        return lines + ["No matched-compression curve with DT in it yet: `prunebench curve --task lenet300 --methods "
+                        "dynthresh,magnitude,... --targets 10,25,50,100 --seeds 0-2`, then `prunebench matched` with "
+                        "the same options.", ""]
+    lines += ["Each method's compression knob was searched on seed 0 for each target compression, from compression "
+              "alone (`prunebench curve`; within ±10%), and seeds 0-2 trained at the value found under the same "
+              "protocol and budget as DT (budget \"equal\"). Accuracy: test accuracy of the deployed network, mean ± "
+              "95% CI over seeds; loss against dense of the same seeds. *Standing*: against every other method that "
+              f"reached the target, Welch's t-test on the seeds' accuracies (two-sided, p = {ALPHA:g}): significantly "
+              "better / not significantly different / significantly worse. These are our runs on our protocol; "
+              "the paper compared each method at its own operating point (Table 2 above).", ""]
+    header = ("| task | target | DT | DT's knob (lam) | most accurate other method "
+              "| DT's standing (better / n.s. / worse) |")
+    for settings, store in curves:
+        table = build_matched(store, settings, db_label=str(store))
+        lines += [f"### {settings.task}", "",
+                  f"Full table: `leaderboards/{settings.task}-matched.md` (every method, rerun commands), plot "
+                  f"`leaderboards/figures/{settings.task}-matched.png`; store `{store}`.", "",
+                  header, "|---|---:|---|---:|---|---|"]
+        for target in settings.targets:
+            dt = table.cell("dynthresh", target)
+            others = [c for c in table.cells if c.target == target and c.method != "dynthresh" and c.has_accuracy]
+            best = max(others, key=lambda c: c.accuracy_mean) if others else None
+            best_text = (f"{shown_name(best.method)}: {best.accuracy_mean:.2f} % ({stats.mean(best.compression):.1f}x)"
+                         if best else "-")
+            if dt.has_accuracy:
+                ci = dt.accuracy_ci95
+                dt_text = (f"{dt.accuracy_mean:.2f}" + (f" ± {ci:.2f}" if math.isfinite(ci) else "")
+                           + f" %, {stats.mean(dt.compression):.1f}x, {_fmt(dt.loss_mean, 2, ' pp', sign=True)}")
+                better, tied, worse = standing(dt, others)
+                standing_text = f"{better} / {tied} / {worse} of {len(others)}"
+            else:
+                dt_text, standing_text = cell_text(dt), "-"
+            knob = f"{dt.knob_value:.3g}" if dt.knob_value is not None else "-"
+            lines.append(f"| {settings.task} | {target:g}x | {dt_text} | {knob} | {best_text} | {standing_text} |")
+        lines.append("")
+    return lines
+
+
 def reproduce(out_dir: Path, db: Path, data_dir: Path, quick: bool = False, command: str = "",
               on_start: Callable[[Item, bool], None] | None = None,
-              observer_for: Callable[[Item], Observer] | None = None, report_only: bool = False) -> Path:
+              observer_for: Callable[[Item], Observer] | None = None, report_only: bool = False,
+              matched: Sequence[tuple[CurveSettings, Path]] = ()) -> Path:
     """Plan, run what is missing, and write the report. Returns the report's path."""
     items = plan(quick)
     t0 = time.perf_counter()
@@ -775,4 +843,5 @@ def reproduce(out_dir: Path, db: Path, data_dir: Path, quick: bool = False, comm
             execute(items, store, data_dir, on_start, observer_for, blocked=blocked)
         finally:
             store.close()
-    return write_report(db, out_dir, items, quick, command, time.perf_counter() - t0, blocked=blocked)
+    return write_report(db, out_dir, items, quick, command, time.perf_counter() - t0, blocked=blocked,
+                        matched=matched)
