@@ -166,3 +166,22 @@ def test_the_dt_paper_section_puts_dt_against_the_others_per_target(matched_db):
     assert at50[5] == "0 / 1 / 0 of 1"
     # Without DT in any curve the section says how to make one.
     assert "prunebench curve" in "\n".join(matched_section([]))
+
+
+def test_a_cell_whose_seeds_land_off_target_is_in_no_comparison():
+    from prunebench.report.matched import MatchedCell, cell_text, mark_significance
+
+    def cell(method: str, accuracy: list[float], compression: list[float]) -> MatchedCell:
+        return MatchedCell(method, 100.0, "reached", "", "lam", 1.0, ["p"], seeds=[0, 1, 2], accuracy=accuracy,
+                           compression=compression, loss=[0.0] * 3, planned_seeds=3)
+
+    # "b" is the most accurate but its seeds average 1,434x (seed 0 found 213x at 200x, the others collapsed):
+    # off target, not the best; "a" (mean 104x, within +-10%) is.
+    a = cell("a", [97.0, 97.2, 97.1], [99.0, 104.0, 109.0])
+    b = cell("b", [98.0, 98.1, 98.2], [213.0, 2000.0, 2090.0])
+    c = cell("c", [96.0, 96.1, 96.2], [88.0, 92.0, 90.0])   # mean 90.0x: exactly at the -10% edge
+    mark_significance([a, b, c])
+    assert (a.versus_best, b.versus_best, c.versus_best) == ("best", "off target", "worse")
+    assert not b.on_target and c.on_target
+    assert "(off target)" in cell_text(b) and "1434.3x" in cell_text(b) and "**" not in cell_text(b)
+    assert b.record("t")["significant_vs_best"] == "off target" and b.record("t")["on_target"] is False

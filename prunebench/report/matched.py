@@ -40,7 +40,7 @@ from prunebench.registry import get_method, get_task
 from prunebench.report import stats
 from prunebench.report.leaderboard import run_table, shown_name
 from prunebench.request import CLI_PROTOCOL_FLAGS, format_seeds
-from prunebench.running.curve import CurveCell, CurveSettings, curve_cells
+from prunebench.running.curve import CurveCell, CurveSettings, curve_cells, within
 from prunebench.store import ResultStore
 
 #: The significance level of the comparison with the best of a column (Welch's t-test, two-sided).
@@ -49,10 +49,10 @@ ALPHA = 0.05
 TIED_MARK = "≈"
 CSV_COLUMNS = ("task", "method", "target", "status", "note", "seeds", "seed_list", "compression_mean",
                "accuracy_mean", "accuracy_ci95", "loss_mean", "loss_ci95", "train_seconds_mean",
-               "significant_vs_best", "p_vs_best", "knob", "knob_value", "probe_runs", "probe_run_ids", "run_ids",
-               "command")
+               "on_target", "significant_vs_best", "p_vs_best", "knob", "knob_value", "probe_runs", "probe_run_ids",
+               "run_ids", "command")
 #: `significant_vs_best` of each comparison outcome.
-SIGNIFICANT = {"best": "best", "tied": "no", "worse": "yes", "n/a": "n/a", "": ""}
+SIGNIFICANT = {"best": "best", "tied": "no", "worse": "yes", "n/a": "n/a", "off target": "off target", "": ""}
 
 
 @dataclass
@@ -75,8 +75,15 @@ class MatchedCell:
     train_seconds: list[float] = field(default_factory=list)
     planned_seeds: int = 0
     command: str = ""
-    versus_best: str = ""        # "best", "tied", "worse", "n/a"; "" without accuracy
+    versus_best: str = ""        # "best", "tied", "worse", "n/a", "off target"; "" without accuracy
     p_vs_best: float = math.nan
+    tolerance: float = 0.10
+
+    @property
+    def on_target(self) -> bool:
+        """The seeds' mean compression is within the search's tolerance of the target: only such cells are
+        compared (a knob value found on seed 0 may land elsewhere on other seeds)."""
+        return self.has_accuracy and within(stats.mean(self.compression), self.target, self.tolerance)
 
     @property
     def has_accuracy(self) -> bool:
@@ -104,7 +111,7 @@ class MatchedCell:
                 "accuracy_ci95": self.accuracy_ci95 if self.has_accuracy else nan,
                 "loss_mean": self.loss_mean if self.has_accuracy else nan,
                 "loss_ci95": stats.ci95_halfwidth(self.loss) if self.has_accuracy else nan,
-                "train_seconds_mean": stats.mean(self.train_seconds),
+                "train_seconds_mean": stats.mean(self.train_seconds), "on_target": self.on_target,
                 "significant_vs_best": SIGNIFICANT[self.versus_best], "p_vs_best": self.p_vs_best,
                 "knob": self.knob, "knob_value": self.knob_value if self.knob_value is not None else nan,
                 "probe_runs": len(self.probe_run_ids), "probe_run_ids": " ".join(self.probe_run_ids),
@@ -113,11 +120,13 @@ class MatchedCell:
 
 def mark_significance(cells: Sequence[MatchedCell], alpha: float = ALPHA) -> None:
     """Per target: the reached cell of highest mean accuracy is "best"; each other reached cell is "tied" (Welch's
-    two-sided p >= alpha against the best), "worse" (p < alpha), or "n/a" (fewer than 2 seeds on either side)."""
+    two-sided p >= alpha against the best), "worse" (p < alpha), or "n/a" (fewer than 2 seeds on either side). A
+    cell whose seeds' mean compression is off target (`MatchedCell.on_target`) is "off target", in no comparison."""
     for target in dict.fromkeys(c.target for c in cells):
-        column = [c for c in cells if c.target == target and c.has_accuracy]
-        for c in column:
-            c.versus_best, c.p_vs_best = "", math.nan
+        for c in cells:
+            if c.target == target and c.has_accuracy:
+                c.versus_best, c.p_vs_best = ("" if c.on_target else "off target"), math.nan
+        column = [c for c in cells if c.target == target and c.on_target]
         if not column:
             continue
         best = max(column, key=lambda c: c.accuracy_mean)
@@ -135,7 +144,7 @@ def _cell(curve: CurveCell, settings: CurveSettings, runs: pd.DataFrame, db_labe
     chosen = curve.chosen
     cell = MatchedCell(curve.method, curve.target, curve.status, curve.note, curve.knob.label,
                        chosen.value if chosen else None, [p.run_id for p in curve.probes],
-                       planned_seeds=len(settings.seeds))
+                       planned_seeds=len(settings.seeds), tolerance=settings.tolerance)
     if curve.status != "reached" or chosen is None:
         return cell
     base = make_hparams(get_method(curve.method), get_task(settings.task),
@@ -213,7 +222,10 @@ class MatchedTable:
         lines += ["| " + " | ".join(d[h].replace("|", "\\|") for h in headers) + " |" for d in rows]
         lines += ["", f"**Bold**: the highest mean accuracy of the column. {TIED_MARK}: not significantly worse than "
                   f"it (Welch's t-test on the seeds' accuracies, two-sided, p = {ALPHA:g}); no mark: significantly "
-                  "worse; n/a: fewer than 2 seeds on either side, no test. Unreached: the knob's limit falls short "
+                  "worse; n/a: fewer than 2 seeds on either side, no test; *off target*: the seeds' mean compression "
+                  f"is outside ±{self.settings.tolerance:.0%} of the target (the value found on seed "
+                  f"{self.settings.seeds[0]} landed elsewhere on other seeds), so the cell is in no comparison. "
+                  "Unreached: the knob's limit falls short "
                   "of the target; exhausted: no probe landed within the tolerance in the probes allowed.", "",
                   "## Rerun a cell", "", "Each command reruns the cell's seeds at its knob value (and their `dense` "
                   "references); finished runs are skipped.", ""]
@@ -245,7 +257,7 @@ def cell_text(c: MatchedCell) -> str:
     ci = c.accuracy_ci95
     accuracy = f"{c.accuracy_mean:.2f}" + (f" ± {ci:.2f}" if math.isfinite(ci) else "")
     accuracy = f"**{accuracy}**" if c.versus_best == "best" else accuracy
-    mark = {"tied": f" {TIED_MARK}", "n/a": " (n/a)"}.get(c.versus_best, "")
+    mark = {"tied": f" {TIED_MARK}", "n/a": " (n/a)", "off target": " (off target)"}.get(c.versus_best, "")
     loss = f"{c.loss_mean:+.2f} pp" if math.isfinite(c.loss_mean) else "no dense run"
     seeds = f"{len(c.seeds)}/{c.planned_seeds}" if len(c.seeds) < c.planned_seeds else str(len(c.seeds))
     return f"{accuracy} %{mark}, {stats.mean(c.compression):.1f}x, {loss} ({seeds} seeds)"

@@ -261,7 +261,9 @@ def matched_section(table: MatchedTable, figure: str | None) -> str:
              f"</tr></thead><tbody>\n{body}</tbody></table></div>",
              "<p class=\"note\">Each cell: test accuracy (%, mean ± 95% CI over seeds), compression reached, loss "
              f"against dense of the same seeds (pp), seeds. <strong>Bold</strong>: best of the column; {TIED_MARK}: "
-             f"not significantly worse than it (Welch's t-test, two-sided, p = {ALPHA:g}); n/a: fewer than 2 seeds. "
+             f"not significantly worse than it (Welch's t-test, two-sided, p = {ALPHA:g}); n/a: fewer than 2 seeds; "
+             "off target: the seeds' mean compression misses the target by more than the search's tolerance (in no "
+             "comparison). "
              "The knob values were searched on compression alone. Table: <code>"
              f"{html.escape(table.command)}</code>; every cell's rerun command: <a href=\"{task}-matched.csv\">"
              f"{task}-matched.csv</a>.</p>"]

@@ -796,7 +796,8 @@ def matched_section(curves: Sequence[tuple[CurveSettings, Path]]) -> list[str]:
               "alone (`prunebench curve`; within ±10%), and seeds 0-2 trained at the value found under the same "
               "protocol and budget as DT (budget \"equal\"). Accuracy: test accuracy of the deployed network, mean ± "
               "95% CI over seeds; loss against dense of the same seeds. *Standing*: against every other method that "
-              f"reached the target, Welch's t-test on the seeds' accuracies (two-sided, p = {ALPHA:g}): significantly "
+              "reached the target (seeds' mean compression within ±10%), "
+              f"Welch's t-test on the seeds' accuracies (two-sided, p = {ALPHA:g}): significantly "
               "better / not significantly different / significantly worse. These are our runs on our protocol; "
               "the paper compared each method at its own operating point (Table 2 above).", ""]
     header = ("| task | target | DT | DT's knob (lam) | most accurate other method "
@@ -809,11 +810,11 @@ def matched_section(curves: Sequence[tuple[CurveSettings, Path]]) -> list[str]:
                   header, "|---|---:|---|---:|---|---|"]
         for target in settings.targets:
             dt = table.cell("dynthresh", target)
-            others = [c for c in table.cells if c.target == target and c.method != "dynthresh" and c.has_accuracy]
+            others = [c for c in table.cells if c.target == target and c.method != "dynthresh" and c.on_target]
             best = max(others, key=lambda c: c.accuracy_mean) if others else None
             best_text = (f"{shown_name(best.method)}: {best.accuracy_mean:.2f} % ({stats.mean(best.compression):.1f}x)"
                          if best else "-")
-            if dt.has_accuracy:
+            if dt.on_target:
                 ci = dt.accuracy_ci95
                 dt_text = (f"{dt.accuracy_mean:.2f}" + (f" ± {ci:.2f}" if math.isfinite(ci) else "")
                            + f" %, {stats.mean(dt.compression):.1f}x, {_fmt(dt.loss_mean, 2, ' pp', sign=True)}")
