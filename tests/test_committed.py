@@ -15,11 +15,14 @@ import pytest
 from prunebench.protocol import Protocol
 from prunebench.registry import get_method
 from prunebench.report.leaderboard import build_leaderboard
+from prunebench.report.matched import build_matched, read_matched
 from prunebench.store import _canonical, run_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 STORES = ("leaderboards/foundation/runs.sqlite", "leaderboards/foundation/calibration.sqlite")
-LEADERBOARDS = sorted(p.name for p in (ROOT / "leaderboards").glob("*.csv"))
+LEADERBOARDS = sorted(p.name for p in (ROOT / "leaderboards").glob("*.csv") if not p.stem.endswith("-matched"))
+#: The committed matched-compression tables (`prunebench matched`): each JSON names its settings and store.
+MATCHED = sorted(p.name for p in (ROOT / "leaderboards").glob("*-matched.json"))
 
 
 def _tuples(values: dict[str, Any]) -> dict[str, Any]:
@@ -94,3 +97,25 @@ def test_committed_leaderboard_rows_are_the_stores(name, tmp_path):
 
 def test_the_committed_leaderboards_are_found():
     assert LEADERBOARDS == ["lenet300.csv", "lenet5.csv"]
+
+
+def test_every_run_of_the_matched_store_hashes_to_its_identity_from_its_row():
+    path = "leaderboards/foundation/matched.sqlite"
+    if not (ROOT / path).is_file():
+        pytest.skip("no matched store committed")
+    wrong = _mismatches(_rows(path))
+    assert not wrong, "stored runs whose row no longer hashes to their identity:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("name", MATCHED)
+def test_committed_matched_tables_are_the_stores(name, tmp_path):
+    """The search replayed on the committed store gives the committed cells: the same knob values, probes,
+    seed runs, numbers and marks (a change of a default, of the search or of identities would move them)."""
+    settings, db = read_matched(ROOT / "leaderboards" / name, ROOT / "leaderboards/foundation/matched.sqlite")
+    db = db.resolve()
+    assert db.is_file() and db.is_relative_to(ROOT / "leaderboards")
+    table = build_matched(db, settings, db_label=str(db.relative_to(ROOT)))
+    made = table.write(tmp_path)[1].read_text().splitlines()
+    committed = (ROOT / "leaderboards" / name.replace(".json", ".csv")).read_text().splitlines()
+    assert made[0] == committed[0]
+    assert made[1:] == committed[1:]

@@ -185,3 +185,16 @@ def test_a_cell_whose_seeds_land_off_target_is_in_no_comparison():
     assert not b.on_target and c.on_target
     assert "(off target)" in cell_text(b) and "1434.3x" in cell_text(b) and "**" not in cell_text(b)
     assert b.record("t")["significant_vs_best"] == "off target" and b.record("t")["on_target"] is False
+
+
+def test_the_search_cost_counts_probes_per_cell_distinct_runs_and_their_hours(matched_db):
+    cost = build_matched(matched_db, SETTINGS).cost
+    # Probes: dynthresh 2 + 2, magnitude 2 (1, 0.833) + 3 (1, 4.17, 5: unreached), dns 2 + 1 = 12 over 6 cells;
+    # the start value is shared by both targets of each method: 12 - 3 = 9 distinct runs.
+    assert (cost.cells, cost.probes_per_cell, cost.distinct_probes) == (6, 2.0, 9)
+    # Seeds 1-2 of the 5 reached cells, but dns at 50x has none finished: 8; dense seeds 0-2.
+    assert (cost.seed_runs, cost.dense_runs) == (8, 3)
+    # Seconds (tests/conftest.py SECONDS, + seed for seeds): probes 3*20 + 4*30 + 2*40, seeds 2*(21+22) + (31+32)
+    # + (41+42), dense 3*10: 522 s.
+    assert cost.train_hours == pytest.approx(522 / 3600)
+    assert "6 cells took 2.00 probe runs each on average (9 distinct" in cost.describe()

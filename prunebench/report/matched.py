@@ -164,6 +164,37 @@ def _cell(curve: CurveCell, settings: CurveSettings, runs: pd.DataFrame, db_labe
     return cell
 
 
+@dataclass(frozen=True)
+class SearchCost:
+    """What the curve took, from the store: probe runs counted per cell (a probe shared by cells, such as the
+    common start value, counts in each) and as distinct runs; the seed runs beyond the probes; the dense
+    references; the training wall-clock of all these distinct finished runs (each run one thread here)."""
+
+    cells: int
+    probes_per_cell: float
+    distinct_probes: int
+    seed_runs: int
+    dense_runs: int
+    train_hours: float
+
+    def describe(self) -> str:
+        return (f"{self.cells} cells took {self.probes_per_cell:.2f} probe runs each on average "
+                f"({self.distinct_probes} distinct probe runs: cells share probes such as the common start value), "
+                f"{self.seed_runs} further seed runs and {self.dense_runs} dense references; the training "
+                f"wall-clock of these runs adds up to {self.train_hours:.1f} h.")
+
+
+def search_cost(curve: Sequence[CurveCell], settings: CurveSettings, runs: pd.DataFrame) -> SearchCost:
+    """`SearchCost` of a curve's cells over the finished runs (`run_table` rows indexed by run id)."""
+    probes = {p.run_id for c in curve for p in c.probes}
+    seeds = {rid for c in curve for rid in c.seed_runs.values()} - probes
+    dense = {settings.request("dense", seed, {}).run_id for seed in settings.seeds}
+    finished = [rid for rid in probes | seeds | dense if rid in runs.index]
+    return SearchCost(len(curve), stats.mean([len(c.probes) for c in curve]) if curve else math.nan, len(probes),
+                      len(seeds & set(runs.index)), len(dense & set(runs.index)),
+                      float(runs.loc[finished, "train_seconds"].sum()) / 3600 if finished else 0.0)
+
+
 @dataclass
 class MatchedTable:
     """The matched-compression table of one curve's settings, as the store stands."""
@@ -172,6 +203,7 @@ class MatchedTable:
     cells: list[MatchedCell]
     db: str
     command: str = ""
+    cost: SearchCost | None = None
 
     @property
     def task(self) -> str:
@@ -227,6 +259,7 @@ class MatchedTable:
                   f"{self.settings.seeds[0]} landed elsewhere on other seeds), so the cell is in no comparison. "
                   "Unreached: the knob's limit falls short "
                   "of the target; exhausted: no probe landed within the tolerance in the probes allowed.", "",
+                  *([f"Search cost: {self.cost.describe()}", ""] if self.cost else []),
                   "## Rerun a cell", "", "Each command reruns the cell's seeds at its knob value (and their `dense` "
                   "references); finished runs are skipped.", ""]
         for c in self.cells:
@@ -336,4 +369,4 @@ def build_matched(db: Path | str, settings: CurveSettings, db_label: str | None 
         command = command or matched_command(settings, label, "leaderboards")
     except ValueError:
         command = "(settings with fixed overrides: build_matched from Python)"
-    return MatchedTable(settings, cells, label, command)
+    return MatchedTable(settings, cells, label, command, search_cost(curve, settings, runs))
