@@ -563,8 +563,8 @@ def parse_targets(text: str) -> tuple[float, ...]:
 
 def curve_options(command: Any) -> Any:
     """The options that make a curve's `CurveSettings` (task, methods, targets, seeds, tolerance, probes,
-    iterations, eval_every, budget), shared by `curve` and `matched` so that a table replays the cells its
-    curve searched."""
+    iterations, eval_every, budget, the protocol overrides), shared by `curve` and `matched` so that a table
+    replays the cells its curve searched."""
     options = [
         click.option("--task", "-t", required=True, type=click.Choice(task_names()),
                      help="Task (data + model + protocol)."),
@@ -586,17 +586,20 @@ def curve_options(command: Any) -> Any:
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return protocol_options(command)
 
 
 def curve_settings(task: str, methods: str, targets: tuple[float, ...], seeds: str, tolerance: float,
-                   max_probes: int, iterations: int | None, eval_every: int | None, budget: str) -> CurveSettings:
+                   max_probes: int, iterations: int | None, eval_every: int | None, budget: str,
+                   protocol_values: dict[str, Any]) -> CurveSettings:
     """The `CurveSettings` of `curve_options`' values (a usage error for an unknown method, or one without a
-    compression knob): `curve` and `matched` build theirs here, so both replay the same cells."""
+    compression knob): `curve` and `matched` build theirs here, so both replay the same cells. The protocol
+    options given (--channels-last, --validation, ...) are popped from `protocol_values` into the settings."""
     method_list = _names(methods, method_names(), "method(s)")
+    protocol = tuple(sorted(_protocol_overrides(protocol_values).items()))
     try:
         return CurveSettings(task, tuple(method_list), targets, tuple(parse_seeds(seeds)), tolerance, max_probes,
-                             iterations, eval_every, budget)
+                             iterations, eval_every, budget, protocol)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(str(exc.args[0] if exc.args else exc)) from None
 
@@ -622,7 +625,8 @@ def curve(task: str, methods: str, targets: tuple[float, ...], seeds: str, toler
     the store stands. A target beyond the knob's limit is reported as unreached.
       prunebench curve --task lenet300 --methods dynthresh,magnitude --targets 10,25,50,100 --seeds 0-2"""
     console = Console(stderr=as_json)
-    settings = curve_settings(task, methods, targets, seeds, tolerance, max_probes, iterations, eval_every, budget)
+    settings = curve_settings(task, methods, targets, seeds, tolerance, max_probes, iterations, eval_every, budget,
+                              options)
     runner = sweep_executor(options.pop("executor"), options["jobs"], db, options)
     try:
         store = ResultStore(db)
@@ -656,7 +660,8 @@ curve.params[-3:-3] = [p for p in sweep.params if p.name in EXECUTOR_PARAMS]
               help="Folder for <task>-matched.md / .csv / .json; the plot goes to <out>/figures/<task>-matched.png.")
 @db_option
 def matched(task: str, methods: str, targets: tuple[float, ...], seeds: str, tolerance: float, max_probes: int,
-            iterations: int | None, eval_every: int | None, budget: str, out: Path, db: Path) -> None:
+            iterations: int | None, eval_every: int | None, budget: str, out: Path, db: Path,
+            **protocol_values: Any) -> None:
     """The matched-compression table and curve plot of a `prunebench curve` (give it the curve's options), from
     the store, training nothing: per method and target, test accuracy (mean +- 95% CI), compression reached,
     loss against dense of the same seeds, the best of each target in bold and Welch's t-test against it.
@@ -666,7 +671,8 @@ def matched(task: str, methods: str, targets: tuple[float, ...], seeds: str, tol
     from prunebench.report.matched import build_matched, matched_command
     from prunebench.report.plots import matched_plot, save
 
-    settings = curve_settings(task, methods, targets, seeds, tolerance, max_probes, iterations, eval_every, budget)
+    settings = curve_settings(task, methods, targets, seeds, tolerance, max_probes, iterations, eval_every, budget,
+                              protocol_values)
     try:
         table = build_matched(db, settings, command=matched_command(settings, str(db), out))
     except FileNotFoundError as exc:
@@ -787,9 +793,12 @@ def check(methods: str | None, update: bool, speed: bool | None, baseline_path: 
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Report folder (default: leaderboards/dt-paper, or leaderboards/dt-paper-quick with --quick).")
 @click.option("--report-only", is_flag=True, help="Write the report from the store without running anything.")
+@click.option("--matched-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("leaderboards"),
+              show_default=True, help="Where `prunebench matched` wrote <task>-matched.json: the curves of the section "
+              "'DT against the others at matched compression' (each rebuilt from the store its JSON names).")
 @data_dir_option
 @db_option
-def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data_dir: Path,
+def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, matched_dir: Path, data_dir: Path,
               db: Path) -> None:
     """Reproduce a paper's results with every method on this harness (dt-paper: the dynamic thresholding
     paper's Tables 1-2, Figs. 1 and 4 on MNIST and XOR; the CIFAR-10 and ImageNet columns and Figs. 5-7
@@ -797,6 +806,7 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
     data" / "needs a GPU (about N h estimated)") and write a report comparing each published figure with
     the measured one. Runs already in the store are reused; an interrupted reproduction continues where
     it stopped."""
+    from prunebench.report.matched import read_matched
     from prunebench.running.sweep import _progress, _SweepObserver
     from prunebench.suites.reproduce import plan
     from prunebench.suites.reproduce import reproduce as run_reproduction
@@ -822,8 +832,10 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
     try:
         if not report_only:
             progress.start()
+        matched = [read_matched(p, db) for p in sorted(matched_dir.glob("*-matched.json"))]
         path = run_reproduction(out, db, data_dir, quick=quick, command=" ".join(args),
-                                on_start=on_start, observer_for=observer_for, report_only=report_only)
+                                on_start=on_start, observer_for=observer_for, report_only=report_only,
+                                matched=matched)
         progress.update(overall, completed=total, current="report written")
     except FileNotFoundError as exc:
         raise click.UsageError(str(exc)) from None
@@ -843,21 +855,23 @@ def reproduce(paper: str, quick: bool, out: Path | None, report_only: bool, data
               help="Accuracy-loss limit in pp for the ranking, as `prunebench leaderboard --max-loss`.")
 @click.option("--matched-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("leaderboards"),
               show_default=True, help="Where `prunebench matched` wrote <task>-matched.json: the curves whose "
-              "matched-compression tables open the first page (rebuilt from this store).")
+              "matched-compression tables open the first page (rebuilt from the store each JSON names where it "
+              "exists, else from --db).")
 @data_dir_option
 @db_option
 def site(out: Path, tasks: str | None, max_loss: float, matched_dir: Path, data_dir: Path, db: Path) -> None:
     """A static HTML site from the store: the comparison at matched compression first, sortable leaderboards with
     rerun commands, figures, the DT-paper report."""
-    from prunebench.report.matched import read_settings
+    from prunebench.report.matched import read_matched
     from prunebench.report.site import build_site
     from prunebench.suites.reproduce import reproduce as paper_report
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     try:
-        matched = [read_settings(path) for path in sorted(matched_dir.glob("*-matched.json"))]
+        matched = [read_matched(path, db) for path in sorted(matched_dir.glob("*-matched.json"))]
         result = build_site(db, out, task_list, max_loss, data_dir, paper_report=lambda folder, store, data, command:
-                            paper_report(folder, store, data, command=command, report_only=True), matched=matched)
+                            paper_report(folder, store, data, command=command, report_only=True, matched=matched),
+                            matched=matched)
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for path in result.pages:
