@@ -173,12 +173,14 @@ DT_MNIST = {"lam": 5e-4, "tau": 0.03}
 DT_LENET5 = {"lam": 2e-4, "tau": 0.03}
 MAGNITUDE_LENET300 = {"rounds": 5, "quality": (1.95, 1.9, 1.3)}
 MAGNITUDE_LENET5 = {"rounds": 5, "quality": (0.44, 1.76, 2.07, 1.55)}
-DNS_LENET300 = {"gamma": 1e-4, "power": 1.0, "c_rate": (5.0, 5.0, 4.0), "iter_stop": (10_000, 10_000, 10_000)}
+DNS_LENET300 = {"gamma": 1e-4, "power": 1.0, "c_rate": (5.0, 5.0, 5.5), "iter_stop": (10_000, 10_000, 10_000)}
 DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (2.3, 3.7, 5.5, 4.3),
               "iter_stop": (14_000, 14_000, 10_000, 10_000)}
 SPARSE_VD_LENET300 = {"lr_decay_start": 100}
-DST_MNIST = {"alpha": 1e-3}
-LTP_MNIST = {"lam": 10.0}
+DST_LENET300 = {"alpha": 2e-3}
+DST_LENET5 = {"alpha": 1e-3}
+LTP_LENET300 = {"lam": 100.0}
+LTP_LENET5 = {"lam": 10.0}
 SENSITIVITY_IMAGENET = {"sensitivity": "loss"}
 SENSITIVITY_LENET300 = {"lam": 0.3, "threshold": 1.5}
 SRINIVAS_LENET300 = {"lambda2": 5.0}
@@ -200,8 +202,8 @@ TASKS: dict[str, Task] = {
             "saddle); the paper gives neither",
             "loss": "binary cross-entropy on the sigmoid output",
         },
-        # chosen so that part of the 15 weights is pruned at 100% accuracy: docs/calibration.md
-        method_defaults={"dynthresh": {"lam": 1e-2, "tau": 0.5, "t_max": 20.0}, "dst": {"alpha": 1e-2},
+        # chosen so that part of the 15 weights is pruned at 100% validation accuracy: docs/calibration.md
+        method_defaults={"dynthresh": {"lam": 3e-3, "tau": 0.5, "t_max": 20.0}, "dst": {"alpha": 3e-3},
                          "l0": {"lam": (1.0, 30.0)}, "sensitivity": {"lam": 0.5}},
         train_size=10_000,
     ),
@@ -215,7 +217,7 @@ TASKS: dict[str, Task] = {
         open_choices=MNIST_CHOICES,
         method_defaults={"dynthresh": dict(DT_MNIST), "magnitude": dict(MAGNITUDE_LENET300),
                          "dns": dict(DNS_LENET300), "sparse-vd": dict(SPARSE_VD_LENET300),
-                         "dst": dict(DST_MNIST), "ltp": dict(LTP_MNIST),
+                         "dst": dict(DST_LENET300), "ltp": dict(LTP_LENET300),
                          "sensitivity": dict(SENSITIVITY_LENET300), "srinivas": dict(SRINIVAS_LENET300)},
         train_size=60_000,
     ),
@@ -229,7 +231,7 @@ TASKS: dict[str, Task] = {
         open_choices={**MNIST_CHOICES, "conv activation": "ReLU after each conv (as sparse VD, DST and L0 "
                       "code; the Caffe prototxt of Han and DNS has none)"},
         method_defaults={"dynthresh": dict(DT_LENET5), "magnitude": dict(MAGNITUDE_LENET5),
-                         "dns": dict(DNS_LENET5), "dst": dict(DST_MNIST), "ltp": dict(LTP_MNIST),
+                         "dns": dict(DNS_LENET5), "dst": dict(DST_LENET5), "ltp": dict(LTP_LENET5),
                          "sensitivity": dict(SENSITIVITY_LENET5), "srinivas": dict(SRINIVAS_LENET5)},
         train_size=60_000,
     ),

@@ -129,7 +129,7 @@ def test_the_curve_plot_draws_one_line_per_method_with_bands_published_points_an
     assert sorted(bands) == ["band:dns", "band:dynthresh", "band:magnitude"]
     published = {c.get_gid() for c in accuracy.collections if (c.get_gid() or "").startswith("published:")}
     assert published == {"published:dynthresh", "published:magnitude", "published:dns"}
-    assert accuracy.get_xscale() == "log"
+    assert accuracy.get_xscale() == "log" and accuracy.get_yscale() == "symlog"
     times = {line.get_gid(): line for line in seconds.get_lines() if line.get_gid()}
     assert list(times["time:dynthresh"].get_ydata()) == pytest.approx([21.0, 21.0])  # mean of 20, 21, 22
 

@@ -89,7 +89,9 @@ def method_colours(methods: list[str]) -> dict[str, tuple]:
     """One fixed colour per method (PALETTE_INDEX; other methods take the palette's remaining colours)."""
     palette = sns.color_palette("colorblind", 10)
     colours = {m: palette[i] for m, i in PALETTE_INDEX.items()}
-    spare = [c for i, c in enumerate(palette) if i not in PALETTE_INDEX.values()] or palette
+    # The palette's unused colour, then the "dark" palette's (distinct from the colourblind hues in use).
+    dark = sns.color_palette("dark", 10)
+    spare = [c for i, c in enumerate(palette) if i not in PALETTE_INDEX.values()] + [dark[i] for i in (3, 6, 8, 0)]
     for k, m in enumerate(sorted(set(methods) - set(colours))):
         colours[m] = spare[k % len(spare)]
     return colours
@@ -332,7 +334,10 @@ def matched_plot(table: MatchedTable) -> Figure:
     same seeds (pp) against the compression reached (log x), one line per method through its reached targets
     with the 95% CI of the mean as a band, the published figures overlaid as hollow stars labelled
     "published"; and the mean training seconds of each target's runs, per method. The loss, not the accuracy,
-    is drawn so that the published points (a loss against each paper's own dense network) sit on the same axis."""
+    is drawn so that the published points (a loss against each paper's own dense network) sit on the same axis.
+    The loss axis is symmetric-log (linear within ±1 pp, logarithmic beyond) so that a method tens of points off
+    does not flatten the differences of tenths near dense. A cell whose seeds landed off target (`on_target`) is
+    no point of its method's line: it is drawn alone as a cross at the compression its seeds reached."""
     colours = method_colours(list(table.settings.methods))
     drawn = [m for m in table.settings.methods if any(c.has_accuracy for c in table.cells if c.method == m)]
     if not drawn:
@@ -343,8 +348,9 @@ def matched_plot(table: MatchedTable) -> Figure:
         loss_ax, time_ax = fig.subplots(1, 2, width_ratios=(3, 2))
         loss_ax.axhline(0.0, color="0.4", linestyle="--", linewidth=1.0, gid="dense", label="dense (same seeds)")
         for method in drawn:
-            cells = sorted((c for c in table.cells if c.method == method and c.has_accuracy),
+            cells = sorted((c for c in table.cells if c.method == method and c.on_target),
                            key=lambda c: stats.mean(c.compression))
+            off = [c for c in table.cells if c.method == method and c.has_accuracy and not c.on_target]
             x = np.array([stats.mean(c.compression) for c in cells])
             loss = np.array([c.loss_mean for c in cells])
             ci = np.array([stats.ci95_halfwidth(c.loss) for c in cells])
@@ -355,6 +361,11 @@ def matched_plot(table: MatchedTable) -> Figure:
             loss_ax.fill_between(x, loss - ci, loss + ci, color=colour, alpha=0.2, linewidth=0, gid=f"band:{method}")
             loss_ax.errorbar(x, loss, yerr=np.nan_to_num(ci), fmt="none", ecolor=colour, capsize=4, linewidth=1.0,
                              label="_nolegend_")
+            if off:
+                loss_ax.scatter([stats.mean(c.compression) for c in off], [c.loss_mean for c in off], marker="x",
+                                s=60, color=colour, zorder=5, gid=f"off-target:{method}",
+                                label=f"{shown_name(method)} off target ("
+                                + ", ".join(f"{c.target:g}x" for c in off) + ")")
             time_ax.plot(x, [stats.mean(c.train_seconds) for c in cells], color=colour, marker="o",
                          markeredgecolor="black", linewidth=2.0, gid=f"time:{method}", label=shown_name(method))
             pub = published(method, table.task)
@@ -371,7 +382,9 @@ def matched_plot(table: MatchedTable) -> Figure:
             for target in table.settings.targets:
                 ax.axvline(target, color="0.6", linestyle=":", linewidth=1, zorder=1)
             ax.set_xlabel("compression reached (mean over seeds, log scale; dotted: the targets)")
-        loss_ax.set_ylabel("accuracy loss against dense of the same seeds (pp; lower is better)")
+        loss_ax.set_yscale("symlog", linthresh=1.0)
+        loss_ax.set_ylabel("accuracy loss against dense of the same seeds\n"
+                           "(pp, symlog: linear within ±1; lower is better)")
         loss_ax.set_title(f"{table.task}: accuracy at matched compression (band: 95% CI of the mean)",
                           fontsize="medium")
         time_ax.set_ylim(bottom=0)
