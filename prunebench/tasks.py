@@ -177,10 +177,8 @@ DNS_LENET300 = {"gamma": 1e-4, "power": 1.0, "c_rate": (5.0, 5.0, 5.5), "iter_st
 DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (2.3, 3.7, 5.5, 4.3),
               "iter_stop": (14_000, 14_000, 10_000, 10_000)}
 SPARSE_VD_LENET300 = {"lr_decay_start": 100}
-DST_LENET300 = {"alpha": 2e-3}
-DST_LENET5 = {"alpha": 1e-3}
-LTP_LENET300 = {"lam": 100.0}
-LTP_LENET5 = {"lam": 10.0}
+DST_MNIST = {"alpha": 2e-3}   # LeNet-300-100's, carried to LeNet-5 (the authors use one alpha for both)
+LTP_MNIST = {"lam": 100.0}    # LeNet-300-100's, carried to LeNet-5
 SENSITIVITY_IMAGENET = {"sensitivity": "loss"}
 SENSITIVITY_LENET300 = {"lam": 0.3, "threshold": 1.5}
 SRINIVAS_LENET300 = {"lambda2": 5.0}
@@ -217,7 +215,7 @@ TASKS: dict[str, Task] = {
         open_choices=MNIST_CHOICES,
         method_defaults={"dynthresh": dict(DT_MNIST), "magnitude": dict(MAGNITUDE_LENET300),
                          "dns": dict(DNS_LENET300), "sparse-vd": dict(SPARSE_VD_LENET300),
-                         "dst": dict(DST_LENET300), "ltp": dict(LTP_LENET300),
+                         "dst": dict(DST_MNIST), "ltp": dict(LTP_MNIST),
                          "sensitivity": dict(SENSITIVITY_LENET300), "srinivas": dict(SRINIVAS_LENET300)},
         train_size=60_000,
     ),
@@ -231,7 +229,7 @@ TASKS: dict[str, Task] = {
         open_choices={**MNIST_CHOICES, "conv activation": "ReLU after each conv (as sparse VD, DST and L0 "
                       "code; the Caffe prototxt of Han and DNS has none)"},
         method_defaults={"dynthresh": dict(DT_LENET5), "magnitude": dict(MAGNITUDE_LENET5),
-                         "dns": dict(DNS_LENET5), "dst": dict(DST_LENET5), "ltp": dict(LTP_LENET5),
+                         "dns": dict(DNS_LENET5), "dst": dict(DST_MNIST), "ltp": dict(LTP_MNIST),
                          "sensitivity": dict(SENSITIVITY_LENET5), "srinivas": dict(SRINIVAS_LENET5)},
         train_size=60_000,
     ),

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from prunebench.cli import main
 from prunebench.pruner import prunable_layers
-from prunebench.registry import get_method
+from prunebench.registry import get_method, get_task
 from prunebench.suites import check as check_module
 from prunebench.suites.check import (
     Baseline,
@@ -111,6 +111,9 @@ def _no_dynthresh_pruning(monkeypatch):
 @pytest.mark.parametrize("method,breaker", [("magnitude", _no_magnitude_pruning),
                                             ("dynthresh", _no_dynthresh_pruning)])
 def test_a_method_with_its_pruning_disabled_is_caught(short_suite, tmp_path, monkeypatch, method, breaker):
+    # XOR's dynthresh default (lam 3e-3, chosen on validation) prunes nothing within the short suite's 600
+    # steps; lam 1e-2 does: the check has to see pruning to see it disabled.
+    monkeypatch.setitem(get_task("xor").method_defaults, "dynthresh", {"lam": 1e-2, "tau": 0.5, "t_max": 20.0})
     path = tmp_path / "regression.toml"
     assert invoke("--methods", method, "--update", "--baseline", str(path)).exit_code == 0
     assert load_baseline(path).configs[f"xor/{method}"]["compression"] > 1.0
