@@ -43,9 +43,9 @@ def test_every_method_but_dense_declares_a_knob_on_a_real_hyperparameter_with_sa
 def test_a_scale_knob_multiplies_the_calibrated_per_layer_values_and_rounds():
     knob = get_method("dns").knob
     base = make_hparams(get_method("dns"), get_task("lenet300"), {})
-    assert base.c_rate == (5.0, 5.0, 4.0)
-    assert knob.overrides(base, 0.5) == {"c_rate": (2.5, 2.5, 2.0)}
-    assert knob.overrides(base, 1 / 3) == {"c_rate": (1.67, 1.67, 1.33)}
+    assert base.c_rate == (5.0, 5.0, 5.5)
+    assert knob.overrides(base, 0.5) == {"c_rate": (2.5, 2.5, 2.75)}
+    assert knob.overrides(base, 1 / 3) == {"c_rate": (1.67, 1.67, 1.83)}
     lam = get_method("dynthresh").knob
     assert lam.overrides(base, 3.14159e-4) == {"lam": 3.14e-4}
     assert lam.value_at(lam.position(5.0)) == 0.1 and lam.value_at(lam.position(1e-9)) == 1e-6

@@ -52,12 +52,12 @@ def test_parse_grid_aliases_per_layer_values_and_errors():
 
 
 def test_plan_is_the_cross_product_with_dense_and_skips_keys_a_method_lacks():
-    plan = plan_sweep(["dynthresh", "magnitude"], ["xor"], [0, 1], parse_grid(["lambda=1e-3,3e-3"]), iterations=ITER)
+    plan = plan_sweep(["dynthresh", "magnitude"], ["xor"], [0, 1], parse_grid(["lambda=1e-3,1e-2"]), iterations=ITER)
     # per seed: dense + dynthresh x 2 lambdas + magnitude (no lam: once, defaults)
     assert len(plan.runs) == 8
     assert [(r.spec.method, r.setting) for r in plan.runs[:4]] == [
         ("dense", "iterations=200"), ("dynthresh", "lam=0.001 iterations=200"),
-        ("dynthresh", "lam=0.003 iterations=200"), ("magnitude", "iterations=200")]
+        ("dynthresh", "lam=0.01 iterations=200"), ("magnitude", "iterations=200")]
     assert [r.spec.seed for r in plan.runs] == [0] * 4 + [1] * 4
     assert any("lam: not a hyperparameter of dense, magnitude" in n for n in plan.notes)
     assert plan.runs[1].spec.hparams.lam == 1e-3
