@@ -23,7 +23,7 @@ def settings_table(db: Path) -> pd.DataFrame:
     """One row per (task, method, setting): seeds, compression, validation accuracy, validation and test loss
     (pp against dense of the same seed and protocol; positive = worse), means over the seeds."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        runs = pd.read_sql("SELECT r.run_id, r.task, r.method, r.seed, r.budget, r.hparams, r.protocol, r.identity, "
+        runs = pd.read_sql("SELECT r.run_id, r.task, r.method, r.seed, r.budget, r.hparams, r.protocol, "
                            "f.accuracy, f.compression, f.validation_accuracy FROM runs r JOIN final f USING (run_id) "
                            "WHERE r.status = 'finished'", conn)
     # A setting is named by the hyperparameters that vary among the runs of its task and method (all values
