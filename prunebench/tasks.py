@@ -182,7 +182,7 @@ LTP_MNIST = {"lam": 100.0}    # LeNet-300-100's, carried to LeNet-5
 # GMP and RigL: final sparsity 0.98 (50x), the one MNIST setting of the RigL authors' code (both methods); the
 # schedule chosen on LeNet-300-100's validation split and carried to LeNet-5 (docs/validation.md)
 GMP_MNIST = {"sparsity": 0.98, "end": 0.75}
-RIGL_MNIST = {"sparsity": 0.98}
+RIGL_MNIST = {"sparsity": 0.98, "drop_fraction": 0.5}
 SENSITIVITY_IMAGENET = {"sensitivity": "loss"}
 SENSITIVITY_LENET300 = {"lam": 0.3, "threshold": 1.5}
 SRINIVAS_LENET300 = {"lambda2": 5.0}
