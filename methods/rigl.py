@@ -146,7 +146,7 @@ class RigLHparams(Hyperparameters):
 class RigL(MaskedPruner):
     citation = "Evci, Gale, Menick, Castro & Elsen, Rigging the Lottery: Making All Tickets Winners, ICML 2020"
     hparams_class = RigLHparams
-    knob = CompressionKnob("sparsity", raises=True, low=0.5, high=0.999, sparsity=True, exact_cut=True,
+    knob = CompressionKnob("sparsity", raises=True, low=0.1, high=0.999, sparsity=True, exact_cut=True,
         note="overall sparsity S: fixed from the first step, so the deployed network keeps 1 - S of the weights")
     hp: RigLHparams
 

@@ -48,11 +48,14 @@ def test_window_in_steps_and_events_reach_the_final_sparsity():
     pruner, _ = _pruner(iterations=1000, begin=0.1, end=0.5, frequency=100)
     assert (pruner.begin_step, pruner.span) == (100, 400)
     assert [t for t in range(1, 1001) if pruner.is_pruning_step(t)] == [100, 200, 300, 400, 500]
-    # an uneven window is rounded to whole events, so the last event still reaches s_f
-    pruner, _ = _pruner(iterations=1000, begin=0.1, end=0.53, frequency=100, sparsity=0.8)
+    # an uneven window holds whole events only, so the last event still reaches s_f
+    pruner, _ = _pruner(iterations=1000, begin=0.1, end=0.58, frequency=100, sparsity=0.8)
     assert pruner.span == 400 and pruner.sparsity_at(500) == pytest.approx(0.8)
-    with pytest.raises(ValueError, match="ends after the run's 1000 iterations"):
-        _pruner(iterations=1000, begin=0.9, end=1.0, frequency=150)
+    # a window shorter than dt (10 iterations: t0 = 1, W = 4) holds one event at its end
+    pruner, _ = _pruner(iterations=10, begin=0.1, end=0.5, frequency=100)
+    assert [t for t in range(1, 11) if pruner.is_pruning_step(t)] == [1, 5] and pruner.sparsity_at(5) == 0.9
+    with pytest.raises(ValueError, match="holds no step of the run's 1000 iterations"):
+        _pruner(iterations=1000, begin=0.9999, end=1.0)
     with pytest.raises(ValueError, match="begin must be < end"):
         GMPHparams(begin=0.5, end=0.5).validate()
     with pytest.raises(ValueError, match="initial_sparsity must be <= sparsity"):

@@ -64,7 +64,7 @@ def test_a_sparsity_knob_sets_compression_and_rounds_on_the_density():
     assert knob.sparsity and knob.logarithmic
     assert [knob.at_target(t) for t in (10, 25, 50, 100, 200, 300)] == [0.9, 0.96, 0.98, 0.99, 0.995, 0.99667]
     assert knob.position(0.99) == pytest.approx(math.log(100))  # the axis is log compression
-    assert knob.value_at(math.log(1e6)) == 0.999 and knob.value_at(0.0) == 0.5  # clipped to the bounds
+    assert knob.value_at(math.log(1e6)) == 0.999 and knob.value_at(0.0) == 0.1  # clipped to the bounds
     assert knob.overrides(None, 0.987654) == {"sparsity": 0.9877}  # density 0.012346 -> 0.0123
     assert "sets compression 1/(1 - sparsity)" in knob.describe()
     with pytest.raises(ValueError, match="sparsity knob"):
