@@ -124,8 +124,8 @@ def training_step(forward: Callable[[torch.Tensor], torch.Tensor], task: Task, p
                   autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step of a method: the task's loss (bf16 autocast on CUDA when asked) plus the method's
     penalty, backward, step (unless the method `skips_optimizer_step`), then the method's `after_step(step)`.
-    Returns (task loss, loss with penalty), not detached and not synchronised. The one definition of a step: `train`, the throughput benchmarks and
-    the large-task tests all call it."""
+    Returns (task loss, loss with penalty), not detached and not synchronised. The one definition of a step:
+    `train`, the throughput benchmarks and the large-task tests all call it."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         loss = task.loss(forward(x), y)
     penalty = pruner.penalty()
