@@ -57,6 +57,12 @@ FLOORS = {
                 "t per step, the gated multiply and its two straight-through gradients, the clip after the step",
     "l0": "one hard-concrete draw per gate (units, not weights) and a gate multiply; the expected-L0 penalty "
           "per gate",
+    "gmp": "the mask multiply per prunable weight after each step (weight and optimizer state); a sort of each "
+           "layer's magnitudes at each pruning event (every 100 steps in the window)",
+    "rigl": "the mask multiply per prunable weight after each step; every dT = 100 steps a sort of each layer's "
+            "magnitudes and of its gradients, and no weight update on that step. The dense gradient it reads is "
+            "the ordinary backward pass here (pruned weights are stored zeros); a sparse kernel would pay a dense "
+            "weight-gradient pass 1 step in dT",
 }
 
 

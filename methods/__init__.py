@@ -8,13 +8,15 @@ from prunebench.methods import (  # noqa: F401
     dns,
     dst,
     dynthresh,
+    gmp,
     l0,
     ltp,
     magnitude,
+    rigl,
     sensitivity,
     sparse_vd,
     srinivas,
 )
 
-__all__ = ["autoprune", "dense", "dns", "dst", "dynthresh", "l0", "ltp", "magnitude", "sensitivity", "sparse_vd",
-           "srinivas"]
+__all__ = ["autoprune", "dense", "dns", "dst", "dynthresh", "gmp", "l0", "ltp", "magnitude", "rigl", "sensitivity",
+           "sparse_vd", "srinivas"]

@@ -55,6 +55,15 @@ def per_layer_values(value: object, cast: type) -> tuple:
     return tuple(out)
 
 
+def top_k_mask(score: torch.Tensor, keep: int) -> torch.Tensor:
+    """A 0/1 mask (score's shape and dtype) of the `keep` largest entries of `score`; ties broken by position
+    (a stable sort), so exactly `keep` entries are set (GMP's and RigL's magnitude and gradient rankings)."""
+    order = torch.sort(score.flatten(), descending=True, stable=True).indices
+    mask = torch.zeros(score.numel(), dtype=score.dtype, device=score.device)
+    mask[order[:keep]] = 1
+    return mask.view_as(score)
+
+
 def expand_per_layer(values: tuple, n_layers: int, name: str) -> tuple:
     """One value for every layer, or exactly one per prunable layer (in definition order)."""
     if len(values) == 1:

@@ -123,16 +123,17 @@ def training_step(forward: Callable[[torch.Tensor], torch.Tensor], task: Task, p
                   optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, step: int,
                   autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step of a method: the task's loss (bf16 autocast on CUDA when asked) plus the method's
-    penalty, backward, step, then the method's `after_step(step)`. Returns (task loss, loss with penalty),
-    not detached and not synchronised. The one definition of a step: `train`, the throughput benchmarks and
-    the large-task tests all call it."""
+    penalty, backward, step (unless the method `skips_optimizer_step`), then the method's `after_step(step)`.
+    Returns (task loss, loss with penalty), not detached and not synchronised. The one definition of a step:
+    `train`, the throughput benchmarks and the large-task tests all call it."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         loss = task.loss(forward(x), y)
     penalty = pruner.penalty()
     total = loss if penalty is None else loss + penalty
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    optimizer.step()
+    if not pruner.skips_optimizer_step(step):
+        optimizer.step()
     pruner.after_step(step)
     return loss, total
 

@@ -138,6 +138,13 @@ class Pruner:
     def after_step(self, step: int) -> None:
         """Called after each optimizer step with the global step number (1-based)."""
 
+    def skips_optimizer_step(self, step: int) -> bool:  # noqa: ARG002
+        """True where the optimizer must not update the weights at global step `step` (1-based): the step's
+        gradient serves the method alone (RigL's mask updates read the dense gradient and apply no weight
+        update). `after_step(step)` is called either way, with the gradients of that step still in `.grad`.
+        Default: False."""
+        return False
+
     def phases(self, protocol: Protocol) -> list[Phase]:
         """The training phases under `self.budget`; default is one phase of the protocol's
         iterations at its lr. Under budget "equal" the phases must sum to `protocol.iterations`."""

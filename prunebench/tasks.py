@@ -179,6 +179,10 @@ DNS_LENET5 = {"gamma": 1e-4, "power": 1.0, "c_rate": (2.3, 3.7, 5.5, 4.3),
 SPARSE_VD_LENET300 = {"lr_decay_start": 100}
 DST_MNIST = {"alpha": 2e-3}   # LeNet-300-100's, carried to LeNet-5 (the authors use one alpha for both)
 LTP_MNIST = {"lam": 100.0}    # LeNet-300-100's, carried to LeNet-5
+# GMP and RigL: final sparsity 0.98 (50x), the one MNIST setting of the RigL authors' code (both methods); the
+# schedule chosen on LeNet-300-100's validation split and carried to LeNet-5 (docs/validation.md)
+GMP_MNIST = {"sparsity": 0.98, "end": 0.75}
+RIGL_MNIST = {"sparsity": 0.98, "drop_fraction": 0.5}
 SENSITIVITY_IMAGENET = {"sensitivity": "loss"}
 SENSITIVITY_LENET300 = {"lam": 0.3, "threshold": 1.5}
 SRINIVAS_LENET300 = {"lambda2": 5.0}
@@ -202,7 +206,8 @@ TASKS: dict[str, Task] = {
         },
         # chosen so that part of the 15 weights is pruned at 100% validation accuracy: docs/calibration.md
         method_defaults={"dynthresh": {"lam": 3e-3, "tau": 0.5, "t_max": 20.0}, "dst": {"alpha": 3e-3},
-                         "l0": {"lam": (1.0, 30.0)}, "sensitivity": {"lam": 0.5}},
+                         "l0": {"lam": (1.0, 30.0)}, "sensitivity": {"lam": 0.5}, "gmp": {"sparsity": 0.4},
+                         "rigl": {"sparsity": 0.4}},
         train_size=10_000,
     ),
     "lenet300": Task(
@@ -216,7 +221,8 @@ TASKS: dict[str, Task] = {
         method_defaults={"dynthresh": dict(DT_MNIST), "magnitude": dict(MAGNITUDE_LENET300),
                          "dns": dict(DNS_LENET300), "sparse-vd": dict(SPARSE_VD_LENET300),
                          "dst": dict(DST_MNIST), "ltp": dict(LTP_MNIST),
-                         "sensitivity": dict(SENSITIVITY_LENET300), "srinivas": dict(SRINIVAS_LENET300)},
+                         "sensitivity": dict(SENSITIVITY_LENET300), "srinivas": dict(SRINIVAS_LENET300),
+                         "gmp": dict(GMP_MNIST), "rigl": dict(RIGL_MNIST)},
         train_size=60_000,
     ),
     "lenet5": Task(
@@ -230,7 +236,8 @@ TASKS: dict[str, Task] = {
                       "code; the Caffe prototxt of Han and DNS has none)"},
         method_defaults={"dynthresh": dict(DT_LENET5), "magnitude": dict(MAGNITUDE_LENET5),
                          "dns": dict(DNS_LENET5), "dst": dict(DST_MNIST), "ltp": dict(LTP_MNIST),
-                         "sensitivity": dict(SENSITIVITY_LENET5), "srinivas": dict(SRINIVAS_LENET5)},
+                         "sensitivity": dict(SENSITIVITY_LENET5), "srinivas": dict(SRINIVAS_LENET5),
+                         "gmp": dict(GMP_MNIST), "rigl": dict(RIGL_MNIST)},
         train_size=60_000,
     ),
 }

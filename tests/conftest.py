@@ -28,6 +28,8 @@ XOR_OVERRIDES: dict[str, dict[str, Any]] = {
     "l0": {"lam": (300.0, 0.0)},  # one of the 2 input gates closes: 10 of 15 kept at step 300 (seed 0)
     "srinivas": {"lambda1": 0.01, "lambda2": 0.1},  # 13 of 15 kept at step 300 (seed 0)
     "sensitivity": {"lam": 2.0},  # 13 of 15 kept at step 300 (seed 0)
+    "gmp": {"sparsity": 0.4, "frequency": 20},  # 9 of 15 kept from step 200 (window 40..200 of 300 steps)
+    "rigl": {"sparsity": 0.4, "update_every": 20},  # ERK: fc2 dense, fc1 keeps 4 of 10
 }
 TIMINGS = ("train_seconds", "eval_seconds")
 

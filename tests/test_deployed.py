@@ -27,6 +27,9 @@ def method_kept(pruner: Pruner, model: nn.Module) -> int:
     if name == "dynthresh":
         return sum(int((m.parametrizations.weight.original.abs() >= pruner.threshold_of(m)).sum())
                    for m in (model.fc1, model.fc2))
+    if name in ("gmp", "rigl"):
+        return sum(int(pruner.keep[n].sum()) if n in pruner.keep else m.weight.numel()
+                   for n, m in (("fc1", model.fc1), ("fc2", model.fc2)))
     if name == "magnitude":
         if not pruner.masks:
             return sum(int((m.weight != 0).sum()) for m in (model.fc1, model.fc2))
@@ -72,7 +75,7 @@ def test_deployed_is_plain_and_counts_agree_with_the_store(xor_method, store, tm
         assert record["total"] == point["weights_total"] == 15
     final = store.final_row(result.run_id)
     assert final["weights_nonzero"] == result.final["weights_nonzero"] == seen[-1]["independent"]
-    if method in ("magnitude", "dns", "sparse-vd", "dst", "ltp", "autoprune", "l0"):
+    if method in ("magnitude", "dns", "sparse-vd", "dst", "ltp", "autoprune", "l0", "gmp", "rigl"):
         assert 0 < final["weights_nonzero"] < 15, f"{method} should prune part of XOR's 15 weights"
 
 

@@ -4,6 +4,7 @@ search can use, and a direction that training on XOR bears out."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -28,8 +29,11 @@ def test_every_method_but_dense_declares_a_knob_on_a_real_hyperparameter_with_sa
         assert isinstance(f.default, tuple) == knob.scale, f"{name}: a per-layer knob must be a scale, and only one"
         assert knob.low < knob.high and (not knob.log or knob.low > 0)
         assert round_knob(knob.low) == knob.low and round_knob(knob.high) == knob.high
-        spread = knob.high / knob.low if knob.log else knob.high - knob.low
-        assert spread >= (100 if knob.log else 4), f"{name}: bounds too narrow to search"
+        if knob.sparsity:  # the compressions its bounds set
+            spread = (1 - knob.low) / (1 - knob.high)
+        else:
+            spread = knob.high / knob.low if knob.log else knob.high - knob.low
+        assert spread >= (100 if knob.logarithmic else 4), f"{name}: bounds too narrow to search"
         for task in task_names():
             base = make_hparams(cls, get_task(task), {})
             assert knob.low <= knob.start(base) <= knob.high
@@ -53,6 +57,20 @@ def test_a_scale_knob_multiplies_the_calibrated_per_layer_values_and_rounds():
     assert not vd.log and not vd.raises and vd.value_at(-2.5) == -2.5 and vd.exact_cut
     with pytest.raises(ValueError, match="bounds > 0"):
         CompressionKnob("lam", raises=True, low=0.0, high=1.0)
+
+
+def test_a_sparsity_knob_sets_compression_and_rounds_on_the_density():
+    knob = get_method("gmp").knob
+    assert knob.sparsity and knob.logarithmic
+    assert [knob.at_target(t) for t in (10, 25, 50, 100, 200, 300)] == [0.9, 0.96, 0.98, 0.99, 0.995, 0.99667]
+    assert knob.position(0.99) == pytest.approx(math.log(100))  # the axis is log compression
+    assert knob.value_at(math.log(1e6)) == 0.999 and knob.value_at(0.0) == 0.1  # clipped to the bounds
+    assert knob.overrides(None, 0.987654) == {"sparsity": 0.9877}  # density 0.012346 -> 0.0123
+    assert "sets compression 1/(1 - sparsity)" in knob.describe()
+    with pytest.raises(ValueError, match="sparsity knob"):
+        CompressionKnob("s", raises=True, low=0.5, high=1.0, sparsity=True)
+    with pytest.raises(ValueError, match="not a sparsity"):
+        get_method("dynthresh").knob.at_target(10)
 
 
 #: (method, knob value pruning less, knob value pruning more, in the declared direction) on XOR, 1,000 steps.

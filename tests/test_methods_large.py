@@ -35,7 +35,7 @@ class NarrowAlexNet(AlexNetCaffe):
 ARCHITECTURES = {"vgg": VGGLike, "alexnet": NarrowAlexNet, "resnet56": ResNet56}
 TOTALS = {"vgg": 14_977_728, "alexnet": 2_332_704 + 9216 * 512 + 512 * 512 + 512 * 1000, "resnet56": 848_944}
 #: Methods whose deployed network computes exactly what the trained model computes in eval mode.
-SAME_OUTPUTS = {"dense", "magnitude", "dns", "dynthresh", "l0", "autoprune", "sparse-vd", "dst"}
+SAME_OUTPUTS = {"dense", "magnitude", "dns", "dynthresh", "l0", "autoprune", "sparse-vd", "dst", "gmp", "rigl"}
 
 
 def _no_data(_path):
@@ -79,6 +79,8 @@ def _perturb(method: str, pruner, model: nn.Module, key: str) -> None:
     elif method == "srinivas":
         for _, _, gate in pruner._layers_of(model):
             gate.view(-1)[::3] = 0.0  # gates <= 0.5: dropped (the detached view shares the parameter's data)
+    elif method == "gmp":  # a pruning event on the one training step: window from step 0, an event every step
+        pruner.hp.begin, pruner.hp.frequency = 0.0, 1
     elif method == "sensitivity":
         pruner.hp.prune_every = 1  # threshold after the one training step of its regularise phase
         if key == "alexnet":  # as the alexnet-imagenet task's default: 1,000 outputs, 1,000 backward passes a step
@@ -93,6 +95,10 @@ def _kept(method: str, pruner, model: nn.Module, net: nn.Module) -> int | None:
         return sum(m.weight.numel() for _, m in prunable_layers(model))
     if method == "magnitude":
         return sum(int(torch.count_nonzero(mask)) for mask in pruner.masks.values())
+    if method == "gmp":
+        return sum(int(torch.count_nonzero(mask)) for mask in pruner.keep.values())
+    if method == "rigl":  # its one step was an update step: the grown weights are active at exactly zero
+        return sum(int(torch.count_nonzero(pruner.keep[name] * m.weight)) for name, m in prunable_layers(model))
     if method == "dns":
         return sum(int(torch.count_nonzero(layer.mask)) for layer in pruner.layers)
     if method == "sparse-vd":

@@ -4,7 +4,8 @@ bounded search on the first seed, then the remaining seeds trained at that value
 
 The search moves along the knob's axis (log(value), or the value for a linear knob) and reads nothing of a
 probe but the compression of its finished, stored run (`ResultStore.final_compression`): never accuracy, so
-no setting is selected on the test set. It starts at the task's calibrated value; with one probe it assumes
+no setting is selected on the test set. It starts at the task's calibrated value (a sparsity knob, which sets
+compression by construction: at 1 - 1/target, `CompressionKnob.sparsity`); with one probe it assumes
 compression proportional to the knob (elasticity 1; a linear knob: 0.5 log-compression per unit); with two
 it extrapolates along their secant, at most a factor of 10 (a quarter of a linear knob's range) a step; once
 probes lie on both sides of the target, it interpolates in log-compression between the nearest two, kept
@@ -121,7 +122,8 @@ def decide(knob: CompressionKnob, start: float, probes: Sequence[tuple[float, fl
     """The next knob value to probe, given the finished probes as (knob value, compression) in the order
     they were made; or the end of the search. Pure: the same probes give the same decision."""
     if not probes:
-        return Decision("searching", knob.value_at(knob.position(start)))
+        first = knob.at_target(target) if knob.sparsity else knob.value_at(knob.position(start))
+        return Decision("searching", first)
     goal = math.log(target)
     sign = 1.0 if knob.raises else -1.0
     # u: position on the knob's axis, oriented so that compression rises with u; y: log compression.
@@ -162,13 +164,13 @@ def _extrapolate(knob: CompressionKnob, points: list[tuple[float, float]], goal:
     (u0, y0), rest = ordered[0], ordered[1:]
     ends = (sign * knob.position(knob.low), sign * knob.position(knob.high))
     limit = max(ends) if rising else min(ends)
-    slope = PRIOR_SLOPE[knob.log]
+    slope = PRIOR_SLOPE[knob.logarithmic]
     if rest:
         u1, y1 = rest[0]
         slope = (y0 - y1) / (u0 - u1) if u0 != u1 else 0.0
         if slope <= 0:
             return limit
-    longest = MAX_LOG_STEP if knob.log else (knob.high - knob.low) / 4
+    longest = MAX_LOG_STEP if knob.logarithmic else (knob.high - knob.low) / 4
     return u0 + max(-longest, min(longest, (goal - y0) / slope))
 
 
