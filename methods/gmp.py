@@ -26,9 +26,9 @@ Method card (where each value comes from):
   and n = floor(W / dt) events after t0, so that the last event lands at t0 + n dt <= t0 + W and reaches s_f
   exactly [I] (TF-MOT's end step that is not a multiple of the frequency never reaches s_f). A window shorter
   than dt (a smoke test's few iterations) holds one event at its end (dt = W) [I]. The paper's dt in
-  100..1000 "of negligible impact" [S]; dt = 100 is TF-MOT's default frequency [V]. begin and end are fractions of the run's iterations so one
-  setting serves every budget [I]; the LeNet defaults (prunebench/tasks.py) were chosen on the validation
-  split (docs/validation.md).
+  100..1000 "of negligible impact" [S]; dt = 100 is TF-MOT's default frequency [V]. begin and end are
+  fractions of the run's iterations so one setting serves every budget [I]; the LeNet defaults
+  (prunebench/tasks.py) were chosen on the validation split (docs/validation.md).
 - s_i = 0 (the paper's and TF-MOT's MNIST example's starting point is 0 or 0.1) [V for TF-MOT's example].
 - one phase from the protocol's initialisation with the task's optimizer and lr (no dense pretraining:
   the schedule starts pruning at t0 of the same run); budgets "equal" and "paper" are the same run, no
