@@ -20,7 +20,14 @@ from pathlib import Path
 
 from prunebench.report import stats
 from prunebench.report.leaderboard import shown_name
-from prunebench.report.matched import TIED_MARK, MatchedCell, MatchedTable, build_matched, read_matched
+from prunebench.report.matched import (
+    TIED_MARK,
+    MatchedCell,
+    MatchedTable,
+    accuracy_text,
+    build_matched,
+    read_matched,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5"}
@@ -36,8 +43,7 @@ def short_cell(c: MatchedCell) -> str:
         return f"unreached ({'≤' if reach and reach[1] == 'most' else '≥'} {reach[2]})" if reach else "unreached"
     if not c.has_accuracy:
         return "training"
-    ci = c.accuracy_ci95
-    text = f"{c.accuracy_mean:.2f}" + (f" ± {ci:.2f}" if math.isfinite(ci) else "")
+    text = accuracy_text(c)
     if c.versus_best == "off target":
         return f"{text} (off target: {stats.mean(c.compression):.0f}x)"
     text = f"**{text}**" if c.versus_best == "best" else text

@@ -279,6 +279,12 @@ class MatchedTable:
         return [md, csv, settings]
 
 
+def accuracy_text(c: MatchedCell) -> str:
+    """'97.87 ± 0.29': the cell's mean test accuracy (%) and its 95% CI half-width (none with one seed)."""
+    ci = c.accuracy_ci95
+    return f"{c.accuracy_mean:.2f}" + (f" ± {ci:.2f}" if math.isfinite(ci) else "")
+
+
 def cell_text(c: MatchedCell) -> str:
     """'**98.10 ± 0.25** %, 49.8x, +0.12 pp (3 seeds)'; the note of a cell without accuracy."""
     if c.status == "searching":
@@ -287,8 +293,7 @@ def cell_text(c: MatchedCell) -> str:
         return f"{c.status}: {c.note.removeprefix('unreached: ')}" if c.note else c.status
     if not c.has_accuracy:
         return "reached; no seed run finished"
-    ci = c.accuracy_ci95
-    accuracy = f"{c.accuracy_mean:.2f}" + (f" ± {ci:.2f}" if math.isfinite(ci) else "")
+    accuracy = accuracy_text(c)
     accuracy = f"**{accuracy}**" if c.versus_best == "best" else accuracy
     mark = {"tied": f" {TIED_MARK}", "n/a": " (n/a)", "off target": " (off target)"}.get(c.versus_best, "")
     loss = f"{c.loss_mean:+.2f} pp" if math.isfinite(c.loss_mean) else "no dense run"

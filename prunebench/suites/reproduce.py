@@ -47,7 +47,7 @@ from prunebench.observers import Observer
 from prunebench.registry import task_names
 from prunebench.report import stats
 from prunebench.report.leaderboard import run_table, shown_name
-from prunebench.report.matched import ALPHA, MatchedCell, build_matched, cell_text
+from prunebench.report.matched import ALPHA, MatchedCell, accuracy_text, build_matched, cell_text
 from prunebench.report.published import DT_TABLE1_SCALES, published
 from prunebench.request import RunRequest, RunSpec
 from prunebench.results import load_trajectories
@@ -815,9 +815,8 @@ def matched_section(curves: Sequence[tuple[CurveSettings, Path]]) -> list[str]:
             best_text = (f"{shown_name(best.method)}: {best.accuracy_mean:.2f} % ({stats.mean(best.compression):.1f}x)"
                          if best else "-")
             if dt.on_target:
-                ci = dt.accuracy_ci95
-                dt_text = (f"{dt.accuracy_mean:.2f}" + (f" ± {ci:.2f}" if math.isfinite(ci) else "")
-                           + f" %, {stats.mean(dt.compression):.1f}x, {_fmt(dt.loss_mean, 2, ' pp', sign=True)}")
+                dt_text = (f"{accuracy_text(dt)} %, {stats.mean(dt.compression):.1f}x, "
+                           f"{_fmt(dt.loss_mean, 2, ' pp', sign=True)}")
                 better, tied, worse = standing(dt, others)
                 standing_text = f"{better} / {tied} / {worse} of {len(others)}"
             else:
