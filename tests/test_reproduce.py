@@ -117,6 +117,10 @@ def test_quick_report_has_every_published_figure_beside_a_measurement(quick):
                       "5,600", "6,700", "7,400", "9,100"):
         assert published in text, published
     assert "L0-sep units 9-18-65-25" in text  # where the quoted L0 figure comes from
+    # DNS's released models, measured here, beside our dns rows (issue 31)
+    assert "| lenet300 / dns | 53.76x | 98.01 % | -0.29 |" in text
+    assert "| lenet5 / dns | 108.25x | 99.09 % | +0.00 |" in text
+    assert "yiwenguo/Dynamic-Network-Surgery@27d4926f0f, models/lenet5/caffe_lenet5_sparse.caffemodel" in text
     assert "not run yet" not in text  # every planned run finished
     assert all(not skip for _, skip in started)
     for name in ("fig1.png", "fig1.svg", "xor-fig4.png", "xor-fig4.svg"):

@@ -101,3 +101,37 @@ def published(method: str, task: str, hparams: dict | None = None) -> Published 
     if method == "dynthresh" and task == "lenet300" and hparams and hparams.get("scale") in DT_TABLE1_SCALES:
         return DT_TABLE1_SCALES[hparams["scale"]]
     return PUBLISHED.get((method, task))
+
+
+@dataclass(frozen=True)
+class Released:
+    """A method's trained model as its authors released it, measured here in the harness's counting (conv and
+    fc weights) and on our test set: a second reference beside the published figure, which the paper's own
+    counting or rounding may have moved."""
+
+    method: str
+    task: str
+    compression: float     # dense weights / non-zero weights of the released sparse model
+    accuracy: float        # % on the MNIST test set
+    dense_accuracy: float  # % of the authors' released dense model, the loss's reference
+    source: str
+
+    @property
+    def accuracy_loss(self) -> float:
+        """pp, positive = the released sparse model is worse than the released dense one."""
+        return round(self.dense_accuracy - self.accuracy, 2)
+
+
+_DNS_RELEASED = ("yiwenguo/Dynamic-Network-Surgery@27d4926f0f, models/{}/caffe_{}_sparse.caffemodel (and _original), "
+                 "measured by `python benchmarks/dns_released.py --models DIR` (leaderboards/foundation/"
+                 "dns-released.json; Caffe's input scale 1/256, the prototxt's networks)")
+
+RELEASED: dict[tuple[str, str], Released] = {(r.method, r.task): r for r in [
+    Released("dns", "lenet300", 53.76, 98.01, 97.72, _DNS_RELEASED.format("lenet300100", "lenet300100")),
+    Released("dns", "lenet5", 108.25, 99.09, 99.09, _DNS_RELEASED.format("lenet5", "lenet5")),
+]}
+
+
+def released(method: str, task: str) -> Released | None:
+    """The authors' released model of `method` on `task`, as measured here, or None."""
+    return RELEASED.get((method, task))

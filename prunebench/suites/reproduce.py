@@ -48,7 +48,7 @@ from prunebench.registry import task_names
 from prunebench.report import stats
 from prunebench.report.leaderboard import run_table, shown_name
 from prunebench.report.matched import ALPHA, MatchedCell, accuracy_text, build_matched, cell_text
-from prunebench.report.published import DT_TABLE1_SCALES, published
+from prunebench.report.published import DT_TABLE1_SCALES, RELEASED, published
 from prunebench.request import RunRequest, RunSpec
 from prunebench.results import load_trajectories
 from prunebench.running.curve import CurveSettings
@@ -591,6 +591,7 @@ def _table2(items: list[Item], runs: pd.DataFrame) -> list[str]:
                                       variant[0].command()))
             if pub and pub.available:
                 sources.append(f"- {task} / {method}: {pub.source}" + (f"; {pub.note}" if pub.note else ""))
+    lines += _released_rows(items, runs)
     dt_sweep = [i for i in items if i.purpose == "table2-sweep"]
     if dt_sweep:
         pub = published("dynthresh", "lenet5", {})
@@ -604,6 +605,30 @@ def _table2(items: list[Item], runs: pd.DataFrame) -> list[str]:
     if sources:
         lines += ["", "Where each published figure comes from:", "", *sources]
     return lines
+
+
+def _released_rows(items: list[Item], runs: pd.DataFrame) -> list[str]:
+    """The authors' released models, measured here (`report.published.RELEASED`), beside our rows: a second
+    reference where the published figure is not what the released model measures in our counting."""
+    rows = []
+    for (method, task), rel in RELEASED.items():
+        group = _group(items, "table2", task, method)
+        if not group:
+            continue
+        summary = _summary(runs, group)
+        verdict = _verdict(summary, rel.compression, rel.accuracy_loss).replace("published", "released")
+        rows.append(f"| {task} / {shown_name(method)} | {rel.compression:.2f}x | {rel.accuracy:.2f} % | "
+                    f"{rel.accuracy_loss:+.2f} | {_pm(summary['compression'], summary['compression_std'], 1, 'x')} | "
+                    f"{_fmt(summary['accuracy'], 2, ' %')} | "
+                    f"{_pm(summary['loss'], summary['loss_std'], 2, sign=True)} | {verdict} |")
+    if not rows:
+        return []
+    sources = [f"- {task} / {method}: {rel.source}" for (method, task), rel in RELEASED.items()]
+    return ["", "The authors' released models, measured here in our counting (conv and fc weights; their loss "
+            "against their own released dense model), beside our row above:", "",
+            "| row | released CR | released accuracy | released loss (pp) | measured CR | measured accuracy | "
+            "measured loss (pp) | verdict against the released model |", "|---|---|---|---|---|---|---|---|",
+            *rows, "", *sources]
 
 
 def _figures(db: Path, out_dir: Path, items: list[Item], finished: pd.DataFrame, figures: bool) -> list[str]:
