@@ -26,7 +26,7 @@ from prunebench.evaluation import Evaluation
 from prunebench.harness import CHECKPOINT_SECONDS, RunResult, TrainOptions
 from prunebench.observers import Observer
 from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
-from prunebench.protocol import AUTOCAST, OPTIMIZERS
+from prunebench.protocol import AUTOCAST, LR_POLICIES, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner
 from prunebench.records import RecordingStore
 from prunebench.registry import method_names, task_names
@@ -200,6 +200,12 @@ protocol_options = _options(
     click.option("--channels-last", "channels_last", type=bool, default=None, metavar="BOOLEAN",
                  help="Convolutions in channels_last memory format (true/false), on CPU and CUDA; recorded in the "
                  "run's identity (it changes float rounding)."),
+    click.option("--lr-policy", "lr_policy", type=click.Choice(LR_POLICIES), default=None,
+                 help="Learning-rate policy: step (the task's milestones, if any) or Caffe's inv, lr x (1 + gamma t)"
+                 "^-power (Caffe's LeNet solver: --lr-policy inv --lr-gamma 1e-4 --lr-power 0.75)."),
+    click.option("--lr-gamma", "lr_gamma", type=float, default=None,
+                 help="gamma of the lr policy: the factor at each milestone (step), or inv's gamma; in (0, 1]."),
+    click.option("--lr-power", "lr_power", type=float, default=None, help="power of the inv lr policy (> 0)."),
     click.option("--validation", type=click.IntRange(min=0), default=None, metavar="IMAGES",
                  help="Hold this many images out of the training set as a validation split (MNIST: 5000), the "
                  "same for every seed; every evaluation also measures accuracy on it. Recorded in the run's "
@@ -971,6 +977,8 @@ def list_() -> None:
         budget = f"{p.epochs} epochs = {p.iterations:,} it" if p.epochs else f"{p.iterations:,} it"
         schedule = (f", lr x{p.lr_gamma:g} at epochs {','.join(map(str, p.lr_milestones))}"
                     if p.lr_milestones else "")
+        if p.lr_policy == "inv":
+            schedule = f", lr x (1 + {p.lr_gamma:g} t)^-{p.lr_power:g} (Caffe's inv)"
         extras = (f", momentum {p.momentum:g}" if p.optimizer == "sgd" else "") + (
             f", weight decay {p.weight_decay:g}" if p.weight_decay else "")
         init = "the network's own init" if p.init == "default" else f"init {p.init} std {p.init_std:g}"

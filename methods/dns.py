@@ -14,9 +14,12 @@ Method card (where each value comes from):
 - the mask rule, a = 0.9 m, b = 1.1 m, m = max(mu + c_rate * sigma, 0), the update probability and
   iter_stop, the straight-through gradient to all weights, statistics taken once at iteration 0 of
   the surgery from the pretrained layer: authors' code, compress_{conv,inner_product}_layer [V].
-- statistics over the weights only, and biases not masked [I] (the code also masks biases and pools
-  them into mu and sigma; the suite never prunes biases; 300 biases beside 235,200 weights barely move
-  the statistics).
+- statistics over the weights only, and biases not masked, by default [I]: the suite prunes no biases (300
+  biases beside 235,200 weights barely move the statistics). `mask_biases` follows the authors' layers
+  instead (compress_inner_product_layer.cpp, compress_conv_layer.cpp) [V]: the magnitudes of weights and
+  biases pooled into mu and sigma, and a bias mask updated with the same a and b whenever the weight mask
+  is; their released LeNet-300-100 keeps 30 of ip1's 300 biases and none of ip3's (benchmarks/dns_released.py).
+  Compression still counts weights only.
 - gamma = 1e-4, power = 1: the README's LeNet-5 example [V] (caffe.proto default gamma is 1e-3 [V]).
 - c_rate (3) and iter_stop (10,000) dataclass defaults: caffe.proto defaults [V] (caffe.proto gives
   8,000 for fc layers). Per-task values in prunebench/tasks.py: LeNet-5 iter_stop 14k/14k/10k/10k
@@ -63,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from prunebench.methods._common import LAYER_RULES, carry_optimizer_state, layer_values, per_layer_values
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunebench.knob import CompressionKnob
 from prunebench.protocol import Phase, Protocol
@@ -98,9 +102,12 @@ class SurgeryMask(nn.Module):
         return StraightThroughMask.apply(weight, self.mask)
 
 
-def surgery_thresholds(weight: torch.Tensor, c_rate: float) -> tuple[float, float]:
-    """(a, b) = (0.9 m, 1.1 m) with m = max(mu + c * sigma, 0), mu = mean|w|, sigma = std|w|."""
-    magnitude = weight.detach().abs().double()
+def surgery_thresholds(weight: torch.Tensor, c_rate: float, bias: torch.Tensor | None = None) -> tuple[float, float]:
+    """(a, b) = (0.9 m, 1.1 m) with m = max(mu + c * sigma, 0), mu = mean|w|, sigma = std|w|; with `bias`, the
+    statistics pool the weights and the biases (the authors' layers)."""
+    magnitude = weight.detach().abs().double().flatten()
+    if bias is not None:
+        magnitude = torch.cat([magnitude, bias.detach().abs().double().flatten()])
     mu = magnitude.mean()
     sigma = (magnitude.pow(2).mean() - mu * mu).clamp_min(0).sqrt()
     m = max(float(mu + c_rate * sigma), 0.0)
@@ -135,6 +142,9 @@ class DNSHparams(Hyperparameters):
         "help": "surgery lr = protocol lr * this (> 0)", "gt": 0})
     frozen_lr_factor: float = field(default=1.0, metadata={
         "help": "lr after the surgery (masks frozen) = protocol lr * this (> 0)", "gt": 0})
+    mask_biases: bool = field(default=False, metadata={
+        "help": "mask the biases too, with the layer's thresholds, their magnitudes pooled into mu and sigma (the "
+        "authors' layers); the deployed biases are then b * T_b"})
 
     def __post_init__(self) -> None:
         self.c_rate = per_layer_values(self.c_rate, float)
@@ -159,6 +169,15 @@ class _SurgeryLayer:
     @property
     def mask(self) -> torch.Tensor:
         return self.module.parametrizations.weight[0].mask
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The dense bias where it is masked (`mask_biases`), else None."""
+        return self.module.parametrizations.bias.original if parametrize.is_parametrized(self.module, "bias") else None
+
+    @property
+    def bias_mask(self) -> torch.Tensor | None:
+        return self.module.parametrizations.bias[0].mask if parametrize.is_parametrized(self.module, "bias") else None
 
 
 @register("dns")
@@ -225,6 +244,10 @@ class DynamicNetworkSurgery(Pruner):
         # Seeded from the global generator, which the harness seeds with the run's seed when it builds the model.
         self.rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
         layers = parametrize_weights(model, lambda module: SurgeryMask(module.weight))
+        if self.hp.mask_biases:
+            for _, module, _ in layers:
+                if module.bias is not None:
+                    parametrize.register_parametrization(module, "bias", SurgeryMask(module.bias))
         self.layers = [_SurgeryLayer(name, module, c_rate, iter_stop) for (name, module, _), c_rate, iter_stop
                        in zip(layers, self.c_rate, self.iter_stop, strict=True)]
         return model
@@ -252,7 +275,7 @@ class DynamicNetworkSurgery(Pruner):
         self.surgery_start = self.steps_done
         self.frozen = False
         for layer in self.layers:
-            layer.a, layer.b = surgery_thresholds(layer.weight, layer.c_rate)
+            layer.a, layer.b = surgery_thresholds(layer.weight, layer.c_rate, layer.bias)
         self.update_masks(0.0)
 
     def after_step(self, step: int) -> None:
@@ -265,10 +288,12 @@ class DynamicNetworkSurgery(Pruner):
         for layer, update in zip(self.layers, self.draw_updates(iteration), strict=True):
             if update:
                 layer.mask.copy_(surgery_mask(layer.weight, layer.mask, layer.a, layer.b))
+                if layer.bias_mask is not None:
+                    layer.bias_mask.copy_(surgery_mask(layer.bias, layer.bias_mask, layer.a, layer.b))
                 layer.updates += 1
 
     def deployed(self, model: nn.Module) -> nn.Module:
-        return self.export(model)  # reading .weight gives W * T
+        return self.export(model)  # reading .weight gives W * T (and .bias b * T_b where biases are masked)
 
     def scores(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """|W * T|: the magnitude of kept weights, 0 for masked ones."""

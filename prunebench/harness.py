@@ -332,7 +332,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
                 factor, t0 = None, device_clock(device)
                 while phase_steps < phase.iterations:
                     step, phase_steps = step + 1, phase_steps + 1
-                    if protocol.lr_milestones and (now := protocol.lr_factor(step)) != factor:
+                    if protocol.has_schedule and (now := protocol.lr_factor(step)) != factor:
                         factor = set_lr(optimizer, now)
                     x, y = run.source.next_batch()
                     if run.channels_last and x.dim() == 4:

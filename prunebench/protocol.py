@@ -11,6 +11,9 @@ from torch import nn
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")  # the optimizer families a protocol may name
 AUTOCAST: tuple[str, ...] = ("off", "bf16")  # forward-pass precisions a protocol may name (CUDA only)
+#: Learning-rate policies: "step" (the milestones below, none by default: a constant lr) or Caffe's "inv",
+#: lr = base (1 + gamma t)^-power with t the iterations done (Caffe's stock LeNet solver: gamma 1e-4, power 0.75).
+LR_POLICIES: tuple[str, ...] = ("step", "inv")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class Protocol:
     #: each milestone the current epoch (0-based, of the global step) has reached.
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
+    #: "step" (`lr_milestones`) or "inv" (Caffe's: every phase's lr times (1 + lr_gamma t)^-lr_power, t = global
+    #: steps done before this one), `LR_POLICIES`.
+    lr_policy: str = "step"
+    lr_power: float = 0.75
     #: Mixed precision of the forward pass on CUDA: "off" or "bf16" (torch.autocast); refused on CPU.
     autocast: str = "off"
     #: The network and its image batches in channels_last memory format (NHWC): on CPU oneDNN's faster layout
@@ -60,15 +67,22 @@ class Protocol:
             changes["epochs"] = None
         return replace(self, **changes)
 
+    @property
+    def has_schedule(self) -> bool:
+        """Whether the lr moves during training (milestones, or the inv policy)."""
+        return bool(self.lr_milestones) or self.lr_policy == "inv"
+
     def lr_factor(self, step: int) -> float:
         """The schedule's factor on every phase's lr at global step `step` (1-based)."""
+        if self.lr_policy == "inv":
+            return (1.0 + self.lr_gamma * (step - 1)) ** -self.lr_power
         if not self.lr_milestones or not self.steps_per_epoch:
             return 1.0
         epoch = (step - 1) // self.steps_per_epoch
         return self.lr_gamma ** sum(1 for m in self.lr_milestones if epoch >= m)
 
     def validate(self) -> None:
-        for name in ("lr", "momentum", "weight_decay", "init_std", "lr_gamma"):
+        for name in ("lr", "momentum", "weight_decay", "init_std", "lr_gamma", "lr_power"):
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
@@ -96,6 +110,12 @@ class Protocol:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.validation < 0:
             raise ValueError(f"validation must be >= 0 images, got {self.validation}")
+        if self.lr_policy not in LR_POLICIES:
+            raise ValueError(f"lr_policy must be one of {', '.join(LR_POLICIES)}, got {self.lr_policy!r}")
+        if self.lr_policy == "inv" and self.lr_milestones:
+            raise ValueError("lr_policy inv has no milestones; drop lr_milestones or use lr_policy step")
+        if self.lr_power <= 0:
+            raise ValueError(f"lr_power must be > 0, got {self.lr_power}")
         if self.autocast not in AUTOCAST:
             raise ValueError(f"autocast must be one of {', '.join(AUTOCAST)}, got {self.autocast!r}")
 

@@ -22,7 +22,8 @@ from prunebench.tasks import Task
 CLI_PROTOCOL_FLAGS = {"iterations": "--iterations", "optimizer": "--optimizer", "lr": "--lr",
                       "momentum": "--momentum", "weight_decay": "--optimizer-weight-decay", "epochs": "--train-epochs",
                       "batch_size": "--batch-size", "autocast": "--autocast", "channels_last": "--channels-last",
-                      "validation": "--validation"}
+                      "validation": "--validation", "lr_policy": "--lr-policy", "lr_gamma": "--lr-gamma",
+                      "lr_power": "--lr-power"}
 
 
 @dataclass

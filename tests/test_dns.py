@@ -196,3 +196,23 @@ def test_per_layer_values_and_validation():
             DNSHparams(**bad).validate()
     with pytest.raises(ValueError, match="whole numbers"):
         DNSHparams(iter_stop="100.5")
+
+
+def test_masked_biases_pool_into_the_statistics_and_follow_the_weight_thresholds():
+    """mask_biases (the authors' layers): mu and sigma over |w| and |b| together, the bias mask by the same a, b."""
+    pruner, model = _xor_surgery(gamma=0.0, c_rate=(0.0, 10.0), iter_stop=(100, 100), mask_biases=True)
+    with torch.no_grad():
+        model.fc1.parametrizations.bias.original.copy_(torch.tensor([0.05, 0.5, 1.1, -0.3, 0.0]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner.on_phase_start(Phase("surgery", 100, 0.0), model, opt)
+    fc1 = pruner.layers[0]
+    pooled = torch.cat([PRETRAINED, torch.tensor([0.05, 0.5, 1.1, -0.3, 0.0])]).abs().double()
+    m = float(pooled.mean())  # c = 0: m = mu over the 15 magnitudes
+    assert (fc1.a, fc1.b) == (pytest.approx(0.9 * m), pytest.approx(1.1 * m))
+    assert fc1.a != pytest.approx(0.495)  # not the weights-only threshold
+    expected_bias_mask = (pooled[10:] > 0.9 * m).float().tolist()  # 0.05, 0.3, 0 pruned; 0.5 and 1.1 kept
+    assert fc1.bias_mask.tolist() == expected_bias_mask == [0, 1, 1, 0, 0]
+    net = pruner.deployed(model)
+    assert net.fc1.bias.tolist() == pytest.approx([0.0, 0.5, 1.1, 0.0, 0.0])  # deployed biases b * T_b
+    without, _ = _xor_surgery(gamma=0.0, c_rate=(0.0, 10.0))
+    assert without.layers[0].bias is None and without.layers[0].bias_mask is None

@@ -11,9 +11,10 @@ import pytest
 import torch
 from prunebench.methods.dynthresh import DynamicThresholding
 
+from prunebench import harness
 from prunebench.harness import train
 from prunebench.protocol import OPTIMIZERS, Protocol
-from prunebench.request import make_spec
+from prunebench.request import RunRequest, make_spec
 from prunebench.store import run_identity
 
 
@@ -35,6 +36,9 @@ def test_each_optimizer_family_builds_its_torch_optimizer(name, cls):
     ({"momentum": 1.0}, "momentum must be in [0, 1)"),
     ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
     ({"lr": 0.0}, "lr must be > 0"),
+    ({"lr_policy": "cosine"}, "lr_policy must be one of step, inv"),
+    ({"lr_policy": "inv", "lr_power": 0.0}, "lr_power must be > 0"),
+    ({"lr_policy": "inv", "lr_milestones": (2,), "steps_per_epoch": 10}, "lr_policy inv has no milestones"),
 ])
 def test_protocol_rejects_invalid_values(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -180,3 +184,24 @@ def test_a_deployed_network_of_another_architecture_fails_the_run(store, tmp_pat
     with pytest.raises(TypeError, match="dense's deployed network is not the task's plain XorNet"):
         train(spec, store, tmp_path)
     assert store.run_row(spec.run_id)["status"] == "failed"
+
+
+def test_caffe_inv_policy_sets_every_steps_lr(store, tmp_path, monkeypatch):
+    """lr_policy inv: the optimizer's lr at global step t (1-based) is base (1 + gamma (t - 1))^-power, as Caffe's
+    solver computes it from the iterations done; the policy is part of the run's identity."""
+    assert Protocol(lr_policy="inv", lr_gamma=1e-4, lr_power=0.75).lr_factor(10_001) == pytest.approx(2 ** -0.75)
+    seen: list[float] = []
+    original = harness.training_step
+
+    def spy(forward, task, pruner, optimizer, *args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return original(forward, task, pruner, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "training_step", spy)
+    protocol = (("optimizer", "sgd"), ("lr", 0.1), ("lr_policy", "inv"), ("lr_gamma", 0.5), ("lr_power", 1.0))
+    request = RunRequest("xor", "dense", 0, iterations=5, eval_every=5, protocol=protocol)
+    result = train(request.resolve(), store, tmp_path, device="cpu")
+    assert result.status == "finished"
+    assert seen == pytest.approx([0.1 / (1 + 0.5 * t) for t in range(5)])
+    plain = RunRequest("xor", "dense", 0, iterations=5, eval_every=5, protocol=protocol[:2]).resolve()
+    assert request.resolve().run_id != plain.run_id
