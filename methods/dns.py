@@ -40,7 +40,8 @@ Method card (where each value comes from):
   iter_stop are compared in paper iterations (iter = surgery steps / scale), so the shape of the
   update-probability curve and the per-layer stop points are kept.
 - the surgery starts with a fresh optimizer (a new Caffe run from the pretrained model); the frozen
-  phase continues the surgery's optimizer state (same Caffe run past iter_stop) [I].
+  phase continues the surgery's optimizer state (same Caffe run past iter_stop) [I], and under Caffe's inv lr
+  policy (`--lr-policy inv`) its lr keeps decaying from the surgery's count (`Phase.continues`).
 - r comes from a `random.Random` seeded from torch's global generator at `attach` (the harness seeds
   it with the run's seed just before), so runs are reproducible.
 - per-layer c_rate and iter_stop for deep networks [I]: `layer_rule` "first-conv-fc-last" takes 4 values
@@ -218,7 +219,7 @@ class DynamicNetworkSurgery(Pruner):
         phases = [Phase("pretrain", pretrain, protocol.lr),
                   Phase("surgery", surgery, protocol.lr * self.hp.surgery_lr_factor)]
         if frozen > 0:
-            phases.append(Phase("frozen", frozen, protocol.lr * self.hp.frozen_lr_factor))
+            phases.append(Phase("frozen", frozen, protocol.lr * self.hp.frozen_lr_factor, continues=True))
         return phases
 
     @property

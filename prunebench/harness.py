@@ -26,7 +26,7 @@ from prunebench.deploy import save_deployed
 from prunebench.environment import environment, pick_device
 from prunebench.evaluation import Evaluator, device_clock
 from prunebench.observers import Observer, Observers, ThresholdRecorder
-from prunebench.protocol import Phase, Protocol
+from prunebench.protocol import Phase, Protocol, schedule_origin
 from prunebench.pruner import Pruner
 from prunebench.records import RecordingStore
 from prunebench.registry import get_method
@@ -330,9 +330,10 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
                     phase_steps = losses.steps = 0  # (the loss sum runs on across phases, as it always has)
                 forward = ddp.wrap(model, ctx, device)  # after the phase start: it may change the parameters
                 factor, t0 = None, device_clock(device)
+                origin = schedule_origin(run.phases, index)
                 while phase_steps < phase.iterations:
                     step, phase_steps = step + 1, phase_steps + 1
-                    if protocol.has_schedule and (now := protocol.lr_factor(step)) != factor:
+                    if protocol.has_schedule and (now := protocol.lr_factor(step, step - origin)) != factor:
                         factor = set_lr(optimizer, now)
                     x, y = run.source.next_batch()
                     if run.channels_last and x.dim() == 4:

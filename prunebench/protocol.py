@@ -12,7 +12,8 @@ from torch import nn
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")  # the optimizer families a protocol may name
 AUTOCAST: tuple[str, ...] = ("off", "bf16")  # forward-pass precisions a protocol may name (CUDA only)
 #: Learning-rate policies: "step" (the milestones below, none by default: a constant lr) or Caffe's "inv",
-#: lr = base (1 + gamma t)^-power with t the iterations done (Caffe's stock LeNet solver: gamma 1e-4, power 0.75).
+#: lr = base (1 + gamma t)^-power with t the phase's iterations done (Caffe's stock LeNet solver: gamma 1e-4,
+#: power 0.75).
 LR_POLICIES: tuple[str, ...] = ("step", "inv")
 
 
@@ -40,8 +41,9 @@ class Protocol:
     #: each milestone the current epoch (0-based, of the global step) has reached.
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float = 0.1
-    #: "step" (`lr_milestones`) or "inv" (Caffe's: every phase's lr times (1 + lr_gamma t)^-lr_power, t = global
-    #: steps done before this one), `LR_POLICIES`.
+    #: "step" (`lr_milestones`) or "inv" (Caffe's: a phase's lr times (1 + lr_gamma t)^-lr_power, t = the steps
+    #: its solver run has done before this one: each phase is a new solver run, as a Caffe retraining from
+    #: saved weights restarts its iteration count, unless it `continues` the previous one), `LR_POLICIES`.
     lr_policy: str = "step"
     lr_power: float = 0.75
     #: Mixed precision of the forward pass on CUDA: "off" or "bf16" (torch.autocast); refused on CPU.
@@ -72,10 +74,11 @@ class Protocol:
         """Whether the lr moves during training (milestones, or the inv policy)."""
         return bool(self.lr_milestones) or self.lr_policy == "inv"
 
-    def lr_factor(self, step: int) -> float:
-        """The schedule's factor on every phase's lr at global step `step` (1-based)."""
+    def lr_factor(self, step: int, phase_step: int | None = None) -> float:
+        """The schedule's factor on every phase's lr at global step `step` (1-based), which is step `phase_step`
+        (1-based; default: `step`) of its solver run (`schedule_origin`)."""
         if self.lr_policy == "inv":
-            return (1.0 + self.lr_gamma * (step - 1)) ** -self.lr_power
+            return (1.0 + self.lr_gamma * ((step if phase_step is None else phase_step) - 1)) ** -self.lr_power
         if not self.lr_milestones or not self.steps_per_epoch:
             return 1.0
         epoch = (step - 1) // self.steps_per_epoch
@@ -162,8 +165,18 @@ def fused_optimizer_available(params: list) -> bool | None:
 
 @dataclass(frozen=True)
 class Phase:
-    """One stretch of training inside a run: a name, its iterations and its learning rate."""
+    """One stretch of training inside a run: a name, its iterations and its learning rate. `continues`: the phase
+    goes on with the previous phase's solver run (DNS's frozen masks after the surgery), so a per-run lr policy
+    (Caffe's inv) keeps counting instead of restarting at the phase."""
 
     name: str
     iterations: int
     lr: float
+    continues: bool = False
+
+
+def schedule_origin(phases: list[Phase], index: int) -> int:
+    """Global steps done before the solver run that phase `index` belongs to (the last phase up to it that does
+    not `continue` the previous one) starts: where a per-run lr policy counts from."""
+    start = max(k for k in range(index + 1) if k == 0 or not phases[k].continues)
+    return sum(p.iterations for p in phases[:start])

@@ -13,7 +13,7 @@ from prunebench.methods.dynthresh import DynamicThresholding
 
 from prunebench import harness
 from prunebench.harness import train
-from prunebench.protocol import OPTIMIZERS, Protocol
+from prunebench.protocol import OPTIMIZERS, Phase, Protocol, schedule_origin
 from prunebench.request import RunRequest, make_spec
 from prunebench.store import run_identity
 
@@ -187,9 +187,12 @@ def test_a_deployed_network_of_another_architecture_fails_the_run(store, tmp_pat
 
 
 def test_caffe_inv_policy_sets_every_steps_lr(store, tmp_path, monkeypatch):
-    """lr_policy inv: the optimizer's lr at global step t (1-based) is base (1 + gamma (t - 1))^-power, as Caffe's
-    solver computes it from the iterations done; the policy is part of the run's identity."""
-    assert Protocol(lr_policy="inv", lr_gamma=1e-4, lr_power=0.75).lr_factor(10_001) == pytest.approx(2 ** -0.75)
+    """lr_policy inv: the optimizer's lr at step t (1-based) of a phase is base (1 + gamma (t - 1))^-power, as
+    Caffe's solver computes it from the iterations it has done (a new phase restarts the count, as a Caffe run
+    from saved weights does); the policy is part of the run's identity."""
+    inv = Protocol(lr_policy="inv", lr_gamma=1e-4, lr_power=0.75)
+    assert inv.lr_factor(10_001) == pytest.approx(2 ** -0.75)
+    assert inv.lr_factor(10_001, phase_step=1) == 1.0  # the first step of a later phase
     seen: list[float] = []
     original = harness.training_step
 
@@ -203,5 +206,7 @@ def test_caffe_inv_policy_sets_every_steps_lr(store, tmp_path, monkeypatch):
     result = train(request.resolve(), store, tmp_path, device="cpu")
     assert result.status == "finished"
     assert seen == pytest.approx([0.1 / (1 + 0.5 * t) for t in range(5)])
+    phases = [Phase("a", 3, 0.1), Phase("b", 4, 0.1), Phase("c", 5, 0.1, continues=True), Phase("d", 2, 0.1)]
+    assert [schedule_origin(phases, i) for i in range(4)] == [0, 3, 3, 12]  # c goes on counting from b's start
     plain = RunRequest("xor", "dense", 0, iterations=5, eval_every=5, protocol=protocol[:2]).resolve()
     assert request.resolve().run_id != plain.run_id
