@@ -26,7 +26,7 @@ from prunebench.evaluation import Evaluation
 from prunebench.harness import CHECKPOINT_SECONDS, RunResult, TrainOptions
 from prunebench.observers import Observer
 from prunebench.plugins import METHOD_GROUP, TASK_GROUP, broken, origin
-from prunebench.protocol import AUTOCAST, LR_POLICIES, OPTIMIZERS
+from prunebench.protocol import AUTOCAST, INITS, LR_POLICIES, OPTIMIZERS
 from prunebench.pruner import REGISTRY, Pruner
 from prunebench.records import RecordingStore
 from prunebench.registry import method_names, task_names
@@ -206,6 +206,9 @@ protocol_options = _options(
     click.option("--lr-gamma", "lr_gamma", type=float, default=None,
                  help="gamma of the lr policy: the factor at each milestone (step), or inv's gamma; in (0, 1]."),
     click.option("--lr-power", "lr_power", type=float, default=None, help="power of the inv lr policy (> 0)."),
+    click.option("--init", type=click.Choice(INITS), default=None,
+                 help="Override the task's weight initialisation: trunc_normal or normal (the task's std, biases 0), "
+                 "or default (PyTorch's own: Kaiming-uniform, a = sqrt(5), as DST's code uses)."),
     click.option("--validation", type=click.IntRange(min=0), default=None, metavar="IMAGES",
                  help="Hold this many images out of the training set as a validation split (MNIST: 5000), the "
                  "same for every seed; every evaluation also measures accuracy on it. Recorded in the run's "

@@ -15,6 +15,9 @@ AUTOCAST: tuple[str, ...] = ("off", "bf16")  # forward-pass precisions a protoco
 #: lr = base (1 + gamma t)^-power with t the phase's iterations done (Caffe's stock LeNet solver: gamma 1e-4,
 #: power 0.75).
 LR_POLICIES: tuple[str, ...] = ("step", "inv")
+#: Weight initialisations a protocol may name: TensorFlow's truncated normal or a normal of `init_std` (biases 0),
+#: or "default", the layers' own (PyTorch's Kaiming-uniform with a = sqrt(5) for Linear and Conv2d, biases too).
+INITS: tuple[str, ...] = ("trunc_normal", "normal", "default")
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Protocol:
             raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         if self.validation < 0:
             raise ValueError(f"validation must be >= 0 images, got {self.validation}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.lr_policy not in LR_POLICIES:
             raise ValueError(f"lr_policy must be one of {', '.join(LR_POLICIES)}, got {self.lr_policy!r}")
         if self.lr_policy == "inv" and self.lr_milestones:

@@ -23,7 +23,7 @@ CLI_PROTOCOL_FLAGS = {"iterations": "--iterations", "optimizer": "--optimizer", 
                       "momentum": "--momentum", "weight_decay": "--optimizer-weight-decay", "epochs": "--train-epochs",
                       "batch_size": "--batch-size", "autocast": "--autocast", "channels_last": "--channels-last",
                       "validation": "--validation", "lr_policy": "--lr-policy", "lr_gamma": "--lr-gamma",
-                      "lr_power": "--lr-power"}
+                      "lr_power": "--lr-power", "init": "--init"}
 
 
 @dataclass
