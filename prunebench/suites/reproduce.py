@@ -61,6 +61,7 @@ from prunebench.running.estimate import (
     format_hours,
 )
 from prunebench.running.runner import train_requests
+from prunebench.selection import best_on_validation
 from prunebench.store import ResultStore
 
 FIG1_RATIOS = (50.0, 60.0, 70.0)
@@ -101,6 +102,13 @@ class Variant:
 DST_AUTHORS = (("optimizer", "sgd"), ("lr", 0.01), ("momentum", 0.9), ("batch_size", 64))
 #: Caffe's LeNet solver (SGD lr 0.01, momentum 0.9, weight decay 5e-4), under which DNS was published.
 CAFFE_SGD = (("optimizer", "sgd"), ("lr", 0.01), ("momentum", 0.9), ("weight_decay", 5e-4))
+#: Caffe's stock LeNet solver as the DNS authors trained with it (issue 31): batch 64 and the "inv" lr policy.
+CAFFE_INV = CAFFE_SGD + (("batch_size", 64), ("lr_policy", "inv"), ("lr_gamma", 1e-4), ("lr_power", 0.75))
+#: The DST authors' protocol with what their code adds (issue 31): PyTorch's default init, and 5,000 training
+#: images held out so that their best-epoch rule can be applied on validation, not test.
+DST_CODE = DST_AUTHORS + (("init", "default"), ("validation", 5000))
+#: Evaluations of the DST code variant: about once per epoch of 60,000 images at batch 64 (their checkpoints).
+DST_CODE_EVAL_EVERY = 937
 #: DT's LeNet-5 lambda (not in the paper): the seed-0 runs it was chosen from (5e-4: LeNet-300-100's).
 LENET5_DT_SWEEP = (5e-4, 2e-4, 1e-4)
 TABLE2_VARIANTS: tuple[Variant, ...] = (
@@ -111,6 +119,10 @@ TABLE2_VARIANTS: tuple[Variant, ...] = (
             DST_AUTHORS, iterations=18_750),
     Variant("lenet300", "l0", "budget paper: 200 epochs", budget="paper"),
     Variant("lenet5", "l0", "budget paper: 200 epochs", budget="paper"),
+    Variant("lenet300", "dns", "the authors' Caffe solver: inv lr, batch 64, biases masked",
+            (("c_rate", (6.0, 4.5, 3.0)), ("mask_biases", True)), CAFFE_INV, budget="paper"),
+    Variant("lenet300", "dst", "the authors' code: PyTorch init, threshold reset, 5,000 images held out",
+            (("alpha", 5e-4), ("threshold_reset", True)), DST_CODE, iterations=18_750),
 )
 SEEDS = (0, 1, 2)
 #: Table 2's CIFAR-10 and ImageNet columns: dense and the implemented methods the paper gives a figure for.
@@ -228,7 +240,8 @@ def plan(quick: bool = False) -> list[Item]:
                     items.append(make_item("table2-dense", v.task, "dense", seed, protocol=v.protocol,
                                       iterations=v.iterations))
                 items.append(make_item("table2-variant", v.task, v.method, seed, v.hparams, v.budget, v.iterations,
-                                  protocol=v.protocol, label=v.label))
+                                  protocol=v.protocol, label=v.label,
+                                  eval_every=DST_CODE_EVAL_EVERY if v.protocol == DST_CODE else None))
     if not quick:
         items += large_items()
     return items
@@ -503,7 +516,8 @@ def write_report(db: Path, out_dir: Path, items: list[Item], quick: bool, comman
         blocked = needs(items, data_dir if data_dir is not None else default_data_dir())
     blocked = {rid: n for rid, n in blocked.items() if rid not in set(finished["run_id"])}
     lines = _introduction(db, items, runs, finished, blocked, quick, command, wall_seconds)
-    lines += _table1(items, runs) + _table2(items, runs) + _figures(db, out_dir, items, finished, figures)
+    lines += _table1(items, runs) + _table2(items, runs) + _dst_code_epochs(db, items, runs)
+    lines += _figures(db, out_dir, items, finished, figures)
     lines += _large_section(db, out_dir, items, runs, finished, blocked, quick, figures)
     if not quick:
         lines += matched_section(matched)
@@ -604,6 +618,43 @@ def _table2(items: list[Item], runs: pd.DataFrame) -> list[str]:
                          f"{_fmt(summary['loss'], 2, sign=True)} | `{item.command()}` |")
     if sources:
         lines += ["", "Where each published figure comes from:", "", *sources]
+    return lines
+
+
+def _epoch_cell(point: dict[str, Any], dense_accuracy: float) -> str:
+    """'step 9370: 28.1x, 97.71 % (+0.12 pp)' for a trajectory row (accuracy 0..1) against dense (%)."""
+    return (f"step {point['step']}: {point['compression']:.1f}x, {100 * point['accuracy']:.2f} % "
+            f"({dense_accuracy - 100 * point['accuracy']:+.2f} pp)")
+
+
+def _dst_code_epochs(db: Path, items: list[Item], runs: pd.DataFrame) -> list[str]:
+    """The DST code variant's runs read three ways: the final network (the table's row), the evaluation with
+    the fewest weights (the authors' "best keep ratio" checkpoint: chosen on compression alone), and the one of
+    highest validation accuracy (their "best accuracy" checkpoint, chosen here on the 5,000 held-out images,
+    never on test)."""
+    group = [i for i in items if i.purpose == "table2-variant" and i.method == "dst" and i.protocol == DST_CODE]
+    done = [i for i in group if i.run_id in set(runs["run_id"])]
+    if not done:
+        return []
+    dense = runs.set_index("run_id")["dense_accuracy"]  # %, of dense under the same seed and protocol
+    store = ResultStore(db)
+    lines = ["", f"DST under the authors' code ({group[0].label}), read per evaluation (every "
+             f"{DST_CODE_EVAL_EVERY} steps, about an epoch): the final network is the table's row; the authors' "
+             "trainer also keeps the epoch with the fewest weights (\"best keep ratio\", chosen on compression "
+             "alone) and the epoch of best accuracy, which it picks on the test set: here on the validation split. "
+             "Loss against dense of the same seed and protocol.", "",
+             "| seed | final | fewest weights (their reported rule) | best validation accuracy |", "|---|---|---|---|"]
+    try:
+        for item in done:
+            points = store.trajectory(item.run_id)
+            base = float(dense.get(item.run_id, math.nan))
+            fewest = min(points, key=lambda p: (p["weights_nonzero"], p["step"]))
+            best = best_on_validation(points, item.run_id)
+            best_point = next(p for p in points if p["step"] == best.step)
+            lines.append(f"| {item.seed} | {_epoch_cell(points[-1], base)} | {_epoch_cell(fewest, base)} | "
+                         f"{_epoch_cell(best_point, base)}, validation {100 * best.validation_accuracy:.2f} % |")
+    finally:
+        store.close()
     return lines
 
 
