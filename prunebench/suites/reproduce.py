@@ -236,12 +236,12 @@ def plan(quick: bool = False) -> list[Item]:
         items += [make_item("table2-sweep", "lenet5", "dynthresh", 0, (("lam", lam),)) for lam in LENET5_DT_SWEEP]
         for seed in seeds:
             for v in TABLE2_VARIANTS:
+                every = DST_CODE_EVAL_EVERY if v.protocol == DST_CODE else None
                 if v.protocol:  # its dense reference, under the same protocol
                     items.append(make_item("table2-dense", v.task, "dense", seed, protocol=v.protocol,
-                                      iterations=v.iterations))
+                                      iterations=v.iterations, eval_every=every))
                 items.append(make_item("table2-variant", v.task, v.method, seed, v.hparams, v.budget, v.iterations,
-                                  protocol=v.protocol, label=v.label,
-                                  eval_every=DST_CODE_EVAL_EVERY if v.protocol == DST_CODE else None))
+                                  protocol=v.protocol, label=v.label, eval_every=every))
     if not quick:
         items += large_items()
     return items
