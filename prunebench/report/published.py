@@ -47,7 +47,11 @@ PUBLISHED: dict[tuple[str, str], Published] = {(p.method, p.task): p for p in [
     _p("l0", "lenet300", 12.2, 0.28, DT_TABLE2, "as reported by the sensitivity-driven paper [20]; the L0 "
        "paper's units imply 3.8x at lambda 0.1/N (219-214-100), 10.0x for L0-sep (266-88-33)"),
     _p("l0", "lenet5", 70.0, 0.20, DT_TABLE2, "as reported by the sensitivity-driven paper [20]: the L0 "
-       "paper's L0-sep units 9-18-65-25 (70.0x); lambda 0.1/N's 20-25-45-462 imply 11.2x"),
+       "paper's L0-sep units 9-18-65-25 (70.0x); lambda 0.1/N's 20-25-45-462 imply 11.2x. L0-sep is not run "
+       "here: its per-layer lambdas are in the L0 paper's Table 1 only, which could not be read from this "
+       "machine (no network beyond the package registries), and the authors' code "
+       "(AMLab-Amsterdam/L0_regularization@39a5fe6, train_lenet5.py) defaults to lambdas [1, 1, 1, 1] x 1/N; the "
+       "recalled {10, 0.5, 0.1, 10}/N stay unverified"),
     _p("dst", "lenet300", 40.0, 0.47, "DST paper (METHODS.md sec. 9)", "~40x (2.48% kept); accuracy 98.16% -> 97.69%"),
     _p("dst", "lenet5", 61.0, 0.07, "DST paper (METHODS.md sec. 9)", "~61x (1.64% kept); accuracy 99.18% -> 99.11%"),
     _p("ltp", "lenet300", None, None, "METHODS.md sec. 9", _NONE_LENET + " (LTP reports ImageNet only)"),
