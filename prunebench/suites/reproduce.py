@@ -638,7 +638,7 @@ def _dst_code_epochs(db: Path, items: list[Item], runs: pd.DataFrame) -> list[st
         return []
     dense = runs.set_index("run_id")["dense_accuracy"]  # %, of dense under the same seed and protocol
     store = ResultStore(db)
-    lines = ["", f"DST under the authors' code ({group[0].label}), read per evaluation (every "
+    lines = ["", f"The DST row \"{group[0].label}\" read per evaluation (every "
              f"{DST_CODE_EVAL_EVERY} steps, about an epoch): the final network is the table's row; the authors' "
              "trainer also keeps the epoch with the fewest weights (\"best keep ratio\", chosen on compression "
              "alone) and the epoch of best accuracy, which it picks on the test set: here on the validation split. "
