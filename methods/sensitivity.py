@@ -75,6 +75,16 @@ Method card (where each value comes from):
   [I]: a weight the regulariser has shrunk to 1/20 of the layer's trained spread. A weight exactly at T_l
   is kept (pruned iff |w| < T_l). `prune_every` 100 [I] (50 thresholdings in the 5,833 regularise steps of a
   10,000-step "equal" run); between thresholdings the deployed network is the last mask applied.
+- `cut_rule` "plateau" (issue 31), LOBSTER's protocol family instead of the fixed thresholding [V for the
+  rule's shape, EIDOSLAB/LOBSTER; the numbers are its README's or ours]: at each evaluation of the regularise
+  phase the harness hands the method the mean task loss on the validation split held out of the training set
+  (`Pruner.after_evaluation`; a run needs `--validation`); when it has not fallen by `plateau_tolerance` (1%)
+  for `patience` evaluations (5 [I]; LOBSTER: 20 epochs), every weight below the largest global magnitude
+  threshold whose network keeps the validation loss within `cut_tolerance` (5%, LOBSTER's) of the current one
+  is cut, the threshold found by `bisect_steps` halvings of [0, mean |w| of the kept weights] [I: LOBSTER
+  bisects starting from the mean]. LOBSTER also lowers the lr on plateaus and restores its best state; neither
+  is done here. With it, LOBSTER's protocol reads `--optimizer sgd --lr 0.1 --momentum 0 --validation 5000
+  --sensitivity loss --decay-step fixed --lam 1e-4 --cut-rule plateau` (not yet run: docs/results.md).
 - after every step of the regularise phase the pruned weights are zeroed again, and so are their
   optimizer state entries (Adam moments, momentum), as in methods/magnitude.py [I].
 - schedule [I]: phase "pretrain" (dense, plain training, no regulariser) then phase "regularise" (the
@@ -120,6 +130,8 @@ leaderboards/foundation/calibration.sqlite, dense of the same seed there 97.73%)
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -141,6 +153,9 @@ REDUCTIONS = ("batch-mean", "per-example")
 NORMALISATIONS = ("none", "layer-max")
 DECAY_STEPS = ("lr", "fixed")
 THRESHOLD_RULES = ("layer-std", "absolute")
+#: When weights are cut: "threshold" (every `prune_every` steps, |w| < T_l per layer) or "plateau" (LOBSTER's
+#: family: when the validation loss stops improving, by the largest global magnitude threshold that keeps it).
+CUT_RULES = ("threshold", "plateau")
 #: Examples per vmapped chunk of the per-example sensitivity (memory: chunk x C x the prunable weights).
 PER_EXAMPLE_CHUNK = 16
 #: Modules whose training-mode forward pass is not a function of one example alone.
@@ -240,6 +255,21 @@ class SensitivityHparams(Hyperparameters):
         "help": "budget 'paper': regularise-and-threshold iterations after the pretraining (>= 1)", "min": 1})
     regularise_lr_factor: float = field(default=1.0, metadata={
         "help": "regularise phase lr = protocol lr * this (> 0)", "gt": 0})
+    cut_rule: str = field(default="threshold", metadata={"choices": CUT_RULES, "help":
+        "when weights are cut: 'threshold' (every prune_every steps, |w| < T_l) or 'plateau' (when the validation "
+        "loss stops improving, by the largest global |w| threshold that keeps it within cut_tolerance; needs "
+        "--validation)"})
+    patience: int = field(default=5, metadata={
+        "help": "cut_rule plateau: evaluations without a plateau_tolerance improvement of the validation loss "
+        "before a cut (>= 1)", "min": 1})
+    plateau_tolerance: float = field(default=0.01, metadata={
+        "help": "cut_rule plateau: a relative fall of the validation loss smaller than this is no improvement",
+        "min": 0, "lt": 1})
+    cut_tolerance: float = field(default=0.05, metadata={
+        "help": "cut_rule plateau: a cut may raise the validation loss by at most this fraction", "min": 0})
+    bisect_steps: int = field(default=12, metadata={
+        "help": "cut_rule plateau: bisection steps for the threshold, in [0, mean |w| of the kept weights]",
+        "min": 1})
 
 
 @register("sensitivity")
@@ -270,6 +300,10 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
         #: The output sensitivity last computed (kept for `refresh_every` - 1 further steps; checkpointed).
         self.cached: dict[str, torch.Tensor] = {}
         self._in_hook = False
+        #: cut_rule plateau: the best validation loss since the last cut, evaluations since it improved, cuts made.
+        self.best_loss = math.inf
+        self.waited = 0
+        self.cuts: list[tuple[int, float]] = []
 
     # -- hooks --------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> nn.Module:
@@ -316,7 +350,8 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
     def state_dict(self) -> dict[str, Any]:
         return {"active": self.active, "steps_done": self.steps_done, "phase_start": self.phase_start,
                 "phase_end": self.phase_end, "limits": dict(self.limits), **super().state_dict(),
-                "cached": dict(self.cached)}
+                "cached": dict(self.cached), "best_loss": self.best_loss, "waited": self.waited,
+                "cuts": [list(c) for c in self.cuts]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -325,6 +360,8 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
         self.phase_start, self.phase_end = state["phase_start"], state["phase_end"]
         self.limits = dict(state["limits"])
         self.cached = {name: value.to(device, copy=True) for name, value in state.get("cached", {}).items()}
+        self.best_loss, self.waited = state.get("best_loss", math.inf), state.get("waited", 0)
+        self.cuts = [(int(s), float(t)) for s, t in state.get("cuts", [])]
 
     def learning_rate(self) -> float:
         """eta of the shrinkage: the optimizer's current lr under decay_step 'lr', else 1."""
@@ -350,10 +387,64 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
                     sensitivity = weight.grad.abs() if weight.grad is not None else torch.zeros_like(weight)
                 weight.sub_(rate * self.base[name] * insensitivity(sensitivity, self.hp.normalise))
         self.base, self.sensitivities = {}, {}
-        if (step - self.phase_start) % self.hp.prune_every == 0 or step >= self.phase_end:
+        if self.hp.cut_rule == "threshold" and ((step - self.phase_start) % self.hp.prune_every == 0
+                                                or step >= self.phase_end):
             self.prune()  # applies the masks
         elif self.keep:
             self.apply_masks()
+
+    def after_evaluation(self, model: nn.Module, validation_loss: Callable[[nn.Module], float] | None) -> None:
+        """cut_rule plateau: when the validation loss has not fallen by `plateau_tolerance` for `patience`
+        evaluations of the regularise phase, cut every weight with |w| below the largest global threshold (found by
+        bisection in [0, mean |w| of the kept weights]) whose network keeps the validation loss within
+        `cut_tolerance` of the current one."""
+        if self.hp.cut_rule != "plateau" or not self.active:
+            return
+        if validation_loss is None:
+            raise ValueError("sensitivity: cut_rule plateau reads the validation loss; train with --validation "
+                             "IMAGES (MNIST: 5000)")
+        current = validation_loss(self.deployed(model))
+        if current < self.best_loss * (1 - self.hp.plateau_tolerance):
+            self.best_loss, self.waited = current, 0
+            return
+        self.waited += 1
+        if self.waited < self.hp.patience:
+            return
+        limit = self.largest_cut(model, validation_loss, current)
+        self.cut(limit)
+        self.cuts.append((self.steps_done, limit))
+        self.best_loss, self.waited = validation_loss(self.deployed(model)), 0
+
+    @torch.no_grad()
+    def largest_cut(self, model: nn.Module, validation_loss: Callable[[nn.Module], float], current: float) -> float:
+        """The largest T in [0, mean |w| of the kept weights], to `bisect_steps` halvings, whose cut network
+        (|w| < T zeroed in every prunable layer) has a validation loss <= current x (1 + cut_tolerance)."""
+        kept = torch.cat([module.weight.detach().abs()[self.masks(model)[name]].flatten()
+                          for name, module in self.layers])
+        low, high = 0.0, float(kept.mean()) if kept.numel() else 0.0
+
+        def holds(limit: float) -> bool:
+            net = self.deployed(model)
+            for _, layer in prunable_layers(net):
+                layer.weight.mul_(layer.weight.abs() >= limit)
+            return validation_loss(net) <= current * (1 + self.hp.cut_tolerance)
+
+        if holds(high):
+            return high
+        for _ in range(self.hp.bisect_steps):
+            middle = (low + high) / 2
+            low, high = (middle, high) if holds(middle) else (low, middle)
+        return low
+
+    @torch.no_grad()
+    def cut(self, limit: float) -> None:
+        """Weights with |w| < `limit` join the pruned ones, in every layer (a pruned weight never returns)."""
+        for name, module in self.layers:
+            keep = module.weight.detach().abs() >= limit
+            if name in self.keep:
+                keep &= self.keep[name]
+            self.keep[name] = keep
+        self.apply_masks()
 
     @torch.no_grad()
     def prune(self) -> None:

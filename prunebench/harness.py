@@ -347,7 +347,9 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
                         store.add_point(run_id, row)
                         checkpoints.add(row)
                         observer.evaluation(point)
-                        if step < run.total_steps:
+                        if step < run.total_steps:  # (after the last point nothing may change what it measured)
+                            pruner.after_evaluation(model, evaluate.validation_loss if run.source.validation_size
+                                                    else None)
                             checkpoints.save(step, index, phase_steps, {"train_seconds": train_seconds,
                                                                         "eval_seconds": evaluate.seconds}, optimizer)
                         t0 = time.perf_counter()

@@ -138,6 +138,13 @@ class Pruner:
     def after_step(self, step: int) -> None:
         """Called after each optimizer step with the global step number (1-based)."""
 
+    def after_evaluation(self, model: nn.Module,  # noqa: ARG002
+                         validation_loss: Callable[[nn.Module], float] | None) -> None:  # noqa: ARG002
+        """Called after each evaluation point but the last is stored (before the checkpoint that follows it), with
+        `validation_loss(net)`: the mean task loss of a network on the validation split held out of the
+        training set (None for a run without one). A rule that needs accuracy to decide (a plateau, a cut that
+        must keep the loss) reads it here, never the test set. Default: nothing."""
+
     def skips_optimizer_step(self, step: int) -> bool:  # noqa: ARG002
         """True where the optimizer must not update the weights at global step `step` (1-based): the step's
         gradient serves the method alone (RigL's mask updates read the dense gradient and apply no weight

@@ -402,3 +402,79 @@ def test_refresh_every_reuses_the_sensitivity_between_refreshes_and_checkpoints_
     for a, b in zip(model.parameters(), fresh_model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), reference_model.parameters(), strict=True))
+
+
+# -- cut_rule plateau (LOBSTER's protocol family; issue 31) -------------------------------------------------
+def _regularising(task: str = "lenet300", **hp) -> tuple[SensitivityRegularisation, nn.Module]:
+    spec_task = get_task(task)
+    torch.manual_seed(0)
+    pruner = SensitivityRegularisation(SensitivityHparams(sensitivity="loss", **hp), spec_task)
+    model = pruner.attach(spec_task.build_model(0))
+    phases = pruner.phases(spec_task.protocol)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner.on_phase_start(phases[0], model, optimizer)
+    pruner.on_phase_start(phases[1], model, optimizer)  # the regularise phase: active
+    return pruner, model
+
+
+def _pruned_fraction(net: nn.Module) -> float:
+    weights = [m.weight for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+
+def test_plateau_rule_waits_for_patience_then_cuts_the_largest_global_threshold_the_loss_allows():
+    pruner, model = _regularising(cut_rule="plateau", patience=2, cut_tolerance=0.05, bisect_steps=14)
+    calls = []
+
+    def validation_loss(net: nn.Module) -> float:  # 1.0 until 30% of the weights are gone, then rising fast
+        calls.append(1)
+        return 1.0 + 10 * max(0.0, _pruned_fraction(net) - 0.3)
+
+    pruner.after_evaluation(model, validation_loss)  # first reading: the best so far
+    assert pruner.best_loss == 1.0 and not pruner.keep
+    pruner.after_evaluation(model, validation_loss)  # no improvement: 1 of 2
+    assert pruner.waited == 1 and not pruner.keep
+    pruner.after_evaluation(model, validation_loss)  # 2 of 2: cut
+    assert len(pruner.cuts) == 1 and pruner.waited == 0
+    fraction = _pruned_fraction(pruner.deployed(model))
+    assert 0.295 < fraction <= 0.305  # the largest cut within +5% of the loss: 30% + 0.5% of the weights
+    limit = pruner.cuts[0][1]
+    magnitudes = torch.cat([m.weight.detach().abs().flatten() for _, m in pruner.layers])
+    assert float(magnitudes[magnitudes > 0].min()) >= limit  # one global threshold: nothing below it is kept
+    assert limit < float(magnitudes[magnitudes > 0].mean())
+
+
+def test_plateau_rule_needs_a_validation_split_and_the_threshold_rule_ignores_evaluations():
+    pruner, model = _regularising(cut_rule="plateau")
+    with pytest.raises(ValueError, match="--validation"):
+        pruner.after_evaluation(model, None)
+    threshold, model = _regularising()
+    threshold.after_evaluation(model, lambda net: 1.0)
+    assert threshold.best_loss == float("inf") and not threshold.cuts
+
+
+def test_a_run_gives_the_method_the_validation_loss_of_the_split(store, tmp_path, monkeypatch):
+    """The harness hands `after_evaluation` the mean task loss over the held-out samples (XOR: 1,000), not the
+    test set's, and the plateau rule cuts from it during the run."""
+    seen: list[tuple[float, float]] = []
+    original = SensitivityRegularisation.after_evaluation
+
+    def spy(self, model, validation_loss):
+        if validation_loss is not None and self.active:
+            net = self.deployed(model)
+            source = validation_loss.__self__.source
+            x, y = source.validation
+            with torch.no_grad():
+                expected = float(get_task("xor").loss(net(x), y))
+            seen.append((validation_loss(net), expected))
+        return original(self, model, validation_loss)
+
+    monkeypatch.setattr(SensitivityRegularisation, "after_evaluation", spy)
+    spec = make_spec("xor", "sensitivity", hparams={"sensitivity": "loss", "cut_rule": "plateau", "patience": 1,
+                                                    "lam": 0.5}, iterations=1000, eval_every=50,
+                     protocol={"validation": 1000})
+    result = train(spec, store, tmp_path, device="cpu")
+    assert result.status == "finished" and len(seen) >= 5
+    assert all(got == pytest.approx(expected, rel=1e-5) for got, expected in seen)
+    nonzero = [p["weights_nonzero"] for p in store.trajectory(result.run_id)]
+    assert nonzero == sorted(nonzero, reverse=True)  # cuts only remove
