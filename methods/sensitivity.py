@@ -414,7 +414,7 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
         if self.waited < self.hp.patience:
             return
         limit = self.largest_cut(model, validation_loss, current)
-        self.cut(limit)
+        self.cut(dict.fromkeys(self.limits, limit))
         self.cuts.append((self.steps_done, limit))
         self.best_loss, self.waited = validation_loss(self.deployed(model)), 0
 
@@ -422,8 +422,8 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
     def largest_cut(self, model: nn.Module, validation_loss: Callable[[nn.Module], float], current: float) -> float:
         """The largest T in [0, mean |w| of the kept weights], to `bisect_steps` halvings, whose cut network
         (|w| < T zeroed in every prunable layer) has a validation loss <= current x (1 + cut_tolerance)."""
-        kept = torch.cat([module.weight.detach().abs()[self.masks(model)[name]].flatten()
-                          for name, module in self.layers])
+        masks = self.masks(model)
+        kept = torch.cat([module.weight.detach().abs()[masks[name]].flatten() for name, module in self.layers])
         low, high = 0.0, float(kept.mean()) if kept.numel() else 0.0
 
         def holds(limit: float) -> bool:
@@ -440,24 +440,19 @@ class SensitivityRegularisation(MaskedPruner, PretrainThenPrune):
         return low
 
     @torch.no_grad()
-    def cut(self, limit: float) -> None:
-        """Weights with |w| < `limit` join the pruned ones, in every layer (a pruned weight never returns)."""
+    def cut(self, limits: dict[str, float]) -> None:
+        """Weights with |w| < limits[layer] join the pruned ones (a pruned weight never returns): the thresholding
+        (`limits` the T_l) and the plateau rule's global cut (one value for every layer)."""
         for name, module in self.layers:
-            keep = module.weight.detach().abs() >= limit
+            keep = module.weight.detach().abs() >= limits[name]
             if name in self.keep:
                 keep &= self.keep[name]
             self.keep[name] = keep
         self.apply_masks()
 
-    @torch.no_grad()
     def prune(self) -> None:
         """Threshold: weights with |w| < T_l join the pruned ones (a pruned weight never returns)."""
-        for name, module in self.layers:
-            keep = module.weight.detach().abs() >= self.limits[name]
-            if name in self.keep:
-                keep &= self.keep[name]
-            self.keep[name] = keep
-        self.apply_masks()
+        self.cut(self.limits)
 
     # -- reading the state --------------------------------------------------------------------
     def masks(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -131,17 +131,10 @@ class Evaluator:
     @torch.no_grad()
     def validation_loss(self, net: nn.Module) -> float:
         """The mean task loss of `net` (in eval mode) over the validation split: what `Pruner.after_evaluation`
-        gives methods that decide on validation."""
-        was_training = net.training
-        net.eval()
-        total, count = torch.zeros((), device=self.device), 0
-        for x, y in self.source.validation_batches():
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            total += self.spec.task.loss(net(x), y).float() * y.shape[0]
-            count += y.shape[0]
-        net.train(was_training)
-        return float(total.item()) / max(count, 1)
+        gives methods that decide on validation (`evaluate_batches` summing each batch's loss x its size)."""
+        return evaluate_batches(net, self.source.validation_batches(),
+                                lambda output, y: self.spec.task.loss(output, y).float() * y.shape[0],
+                                autocast=self.autocast)[0]
 
     def __call__(self, step: int, phase: str, loss: float, train_seconds: float) -> Evaluation:
         t0 = time.perf_counter()
