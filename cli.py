@@ -21,7 +21,7 @@ from prunebench.deploy import model_path, models_dir
 from prunebench.distributed import close as close_processes
 from prunebench.distributed import from_environment as join_processes
 from prunebench.environment import pick_device, quiet_cuda_home_notice
-from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError
+from prunebench.errors import DataUnavailableError, MissingExtraError, StoreError, UserError, room_for
 from prunebench.evaluation import Evaluation
 from prunebench.harness import CHECKPOINT_SECONDS, RunResult, TrainOptions
 from prunebench.observers import Observer
@@ -424,7 +424,7 @@ def sweep_executor(name: str, jobs: int, db: Path, options: dict[str, Any]) -> E
     folder = options["submitit_folder"] or db.with_name(db.stem + ".submitit")
     try:
         return make_executor(name, jobs=jobs, folder=folder, address=options["ray_address"],
-                             cluster=options["submitit_cluster"],
+                             connect_timeout=options["ray_connect_timeout"], cluster=options["submitit_cluster"],
                              **{k: options[k] for k in ("cpus_per_run", "gpus_per_run", "retries", "partition",
                                                         "time_limit_min", "runs_per_job", "array_parallelism")})
     except ValueError as exc:
@@ -454,6 +454,9 @@ def sweep_executor(name: str, jobs: int, db: Path, options: dict[str, Any]) -> E
 @click.option("--ray-address", default=None, metavar="ADDRESS",
               help="--executor ray: the cluster to run on, e.g. 'auto' or 'ray://head:10001' (default: "
               "$RAY_ADDRESS, else a local Ray instance started for the sweep).")
+@click.option("--ray-connect-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="--executor ray: how long to wait for the cluster at --ray-address to answer before the sweep "
+              "stops with an error.  [default: 30]")
 @click.option("--cpus-per-run", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--executor ray/submitit: CPUs reserved for each run, which are its torch threads; Ray runs "
               "as many at once as fit the cluster. Whole numbers for submitit.  [default: 1]")
@@ -554,9 +557,9 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
 
 #: sweep's options that say where runs train (--jobs, --executor and each executor's, checkpoints), shared
 #: by `curve`.
-EXECUTOR_PARAMS = ("jobs", "executor", "ray_address", "cpus_per_run", "gpus_per_run", "submitit_cluster",
-                   "partition", "time_limit_min", "runs_per_job", "array_parallelism", "retries", "checkpoints",
-                   "checkpoint_seconds", "submitit_folder")
+EXECUTOR_PARAMS = ("jobs", "executor", "ray_address", "ray_connect_timeout", "cpus_per_run", "gpus_per_run",
+                   "submitit_cluster", "partition", "time_limit_min", "runs_per_job", "array_parallelism", "retries",
+                   "checkpoints", "checkpoint_seconds", "submitit_folder")
 
 
 def parse_targets(text: str) -> tuple[float, ...]:
@@ -878,9 +881,10 @@ def site(out: Path, tasks: str | None, max_loss: float, matched_dir: Path, data_
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     try:
         matched = [read_matched(path, db) for path in sorted(matched_dir.glob("*-matched.json"))]
-        result = build_site(db, out, task_list, max_loss, data_dir, paper_report=lambda folder, store, data, command:
-                            paper_report(folder, store, data, command=command, report_only=True, matched=matched),
-                            matched=matched)
+        with room_for(out, "the site"):
+            result = build_site(db, out, task_list, max_loss, data_dir, matched=matched,
+                                paper_report=lambda folder, store, data, command: paper_report(
+                                    folder, store, data, command=command, report_only=True, matched=matched))
     except (FileNotFoundError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     for path in result.pages:
@@ -897,6 +901,11 @@ def site(out: Path, tasks: str | None, max_loss: float, matched_dir: Path, data_
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The file to write (required for RUN_ID); with --table the markdown file (default: "
               "leaderboards/deployment-<task>.md).")
+@click.option("--compressed", is_flag=True,
+              help="--format safetensors: store each Linear/Conv2d weight in its smallest layout (dense, bitmask of "
+              "the non-zeros plus their values, or CSR), the file whose bytes the table measures; the output says "
+              "which layout each layer got. Load it back (either file) as a plain nn.Module with "
+              "prunebench.deploy.load_safetensors(FILE).")
 @click.option("--table", "table_task", type=click.Choice(task_names()), default=None,
               help="Instead of one run: for this task, export the seed-0 default run of every method and write "
               "the deployment table (bytes, latency, FLOPs, dense against compressed).")
@@ -909,8 +918,8 @@ def site(out: Path, tasks: str | None, max_loss: float, matched_dir: Path, data_
               help="Device of a rerun: cpu, cuda or cuda:N (default: CUDA when present).")
 @data_dir_option
 @db_option
-def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | None, rerun: bool, models: Path | None,
-           device: str | None, data_dir: Path, db: Path) -> None:
+def export(run_id: str | None, fmt: str, out: Path | None, compressed: bool, table_task: str | None, rerun: bool,
+           models: Path | None, device: str | None, data_dir: Path, db: Path) -> None:
     """Export a finished run's deployed network (exact zeros) and show what its compression buys: file bytes
     and CPU latency, dense against compressed, beside the theoretical FLOPs reduction.
 
@@ -928,14 +937,18 @@ def export(run_id: str | None, fmt: str, out: Path | None, table_task: str | Non
             out = out or Path("leaderboards") / f"deployment-{table_task}.md"
             args = ["prunebench", "export", "--table", table_task, "--db", str(db), "--out", str(out)]
             args += ([] if rerun else ["--no-rerun"]) + (["--models-dir", str(models)] if models else [])
-            path, _ = write_deployment_table(table_task, db, out, data_dir, " ".join(args), models, rerun,
-                                             RichObserver(console), log=console.print)
+            with room_for(out, "the deployment table"):
+                path, _ = write_deployment_table(table_task, db, out, data_dir, " ".join(args), models, rerun,
+                                                 RichObserver(console), log=console.print)
             click.echo(f"wrote {path}")
             return
         if run_id is None or out is None:
             raise click.UsageError("give RUN_ID and --out FILE (or --table TASK)")
+        if compressed and fmt != "safetensors":
+            raise click.UsageError(f"--compressed applies to --format safetensors, not {fmt}")
         result = exporting.export_run(
             run_id, db, fmt, out, data_dir, models, device=device, observer=RichObserver(console),
+            compressed=compressed,
             before_rerun=lambda spec: console.print(
                 f"run {run_id}: no kept model; running it again from its stored identity ({spec.method} on "
                 f"{spec.task.name} seed {spec.seed}, {spec.protocol.iterations:,} iterations)"))

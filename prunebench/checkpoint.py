@@ -14,6 +14,7 @@ takes them through a `Checkpointer`, which keeps that record in memory as points
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from prunebench.errors import CheckpointError
+from prunebench.errors import AGAIN, CheckpointError, disk_full, is_disk_full
 from prunebench.records import snapshot
 
 FORMAT = 1
@@ -54,14 +55,34 @@ def checkpoint_path(directory: Path, run_id: str) -> Path:
     return Path(directory) / f"{run_id}.pt"
 
 
-def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
-    """Write atomically (a stop while writing leaves the previous checkpoint intact)."""
-    path = checkpoint_path(directory, checkpoint.run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".pt.{os.getpid()}.tmp")  # two writers never share a temporary file
-    torch.save({"format": FORMAT, **checkpoint.__dict__}, tmp)
-    os.replace(tmp, path)
+def save_atomically(blob: Any, path: Path, what: str, then: str = AGAIN) -> Path:
+    """`torch.save(blob)` to `path` atomically: a stop while writing leaves the previous file intact. A full
+    disk raises `DiskFullError` (naming the file, `what` it is and `then` what to do) with the previous file
+    kept and the partial one removed. (The blob is serialised in memory first: torch.save writing to a full
+    disk reports an iostream error, not ENOSPC.)"""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers never share a temporary file
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(path, what, then, buffer.getbuffer().nbytes, exc) from None
+        raise
     return path
+
+
+def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
+    """Write atomically (`save_atomically`): a full disk keeps the previous checkpoint, which the same command
+    continues from once there is room."""
+    path = checkpoint_path(directory, checkpoint.run_id)
+    then = "it continues from its last checkpoint, kept" if path.exists() else "it had no checkpoint yet"
+    return save_atomically({"format": FORMAT, **checkpoint.__dict__}, path, "the checkpoint", f"{AGAIN} ({then})")
 
 
 def load_checkpoint(directory: Path, run_id: str) -> Checkpoint | None:

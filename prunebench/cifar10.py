@@ -9,14 +9,16 @@ augmentation are the task's business, done on the device.
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from prunebench.data import TensorDataset, checksum_status, file_digest
-from prunebench.errors import DataUnavailableError, UnverifiedDataError
+from prunebench.errors import DataUnavailableError, UnreadableDataError, UnverifiedDataError
 
 # Per-channel mean and standard deviation of the 50,000 CIFAR-10 training images' pixels scaled to [0, 1]
 # (the std over all pixels of a channel): the commonly quoted values, computed once on the real training set
@@ -109,11 +111,57 @@ def _unchecked_cifar10() -> type:
     return UncheckedCIFAR10
 
 
+#: The keys each file must have (torchvision's reading: `label_names` in the meta file).
+_BATCH_KEYS = ("data", "labels")
+_META_KEYS = ("label_names",)
+CIFAR10_PIXELS = 3 * 32 * 32
+CIFAR10_CLASSES = 10
+
+
+def check_cifar10_file(path: Path) -> None:
+    """Raise UnreadableDataError (one line naming `path`) unless it reads as torchvision reads it (a pickle,
+    latin-1 strings) into what CIFAR-10's python version holds: for a batch, `data` uint8 of shape (N, 3072)
+    (1024 red, green, blue values per row) and N `labels` in 0..9; for batches.meta, `label_names`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+    except Exception as exc:  # noqa: BLE001 - pickle raises many types for a damaged file
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnreadableDataError(f"CIFAR-10 file {path} is not a readable pickle ({type(exc).__name__}: {detail}): "
+                                  "truncated or damaged; extract the official archive again") from None
+    if not isinstance(entry, dict):
+        raise UnreadableDataError(f"CIFAR-10 file {path} holds a {type(entry).__name__}, not the dict of a CIFAR-10 "
+                                  "batch")
+    required = _META_KEYS if path.name == "batches.meta" else _BATCH_KEYS
+    missing = [key for key in required if key not in entry]
+    if missing:
+        keys = ", ".join(repr(key) for key in list(entry)[:4])
+        why = (f"its keys are bytes ({keys}): pickled by Python 3 from bytes keys, as some converters write; the "
+               "official python-version batches give str keys") if any(isinstance(k, bytes) for k in entry) else (
+               f"its keys: {keys}")
+        raise UnreadableDataError(f"CIFAR-10 file {path} lacks the key {missing[0]!r} ({why})")
+    if path.name == "batches.meta":
+        return
+    data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR10_PIXELS:
+        raise UnreadableDataError(f"CIFAR-10 file {path}: 'data' is {data.dtype} of shape {tuple(data.shape)}, "
+                                  f"expected uint8 of shape (N, {CIFAR10_PIXELS}) (1024 red, green, blue values "
+                                  "per image)")
+    if labels.shape != (data.shape[0],):
+        raise UnreadableDataError(f"CIFAR-10 file {path}: {labels.size} labels for {data.shape[0]} images")
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
+                        or labels.max() >= CIFAR10_CLASSES):
+        raise UnreadableDataError(f"CIFAR-10 file {path}: labels must be whole numbers 0..9, found "
+                                  f"{labels.dtype} from {labels.min()} to {labels.max()}")
+
+
 def load_cifar10(data_dir: Path, allow_unverified: bool = False, fetch: bool = True) -> TensorDataset:
     """CIFAR-10 as uint8 tensors (N, 3, 32, 32) (NCHW, as stored) and int64 labels.
 
     Missing files: fetched first when `fetch`, else (or if that fails) DataUnavailableError. Files present
-    whose MD5 does not match: UnverifiedDataError, unless `allow_unverified` (then they are loaded)."""
+    whose MD5 does not match: UnverifiedDataError, unless `allow_unverified` (then they are loaded, each first
+    checked by `check_cifar10_file`: a malformed one is an UnreadableDataError naming it)."""
     data_dir = Path(data_dir)
     status = cifar10_status(data_dir)
     if fetch and "missing" in status.values():
@@ -128,9 +176,16 @@ def load_cifar10(data_dir: Path, allow_unverified: bool = False, fetch: bool = T
         raise UnverifiedDataError(
             f"CIFAR-10 files under {cifar10_dir(data_dir)} do not match torchvision's published MD5s: "
             f"{', '.join(bad)}; --allow-unverified-data accepts them (results are then not comparable).")
+    for name in bad:  # the official files read; others are checked first, so that each fault is one line
+        check_cifar10_file(cifar10_dir(data_dir) / name)
     cls = _unchecked_cifar10()
-    train = cls(str(data_dir), train=True, download=False)
-    test = cls(str(data_dir), train=False, download=False)
+    try:
+        train = cls(str(data_dir), train=True, download=False)
+        test = cls(str(data_dir), train=False, download=False)
+    except Exception as exc:  # noqa: BLE001 - whatever torchvision meets becomes one line naming the folder
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnreadableDataError(f"CIFAR-10 under {cifar10_dir(data_dir)} cannot be read by torchvision "
+                                  f"({type(exc).__name__}: {detail})") from None
 
     def images(ds) -> torch.Tensor:  # torchvision keeps (N, 32, 32, 3); back to the stored (N, 3, 32, 32)
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()

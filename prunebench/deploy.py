@@ -14,12 +14,14 @@ differs with one of the saved shape (same kernel, stride, padding, groups; `stru
 smaller networks the same way), then loads the state dict strictly. The file loads with
 `torch.load(..., weights_only=True)` (no code is unpickled) and needs no prunebench to read; rebuilding
 the module needs the architecture's class, which the file names.
+
+`load_safetensors` loads what `prunebench export --format safetensors [--compressed]` wrote back as a plain
+`nn.Module` (the one documented call for both files).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from prunebench.checkpoint import save_atomically
 from prunebench.pruner import PRUNABLE_TYPES, prunable_layers
 from prunebench.structured import resized
 
@@ -78,17 +81,13 @@ def save_deployed(path: Path, net: nn.Module, *, run_id: str, task: str, method:
     """Write `net` (a deployed network) to `path` atomically; returns the path. `origin`, `environment`: see
     `SavedModel`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: t.detach().to("cpu").clone() for key, t in net.state_dict().items()}
     blob = {"format": FORMAT, "run_id": run_id, "task": task, "method": method, "seed": int(seed),
             "architecture": architecture_name(architecture), "shapes": {k: list(t.shape) for k, t in state.items()},
             "state_dict": state,
             "final": {k: final.get(k) for k in ("accuracy", "compression", "weights_nonzero", "weights_total")},
             "origin": origin, "environment": json.dumps(environment) if environment is not None else None}
-    tmp = path.with_suffix(f".pt.{os.getpid()}.tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_atomically(blob, path, "the deployed network")
 
 
 def load_saved(path: Path) -> SavedModel:
@@ -133,3 +132,20 @@ def reshaped(net: nn.Module, architecture: Callable[[], nn.Module]) -> bool:
 def weights_nonzero(net: nn.Module) -> int:
     """Non-zero weights of the Linear / Conv2d layers (the store's `weights_nonzero`)."""
     return sum(int(torch.count_nonzero(m.weight)) for _, m in prunable_layers(net))
+
+
+def load_safetensors(path: Path | str) -> nn.Module:
+    """The network in a file `prunebench export --format safetensors` wrote, with or without `--compressed`, as a
+    plain `nn.Module` in eval mode: the task architecture (named in the file's metadata) with the file's weights,
+    compressed layers decoded exactly (`sparse.read_compressed`), resized where the file's shapes differ
+    (`rebuild`). ValueError for a file prunebench did not export."""
+    from safetensors import safe_open
+
+    from prunebench.registry import get_task
+    from prunebench.sparse import read_compressed
+
+    with safe_open(str(path), framework="pt") as f:
+        task = (f.metadata() or {}).get("task")
+    if task is None:
+        raise ValueError(f"{path} has no 'task' in its metadata: not exported by prunebench")
+    return rebuild(get_task(task).architecture, read_compressed(Path(path)))

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from prunebench.checkpoint import Checkpoint, Checkpointer, checkpoint_dir
 from prunebench.data import TensorDataset
 from prunebench.deploy import save_deployed
 from prunebench.environment import environment, pick_device
+from prunebench.errors import DiskFullError, UnreadableDataError, disk_full, is_disk_full
 from prunebench.evaluation import Evaluator, device_clock
 from prunebench.observers import Observer, Observers, ThresholdRecorder
 from prunebench.protocol import Phase, Protocol, schedule_origin
@@ -362,6 +363,14 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
         store.mark(run_id, "interrupted", f"interrupted at step {step} ({type(exc).__name__})", step)
         raise
     except Exception as exc:
+        # Not failures of the run: a full disk, or a data file to replace. It continues from its checkpoint after.
+        if is_disk_full(exc) or isinstance(exc, UnreadableDataError):
+            why = "no space left" if is_disk_full(exc) else "unreadable data"
+            with suppress(Exception):
+                store.mark(run_id, "interrupted", f"{why} at step {step}", step)
+            if isinstance(exc, DiskFullError | UnreadableDataError):
+                raise
+            raise disk_full(getattr(exc, "filename", None) or directory, "the run's files", cause=exc) from exc
         store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
         raise
     finally:

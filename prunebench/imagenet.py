@@ -10,6 +10,11 @@ can be checked against torchvision's published MD5s (`torchvision.datasets.image
 Preprocessing follows Caffe's AlexNet (the DT paper's ImageNet model): images warped to 256x256, a random
 227x227 crop and horizontal flip for training, the centre 227x227 crop for evaluation. Caffe subtracts a
 mean image; we normalise per channel with the usual ImageNet mean/std instead (a recorded open choice).
+
+An image that cannot be read (truncated, not an image), met when a batch draws it, stops the run with one
+line naming the file (`read_image`, an `UnreadableDataError`); it is not skipped, since a run that skipped
+images would train on another dataset than the one its row names. The run keeps its last checkpoint: replace
+the file and the same command continues.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunebench.cifar10 import md5_file
-from prunebench.errors import DataUnavailableError, UnverifiedDataError
+from prunebench.errors import DataUnavailableError, UnreadableDataError, UnverifiedDataError
 
 if TYPE_CHECKING:
+    from PIL import Image
     from torchvision.datasets import ImageFolder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -155,6 +161,20 @@ def imagenet_layout_help(data_dir: Path) -> str:
             f"(validation images sorted into class folders by the devkit's labels).")
 
 
+def read_image(path: str) -> Image.Image:
+    """ImageFolder's loader (PIL, converted to RGB) with an unreadable file as an UnreadableDataError naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as fh:
+            return Image.open(fh).convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnreadableDataError(f"ImageNet image {path} cannot be read ({type(exc).__name__}: {detail}); "
+                                  "replace or remove it and run the same command again (images are not skipped: "
+                                  "the run would train on another dataset)") from None
+
+
 def imagenet_transforms(train_crop: int = 227, resize: int = 256, mean: Sequence[float] = IMAGENET_MEAN,
                         std: Sequence[float] = IMAGENET_STD, flip: bool = True) -> tuple[Callable, Callable]:
     """(training, evaluation) transforms: warp to resize x resize (Caffe), then a random (training) or centre
@@ -190,8 +210,8 @@ def imagenet_datasets(data_dir: Path, allow_unverified: bool = False, train_crop
                                   f"--allow-unverified-data accepts it (results are then not comparable).")
     train_tf, eval_tf = imagenet_transforms(train_crop, resize, mean, std, flip)
     try:
-        train = ImageFolder(str(root / "train"), transform=train_tf)
-        val = ImageFolder(str(root / "val"), transform=eval_tf)
+        train = ImageFolder(str(root / "train"), transform=train_tf, loader=read_image)
+        val = ImageFolder(str(root / "val"), transform=eval_tf, loader=read_image)
     except FileNotFoundError as exc:  # e.g. a class folder without images
         raise DataUnavailableError(f"ImageNet under {root} cannot be read as ImageFolders: {exc}") from None
     if train.classes != val.classes:

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prunebench.data import TensorDataset
+from prunebench.errors import UnreadableDataError
 
 #: Samples per evaluation batch of a resident dataset: 500, measured fastest of 250-10,000 for LeNet-5 and
 #: LeNet-300-100 on CPU (LeNet-5's 10,000 test images in 1.59 s against 2.57 s at the 2,000 used before;
@@ -307,13 +308,20 @@ class StreamedSource(DataSource):
             self.epoch, self.batch_in_epoch, self._iterator = self.epoch + 1, 0, None
         if self._iterator is None:
             self._start_epoch()
-        x, y = next(self._iterator)  # type: ignore[arg-type]
+        try:
+            x, y = next(self._iterator)  # type: ignore[arg-type]
+        except UnreadableDataError as exc:  # from a worker: its message wrapped in the worker's traceback
+            self._iterator = None
+            raise UnreadableDataError.from_worker(exc) from None
         self.batch_in_epoch += 1
         return self._to_device(x), self._to_device(y)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self._loader(self.test, self.eval_batch_size):
-            yield self._to_device(x), self._to_device(y)
+        try:
+            for x, y in self._loader(self.test, self.eval_batch_size):
+                yield self._to_device(x), self._to_device(y)
+        except UnreadableDataError as exc:
+            raise UnreadableDataError.from_worker(exc) from None
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}

@@ -115,29 +115,40 @@ def write_dense(net: nn.Module, path: Path) -> int:
     return Path(path).stat().st_size
 
 
-def write_compressed(net: nn.Module, path: Path) -> tuple[int, dict[str, str]]:
+def write_compressed(net: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
     """Write the compressed file (module docstring); returns (its size in bytes, the layout per layer). The
-    header's metadata holds each compressed weight's shape and layout."""
+    header's metadata holds each compressed weight's shape and layout (under the weight's key), and `metadata`
+    (`prunebench export --compressed`: the run's details; no key may end in '.weight')."""
     from safetensors.numpy import save_file
 
     tensors, layouts = compressed_tensors(net)
     shapes = {f"{name}.weight": list(dict(prunable_layers(net))[name].weight.shape) for name in layouts}
-    metadata = {key: json.dumps({"layout": layouts[key.removesuffix(".weight")], "shape": shape})
-                for key, shape in shapes.items()}
-    save_file(tensors, str(path), metadata=metadata)
+    header = {key: json.dumps({"layout": layouts[key.removesuffix(".weight")], "shape": shape})
+              for key, shape in shapes.items()}
+    if metadata is not None:
+        if any(key.endswith(".weight") for key in metadata):
+            raise ValueError("metadata keys ending in '.weight' name compressed weights")
+        header = {**metadata, **header}
+    save_file(tensors, str(path), metadata=header)
     return Path(path).stat().st_size, layouts
 
 
+def compressed_layouts(metadata: dict[str, str]) -> dict[str, dict]:
+    """weight key -> {"layout", "shape"} of the weights a compressed file's metadata describes ({} for a file
+    written dense)."""
+    return {key: json.loads(value) for key, value in metadata.items() if key.endswith(".weight")}
+
+
 def read_compressed(path: Path) -> dict[str, torch.Tensor]:
-    """Decode a file `write_compressed` wrote into the dense state dict it came from (exactly)."""
+    """Decode a file `write_compressed` wrote into the dense state dict it came from (exactly); a plain
+    safetensors file comes back as it is."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
         metadata = f.metadata() or {}
         tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     state = {}
-    for key, info in metadata.items():
-        info = json.loads(info)
+    for key, info in compressed_layouts(metadata).items():
         shape = info["shape"]
         rows, columns = shape[0], math.prod(shape) // shape[0]
         if info["layout"] == "dense":

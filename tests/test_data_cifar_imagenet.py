@@ -6,6 +6,7 @@ Generated data only exercises the loaders and checks: its checksums and counts a
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from torchvision.datasets import CIFAR10
 from prunebench import cifar10, imagenet
 from prunebench.cifar10 import cifar10_dir, cifar10_md5, cifar10_status, fetch_cifar10, load_cifar10, md5_file
 from prunebench.cli import main
-from prunebench.errors import DataUnavailableError, UnverifiedDataError
+from prunebench.errors import DataUnavailableError, UnreadableDataError, UnverifiedDataError
 from prunebench.imagenet import imagenet_datasets, imagenet_status, imagenet_verified
 
 CIFAR_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
@@ -194,3 +195,86 @@ def test_cli_data_status_shows_the_three_datasets(fake_cifar, offline):
     assert result.exit_code == 2 and "cifar-10-python.tar.gz" in result.output and len(offline) == 1
     result = CliRunner().invoke(main, ["data", "fetch", "imagenet", "--data-dir", str(fake_cifar)])
     assert result.exit_code == 2 and "image-net.org" in result.output
+
+
+# -- malformed files (issue 32): one line naming the file, never a traceback ---------------------------------
+
+def _batch(folder, name="data_batch_1"):
+    return pickle.loads((folder / name).read_bytes(), encoding="latin1")
+
+
+def _malformed(fake_cifar, name: str, payload: bytes) -> str:
+    path = cifar10_dir(fake_cifar) / name
+    path.write_bytes(payload)
+    with pytest.raises(UnreadableDataError) as info:
+        load_cifar10(fake_cifar, allow_unverified=True, fetch=False)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and str(path) in message
+    return message
+
+
+def test_cifar10_with_bytes_keys_names_the_file_and_the_key(fake_cifar):
+    folder = cifar10_dir(fake_cifar)
+    entry = _batch(folder)
+    converted = {key.encode(): value for key, value in entry.items()}  # what Python-3 converters write
+    message = _malformed(fake_cifar, "data_batch_1", pickle.dumps(converted))
+    assert message == (f"CIFAR-10 file {folder / 'data_batch_1'} lacks the key 'data' (its keys are bytes "
+                       "(b'batch_label', b'labels', b'data', b'filenames'): pickled by Python 3 from bytes keys, as "
+                       "some converters write; the official python-version batches give str keys)")
+
+
+def test_cifar10_truncated_wrong_shape_and_labels(fake_cifar):
+    folder = cifar10_dir(fake_cifar)
+    whole = (folder / "test_batch").read_bytes()
+    entry = _batch(folder, "test_batch")
+    assert "is not a readable pickle (" in _malformed(fake_cifar, "test_batch", whole[: len(whole) // 2])
+    hwc = {**entry, "data": entry["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)}
+    assert "'data' is uint8 of shape (20, 32, 32, 3), expected uint8 of shape (N, 3072)" in _malformed(
+        fake_cifar, "test_batch", pickle.dumps(hwc))
+    floats = {**entry, "data": entry["data"].astype(np.float32)}
+    assert "'data' is float32 of shape (20, 3072)" in _malformed(fake_cifar, "test_batch", pickle.dumps(floats))
+    short = {**entry, "labels": entry["labels"][:-1]}
+    assert "19 labels for 20 images" in _malformed(fake_cifar, "test_batch", pickle.dumps(short))
+    eleven = {**entry, "labels": [10] + entry["labels"][1:]}
+    assert "labels must be whole numbers 0..9" in _malformed(fake_cifar, "test_batch", pickle.dumps(eleven))
+    assert "holds a list, not the dict" in _malformed(fake_cifar, "test_batch", pickle.dumps([1, 2]))
+    (folder / "test_batch").write_bytes(whole)
+    assert "lacks the key 'label_names' (its keys: 'num_cases_per_batch'" in _malformed(
+        fake_cifar, "batches.meta", pickle.dumps({"num_cases_per_batch": 10}))
+
+
+def test_cli_run_on_malformed_cifar10_is_one_line(fake_cifar, tmp_path):
+    folder = cifar10_dir(fake_cifar)
+    entry = _batch(folder)
+    (folder / "data_batch_1").write_bytes(pickle.dumps({key.encode(): value for key, value in entry.items()}))
+    result = CliRunner().invoke(main, ["run", "--method", "dense", "--task", "resnet56-cifar10", "--data-dir",
+                                       str(fake_cifar), "--db", str(tmp_path / "r.sqlite"), "--iterations", "1",
+                                       "--allow-unverified-data"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"error: CIFAR-10 file {folder / 'data_batch_1'} lacks the key 'data' (its keys are bytes")
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_jpeg_met_mid_epoch_stops_with_one_line(fake_imagenet, workers):
+    """A damaged JPEG is not skipped: the batch that draws it raises UnreadableDataError naming the file, also
+    from a DataLoader worker (whose traceback torch wraps around the message)."""
+    from prunebench.sources import StreamedSource
+
+    train, val = imagenet_datasets(fake_imagenet, allow_unverified=True, train_crop=24, resize=32)
+    damaged = Path(train.samples[7][0])
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a truncated JPEG
+    source = StreamedSource(train, val, batch_size=4, seed=0, device=torch.device("cpu"), workers=workers)
+    with pytest.raises(UnreadableDataError) as info:
+        for _ in range(source.batches_per_epoch):
+            source.next_batch()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(f"ImageNet image {damaged} cannot be read (")
+    assert message.endswith("replace or remove it and run the same command again (images are not skipped: the run "
+                            "would train on another dataset)")
+    (Path(val.samples[1][0])).write_bytes(b"not a jpeg")
+    with pytest.raises(UnreadableDataError, match=rf"^ImageNet image {val.samples[1][0]} cannot be read "
+                                                  r"\(UnidentifiedImageError: "):
+        list(source.eval_batches())

@@ -20,7 +20,7 @@ from torch import nn
 
 from prunebench.cli import main
 from prunebench.data import load_mnist, make_xor
-from prunebench.deploy import load_saved, model_path, models_dir, rebuild
+from prunebench.deploy import load_safetensors, load_saved, model_path, models_dir, rebuild
 from prunebench.models import LeNet5, LeNet300, XorNet
 from prunebench.report import deployment
 from prunebench.report import export as exporting
@@ -132,6 +132,58 @@ def test_safetensors_export_loads_into_the_task_architecture(runs, mnist_dir, mn
         meta = f.metadata()
     assert (meta["prunebench_run_id"], meta["task"], meta["method"]) == (run["run_id"], "lenet300", "magnitude")
     assert json.loads(meta["shapes"])["fc2.weight"] == [100, 300]
+
+
+@pytest.mark.slow
+def test_compressed_safetensors_export_round_trips_to_a_plain_module(runs, mnist_dir, mnist_test, tmp_path):
+    """`--format safetensors --compressed` writes the compressed file the table measures (issue 32): each
+    layer in the layout the table names, the same tensor bytes as the measured file, and
+    `load_safetensors` gives back a plain module with the deployed network's outputs and non-zeros."""
+    run = runs["magnitude"]
+    dense_out, out = tmp_path / "dense.safetensors", tmp_path / "net.safetensors"
+    assert _export(runs["db"], mnist_dir, run["run_id"], "safetensors", dense_out).exit_code == 0
+    result = _export(runs["db"], mnist_dir, run["run_id"], "safetensors", out, "--compressed")
+    assert result.exit_code == 0, result.output
+    deployed = rebuild(LeNet300, load_saved(model_path(models_dir(runs["db"]), run["run_id"])).state_dict)
+    measured = tmp_path / "measured.safetensors"
+    size, layouts = write_compressed(deployed, measured)
+    shown = " ".join(result.output.replace("│", " ").split())
+    assert f"({out.stat().st_size:,} bytes)" in shown
+    assert "exported weights' storage " + ", ".join(f"{name} {layout}" for name, layout in layouts.items()) in shown
+    assert set(layouts.values()) - {"dense"}  # at ~13x the layers are stored sparse
+    # the measured file plus the run's metadata: the same tensors, a longer header
+    assert safetensors_data_bytes(out)[1] == safetensors_data_bytes(measured)[1]
+    assert size < out.stat().st_size < size + 2_000 < dense_out.stat().st_size / 5
+    net = load_safetensors(out)
+    assert type(net) is LeNet300 and not net.training
+    x, y = mnist_test
+    with torch.no_grad():
+        assert torch.equal(net(x[:500]), deployed(x[:500]))
+    assert _correct(net, x, y) == round(run["accuracy"] * 10_000)
+    assert _weights_nonzero(net.state_dict().values()) == run["nonzero"]
+    assert isinstance(load_safetensors(dense_out), LeNet300)  # the same call loads the dense file
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["prunebench_run_id"] == run["run_id"]
+    assert {k: json.loads(v)["layout"] for k, v in meta.items() if k.endswith(".weight")} == {
+        f"{name}.weight": layout for name, layout in layouts.items()}
+    wrong = _export(runs["db"], mnist_dir, run["run_id"], "onnx", tmp_path / "x.onnx", "--compressed")
+    assert wrong.exit_code == 2 and "--compressed applies to --format safetensors, not onnx" in wrong.output
+
+
+@pytest.mark.slow
+def test_autoprune_compressed_export_loads_its_smaller_network(runs, mnist_dir, tmp_path):
+    run = runs["autoprune"]
+    out = tmp_path / "xor.safetensors"
+    result = _export(runs["db"], mnist_dir, run["run_id"], "safetensors", out, "--compressed")
+    assert result.exit_code == 0, result.output
+    net = load_safetensors(out)
+    saved = load_saved(model_path(models_dir(runs["db"]), run["run_id"]))
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in saved.state_dict.items()}
+    x = torch.randn(16, 2)
+    with torch.no_grad():
+        assert torch.equal(net(x), rebuild(XorNet, saved.state_dict)(x))
 
 
 @pytest.mark.slow

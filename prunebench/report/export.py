@@ -9,7 +9,11 @@ physically smaller network), as `prunebench run --save-model` kept it beside the
   prunebench: `torch.export.load(FILE).module()(x)`. Run details in its extra file "prunebench.json".
 - safetensors: the deployed state dict; the header's metadata holds run_id, task, method, seed, the
   architecture's class and every tensor's shape (`prunebench.deploy.rebuild` builds the network from
-  them; for an unstructured method the task architecture itself loads it).
+  them; for an unstructured method the task architecture itself loads it). With `compressed` (`--compressed`)
+  each Linear / Conv2d weight is stored in the smallest of the layouts dense, bitmask or csr
+  (`prunebench.sparse`: the compressed file the deployment cost measures, plus the run's metadata), and
+  the metadata says which layout each layer got. `prunebench.deploy.load_safetensors(FILE)` loads either file
+  back as a plain `nn.Module`.
 - onnx: `torch.onnx.export` (the dynamo exporter), one input "input", one output "output"; onnxruntime
   runs it. Run details in the model's metadata_props.
 
@@ -32,7 +36,7 @@ import json
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,20 +45,23 @@ from torch import nn
 
 from prunebench.deploy import (
     SavedModel,
+    load_safetensors,
     load_saved,
     model_path,
     models_dir,
     rebuild,
     save_deployed,
 )
+from prunebench.errors import DiskFullError, room_for
 from prunebench.harness import TrainOptions
 from prunebench.metrics import Flops, count_flops
 from prunebench.observers import Observer
+from prunebench.pruner import prunable_layers
 from prunebench.records import RecordingStore
 from prunebench.registry import get_task
 from prunebench.request import RunRequest, RunSpec
 from prunebench.running.runner import train_requests
-from prunebench.sparse import DeploymentCost, deployment_cost
+from prunebench.sparse import DeploymentCost, deployment_cost, read_compressed, write_compressed
 from prunebench.store import read_only
 from prunebench.tasks import Task
 
@@ -189,23 +196,42 @@ def _dynamic_batch(example: torch.Tensor) -> tuple[tuple[torch.Tensor], tuple[di
     return (batch,), ({0: torch.export.Dim("batch", min=1)},)
 
 
-def write_export(net: nn.Module, fmt: str, out: Path, example: torch.Tensor, metadata: dict[str, str]) -> Path:
-    """Write deployed `net` to `out` in `fmt` (module docstring); `example`: one input, no batch dimension."""
+def write_export(net: nn.Module, fmt: str, out: Path, example: torch.Tensor, metadata: dict[str, str],
+                 compressed: bool = False) -> dict[str, str]:
+    """Write deployed `net` to `out` in `fmt` (module docstring); `example`: one input, no batch dimension.
+    Returns the storage of each prunable layer's weight ('dense' everywhere unless `compressed`, safetensors
+    only). A write that finds no room removes the partial file and raises `DiskFullError`."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if compressed and fmt != "safetensors":
+        raise ExportError(f"--compressed applies to --format safetensors, not {fmt}")
     net = net.to("cpu").eval()
+    try:
+        with room_for(out, f"the {fmt} export"):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            return _write(net, fmt, out, example, metadata, compressed)
+    except DiskFullError:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _write(net: nn.Module, fmt: str, out: Path, example: torch.Tensor, metadata: dict[str, str],
+           compressed: bool) -> dict[str, str]:
+    layouts = {name: "dense" for name, _ in prunable_layers(net)}
+    if fmt == "safetensors" and compressed:
+        _size, layouts = write_compressed(net, out, metadata)
+        return layouts
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
         save_file({k: t.contiguous() for k, t in net.state_dict().items()}, str(out), metadata=metadata)
-        return out
+        return layouts
     args, dynamic = _dynamic_batch(example.to("cpu"))
     if fmt == "pt":
         program = torch.export.export(net, args, dynamic_shapes=dynamic)
         buffer = io.BytesIO()  # through a buffer: torch.export.save warns about a path not ending in .pt2
         torch.export.save(program, buffer, extra_files={"prunebench.json": json.dumps(metadata)})
         out.write_bytes(buffer.getvalue())
-        return out
+        return layouts
     if fmt == "onnx":
         import onnx
 
@@ -215,7 +241,7 @@ def write_export(net: nn.Module, fmt: str, out: Path, example: torch.Tensor, met
         proto = onnx.load(str(out))
         onnx.helper.set_model_props(proto, metadata)
         onnx.save(proto, str(out))
-        return out
+        return layouts
     raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -230,14 +256,10 @@ def load_export(path: Path, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if fmt == "pt":
         return load_program(path).module()
     if fmt == "safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(path), framework="pt") as f:
-            task = (f.metadata() or {}).get("task")
-        if task is None:
-            raise ExportError(f"{path} has no 'task' in its metadata: not exported by prunebench")
-        return rebuild(get_task(task).architecture, load_file(str(path)))
+        try:
+            return load_safetensors(path)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
     if fmt == "onnx":
         import onnxruntime
 
@@ -252,9 +274,7 @@ def export_weights_nonzero(path: Path, fmt: str) -> int:
     if fmt == "pt":
         tensors = list(load_program(path).state_dict.values())
     elif fmt == "safetensors":
-        from safetensors.torch import load_file
-
-        tensors = list(load_file(str(path)).values())
+        tensors = list(read_compressed(path).values())
     elif fmt == "onnx":
         import onnx
         from onnx import numpy_helper
@@ -298,6 +318,12 @@ class ExportResult:
     cost: DeploymentCost
     flops: Flops                 #: MACs per example of the deployed network (as built, non-zero weights)
     flops_reference: int         #: MACs per example of the task architecture
+    layouts: dict[str, str] = field(default_factory=dict)  #: storage of each layer in the file
+    compressed: bool = False     #: the file is the compressed safetensors file
+
+    @property
+    def file_bytes(self) -> int:
+        return self.out.stat().st_size
 
     @property
     def expected_correct(self) -> int:
@@ -312,12 +338,15 @@ class ExportResult:
 
 def export_run(run_id: str, db: Path, fmt: str, out: Path, data_dir: Path, models: Path | None = None,
                device: str | None = None, observer: Observer | None = None, cost_dir: Path | None = None,
-               before_rerun: Callable[[RunSpec], None] | None = None) -> ExportResult:
+               before_rerun: Callable[[RunSpec], None] | None = None, compressed: bool = False) -> ExportResult:
     """Export run `run_id` (rerunning it when its model was not kept), load the file back, count its correct
     test predictions and non-zero weights, and measure what compression buys (`sparse.deployment_cost`; its
-    dense and compressed files go to `cost_dir` when given). `before_rerun(spec)` is called before a rerun."""
+    dense and compressed files go to `cost_dir` when given). `before_rerun(spec)` is called before a rerun.
+    `compressed`: safetensors only, each layer in its smallest layout (module docstring)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if compressed and fmt != "safetensors":
+        raise ExportError(f"--compressed applies to --format safetensors, not {fmt}")
     require_export_extra()
     run, _ = finished_run(db, run_id)
     directory = Path(models) if models is not None else models_dir(Path(db))
@@ -327,13 +356,14 @@ def export_run(run_id: str, db: Path, fmt: str, out: Path, data_dir: Path, model
     task = model.task
     inputs = latency_inputs(task, data_dir)
     net = model.network()
-    write_export(net, fmt, out, inputs[0], file_metadata(model))
+    layouts = write_export(net, fmt, out, inputs[0], file_metadata(model), compressed)
     correct, total = count_correct(load_export(out, fmt), task, data_dir)
-    cost = deployment_cost(net, task.architecture, inputs, cost_dir)
+    with room_for(cost_dir or tempfile.gettempdir(), "the files the deployment cost measures"):
+        cost = deployment_cost(net, task.architecture, inputs, cost_dir)
     flops = count_flops(net, inputs[0])
     reference = count_flops(task.architecture(), inputs[0]).dense
     return ExportResult(model, fmt, Path(out), correct, total, export_weights_nonzero(out, fmt), cost, flops,
-                        reference)
+                        reference, layouts, compressed)
 
 
 # -- what compression buys, as rows of a table ---------------------------------------------------------------
@@ -388,7 +418,12 @@ def check_rows(result: ExportResult) -> list[tuple[str, str]]:
     rows.append(("model file", str(model.path)))
     rows.append((f"exported {result.fmt}, loaded back", f"{100 * result.correct / result.total:.2f}% "
                  f"({result.correct:,} / {result.total:,} correct), {result.nonzero:,} non-zero weights"))
-    rows.append(("exported file", str(result.out)))
+    storage = ", ".join(f"{name} {layout}" for name, layout in result.layouts.items())
+    rows.append(("exported file", f"{result.out} ({result.file_bytes:,} bytes)"))
+    rows.append(("exported weights' storage", f"{storage}" + (
+        " (--compressed)" if result.compressed else
+        " (zeros stored; --format safetensors --compressed stores each layer in its smallest layout)"
+        if result.fmt == "safetensors" else "")))
     return rows
 
 

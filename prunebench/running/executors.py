@@ -10,7 +10,8 @@ finish, through `Tracker.finished(job, record_or_error, wall_seconds)`.
   (`prunebench.running.worker.stop_with_parent`), so no orphan goes on training a run the next sweep restarts.
 - `RayExecutor` (`--executor ray`, extra `prunebench[ray]`): one Ray task per run with the resources
   asked for (`--cpus-per-run`, fractional `--gpus-per-run`), on a local Ray instance or the cluster
-  at `--ray-address` / `$RAY_ADDRESS`. A task whose worker or node dies is retried by Ray
+  at `--ray-address` / `$RAY_ADDRESS`. A cluster that does not answer within `--ray-connect-timeout`
+  (30 s) is a one-line `UserError` (Ray itself would retry for ever). A task whose worker or node dies is retried by Ray
   (`max_retries`) and continues from the run's checkpoint. A run without GPUs trains on the CPU
   (Ray leaves a GPU node's devices visible to tasks that asked for none).
 - `SubmititExecutor` (`--executor submitit`, extra `prunebench[slurm]`): submitit's AutoExecutor,
@@ -33,6 +34,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prunebench.errors import MissingExtraError
+from prunebench.errors import MissingExtraError, UserError
 from prunebench.records import RunRecord
 from prunebench.running.worker import PARENT_PID_ENV, RunJob, execute, execute_all
 
@@ -62,6 +64,9 @@ def require(executor: str) -> Any:
 
 class Tracker:
     """What an executor reports to the driver."""
+
+    def waiting(self, what: str) -> None:
+        """What the executor waits for while no run reports (connecting, jobs queued); '' when it no longer waits."""
 
     def started(self, job: RunJob) -> None: ...
     def finished(self, job: RunJob, result: RunRecord | str, wall: float) -> None: ...
@@ -151,53 +156,161 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
+#: How long a sweep waits for the Ray cluster at `--ray-address` to answer (`--ray-connect-timeout`).
+RAY_CONNECT_SECONDS = 30.0
+#: Ray Client's port when a ray:// address names none.
+RAY_CLIENT_PORT = 10001
+
+
+def ray_endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) a Ray address names: 'head:6379' (the GCS port), 'ray://head:10001' (Ray Client;
+    port 10001 when left out), '[::1]:6379'. None for 'auto' and 'local', which Ray resolves itself."""
+    text = address.strip()
+    if text in ("auto", "local"):
+        return None
+    scheme, _, rest = text.rpartition("://")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon and scheme == "ray":
+        host, port = rest.rstrip("/"), str(RAY_CLIENT_PORT)
+    if not host or not port.isdigit():
+        raise UserError(f"--ray-address {address!r} is not HOST:PORT, ray://HOST[:PORT], 'auto' or 'local'")
+    return host.strip("[]"), int(port)
+
+
+def _no_cluster(address: str, why: str) -> UserError:
+    return UserError(f"no Ray cluster answers at {address} ({why}): start one with `ray start --head` and pass the "
+                     "address it prints, or leave out --ray-address and $RAY_ADDRESS to start a local Ray instance "
+                     "for the sweep (--ray-connect-timeout sets the wait)")
+
+
+def wait_for_endpoint(address: str, timeout: float) -> None:
+    """Return once something accepts a TCP connection at the host and port `address` names, trying for `timeout`
+    seconds; else raise UserError naming the address. Ctrl-C and SIGTERM stop the wait (it is Python, not Ray's
+    C++ retry loop)."""
+    endpoint = ray_endpoint(address)
+    if endpoint is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection(endpoint, timeout=max(0.05, min(2.0, left))):
+                return
+        except socket.gaierror as exc:
+            raise _no_cluster(address, f"cannot resolve {endpoint[0]!r}: {exc.strerror}") from None
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _no_cluster(address, f"{why} for {timeout:g} s")
+        time.sleep(min(0.5, left))
+
+
 class RayExecutor(Executor):
     """One Ray task per run. `address` None: `$RAY_ADDRESS` if set, else a local Ray instance started
-    for the sweep (and stopped after it). A Ray session this process already holds is used as it is."""
+    for the sweep (and stopped after it). A Ray session this process already holds is used as it is.
+    A cluster at `address` that does not accept a connection within `connect_timeout` seconds raises
+    UserError (Ray's own connection retries go on for ever)."""
 
     name = "ray"
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
-                 max_retries: int = 3) -> None:
-        if cpus_per_run <= 0 or gpus_per_run < 0 or max_retries < 0:
-            raise ValueError("--cpus-per-run must be > 0, --gpus-per-run and --retries >= 0")
+                 max_retries: int = 3, connect_timeout: float = RAY_CONNECT_SECONDS) -> None:
+        if cpus_per_run <= 0 or gpus_per_run < 0 or max_retries < 0 or connect_timeout <= 0:
+            raise ValueError("--cpus-per-run and --ray-connect-timeout must be > 0, --gpus-per-run and --retries >= 0")
         self.ray = require("ray")
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        if self.address is not None:
+            ray_endpoint(self.address)  # a malformed address fails before anything runs
         self.cpus_per_run, self.gpus_per_run, self.max_retries = cpus_per_run, gpus_per_run, max_retries
+        self.connect_timeout = connect_timeout
+
+    def _connect(self, tracker: Tracker) -> None:
+        """ray.init: a local instance in this thread; a cluster's address is first checked to accept connections,
+        then connected to from a helper thread that the sweep stops waiting for after `connect_timeout` (an
+        address that accepts connections but is no Ray head would keep ray.init retrying for ever)."""
+        ray = self.ray
+        if self.address is None:
+            tracker.waiting("starting a local Ray instance")
+            ray.init(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+            return
+        tracker.waiting(f"connecting to Ray at {self.address}")
+        start = time.monotonic()
+        wait_for_endpoint(self.address, self.connect_timeout)
+        done, failure = threading.Event(), []
+
+        def connect() -> None:
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+            except BaseException as exc:  # noqa: BLE001 - reported by the sweep's thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        worker_log = logging.getLogger("ray._private.worker")  # "SIGTERM handler is not set ... not the main thread"
+        level = worker_log.level
+        worker_log.setLevel(logging.ERROR)
+        try:
+            threading.Thread(target=connect, name="ray-connect", daemon=True).start()
+            while not done.wait(0.2):
+                if time.monotonic() - start > self.connect_timeout:
+                    raise _no_cluster(self.address, f"it accepts connections but no Ray head answered in "
+                                      f"{self.connect_timeout:g} s")
+        finally:
+            worker_log.setLevel(level)
+        if failure:
+            raise UserError(f"cannot connect to Ray at {self.address}: {_first_line(failure[0])}")
+
+    def _room(self) -> str:
+        """How many runs the cluster can hold at once with the resources each asks for."""
+        resources = self.ray.cluster_resources()
+        fits = [resources.get("CPU", 0) / self.cpus_per_run]
+        if self.gpus_per_run:
+            fits.append(resources.get("GPU", 0) / self.gpus_per_run)
+        room = int(min(fits) + 1e-9)
+        if room == 0:
+            return (f"the cluster has no room for a run of {self.cpus_per_run:g} CPUs and {self.gpus_per_run:g} GPUs: "
+                    "the runs wait for such a node to join")
+        return f"room for {room} at once"
 
     def run(self, jobs: Sequence[RunJob], tracker: Tracker) -> None:
         ray = self.ray
         started_here = not ray.is_initialized()
         handlers = _signal_handlers()
-        if started_here:  # a local instance without its dashboard, or a connection to the cluster
-            local = {"include_dashboard": False} if self.address is None else {}
-            ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING, **local)
-        remote = ray.remote(execute).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
-                                             max_retries=self.max_retries, retry_exceptions=False)
-        pending: dict[Any, tuple[RunJob, int, float]] = {}  # task -> (job, attempt, first start)
         try:
-            for job in jobs:
-                job = fit_to_resources(job, self.cpus_per_run, self.gpus_per_run)
-                pending[remote.remote(job)] = (job, 0, time.perf_counter())
-                tracker.started(job)
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    job, attempt, start = pending.pop(ref)
-                    result = self._result(ref)
-                    if _came_back_interrupted(result) and attempt < self.max_retries:
-                        pending[remote.remote(job)] = (job, attempt + 1, start)
-                        continue
-                    tracker.finished(job, result, time.perf_counter() - start)
-        except KeyboardInterrupt:
-            for ref, (job, _attempt, start) in pending.items():
-                ray.cancel(ref)  # the run keeps its checkpoint; the next sweep continues it
-                tracker.interrupted(job, time.perf_counter() - start)
-            raise
-        finally:
             if started_here:
+                self._connect(tracker)
+            remote = ray.remote(execute).options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+                                                 max_retries=self.max_retries, retry_exceptions=False)
+            pending: dict[Any, tuple[RunJob, int, float]] = {}  # task -> (job, attempt, first start)
+            where = self.address or "a local instance"
+            try:
+                for job in jobs:
+                    job = fit_to_resources(job, self.cpus_per_run, self.gpus_per_run)
+                    pending[remote.remote(job)] = (job, 0, time.perf_counter())
+                    tracker.started(job)
+                tracker.waiting(f"{len(pending)} runs with Ray at {where}, {self._room()}")
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                    for ref in ready:
+                        job, attempt, start = pending.pop(ref)
+                        result = self._result(ref)
+                        if _came_back_interrupted(result) and attempt < self.max_retries:
+                            pending[remote.remote(job)] = (job, attempt + 1, start)
+                            continue
+                        tracker.finished(job, result, time.perf_counter() - start)
+                    if ready and pending:
+                        tracker.waiting(f"{len(pending)} runs with Ray at {where}, {self._room()}")
+            except KeyboardInterrupt:
+                for ref, (job, _attempt, start) in pending.items():
+                    ray.cancel(ref)  # the run keeps its checkpoint; the next sweep continues it
+                    tracker.interrupted(job, time.perf_counter() - start)
+                raise
+        finally:
+            tracker.waiting("")
+            if started_here and ray.is_initialized():
                 ray.shutdown()
-                _restore_signal_handlers(handlers)  # ray.init replaces SIGTERM's, and shutdown leaves it
+            _restore_signal_handlers(handlers)  # ray.init replaces SIGTERM's, and shutdown leaves it
 
     def _result(self, ref: Any) -> RunRecord | str:
         ray = self.ray
@@ -315,8 +428,13 @@ class SubmititExecutor(Executor):
                     for job in pack:
                         tracker.started(job)
 
+        def report_queue() -> None:
+            tracker.waiting(_queue_line(executor.cluster, [handle for handle, *_ in live], len(queue)))
+
         try:
+            tracker.waiting(f"submitting {len(queue)} jobs to {'Slurm' if executor.cluster == 'slurm' else 'submitit'}")
             submit()
+            report_queue()
             while live or queue:
                 time.sleep(self.poll_seconds)
                 still = []
@@ -342,6 +460,7 @@ class SubmititExecutor(Executor):
                             tracker.finished(job, result, wall / len(pack))
                 live[:] = still
                 submit()
+                report_queue()
         except KeyboardInterrupt:
             for handle, pack, _attempt, start in live:
                 handle.cancel(check=False)  # the runs keep their checkpoints
@@ -352,6 +471,20 @@ class SubmititExecutor(Executor):
                     for job in pack:
                         tracker.interrupted(job, time.perf_counter() - start)
             raise
+        finally:
+            tracker.waiting("")
+
+
+def _queue_line(cluster: str, handles: Sequence[Any], waiting: int) -> str:
+    """'Slurm: 3 jobs queued, 2 running (array 1234)', or for submitit's local processes how many run and wait."""
+    states = [str(handle.state).upper() for handle in handles]
+    queued = sum(state.startswith(("PENDING", "REQUEUED", "CONFIGURING")) for state in states)
+    if cluster == "slurm":
+        arrays = sorted({str(handle.job_id).split("_")[0] for handle in handles})
+        named = f" (job {', '.join(arrays[:3])}{' ...' if len(arrays) > 3 else ''})" if arrays else ""
+        return f"Slurm: {queued} jobs queued, {len(states) - queued} running{named}" + (
+            f", {waiting} to resubmit" if waiting else "")
+    return f"submitit {cluster}: {len(states) - queued} jobs running, {queued + waiting} waiting for a free slot"
 
 
 def make_executor(name: str, *, jobs: int = 1, folder: Path | None = None, **options: Any) -> Executor:
@@ -363,7 +496,7 @@ def make_executor(name: str, *, jobs: int = 1, folder: Path | None = None, **opt
     if name == "ray":
         if "retries" in options:
             options["max_retries"] = options.pop("retries")
-        keys = ("address", "cpus_per_run", "gpus_per_run", "max_retries")
+        keys = ("address", "cpus_per_run", "gpus_per_run", "max_retries", "connect_timeout")
         return RayExecutor(**{k: v for k, v in options.items() if k in keys})
     if name == "submitit":
         keys = ("cluster", "partition", "time_limit_min", "cpus_per_run", "gpus_per_run", "runs_per_job",

@@ -325,13 +325,23 @@ class _Driver(Tracker):
         self.store, self.planned, self.progress, self.overall, self.record = store, planned, progress, overall, record
         self.live: dict[str, str] = {}
         self.done = 0
+        self.waits = ""
+
+    def waiting(self, what: str) -> None:
+        if what and what != self.waits and not self.progress.console.is_terminal:
+            self.progress.console.print(escape(what))  # a log has no live progress line
+        self.waits = what
+        self.progress.update(self.overall, current=self._current())
 
     def started(self, job: RunJob) -> None:
         self.live[job.run_id] = job.label
         self.progress.update(self.overall, current=self._current())
 
     def _current(self, shown: int = 2) -> str:
-        """The runs in flight (an executor may start all of them at once: a few named, then a count)."""
+        """What the executor waits for (connecting, jobs queued), else the runs in flight (an executor may
+        start all of them at once: a few named, then a count)."""
+        if self.waits:
+            return escape(self.waits)
         labels = list(self.live.values())
         more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
         return escape(", ".join(labels[:shown]) + more)
