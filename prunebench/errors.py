@@ -14,6 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def describe(exc: BaseException) -> str:
+    """'TypeName: first line of the message' (the type alone when there is no message): an exception in one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 class UserError(RuntimeError):
     """Base of the errors the CLI reports as one line: the user's files, setup or installed extras."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunebench.cifar10 import md5_file
-from prunebench.errors import DataUnavailableError, UnreadableDataError, UnverifiedDataError
+from prunebench.errors import DataUnavailableError, UnreadableDataError, UnverifiedDataError, describe
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -169,8 +169,7 @@ def read_image(path: str) -> Image.Image:
         with open(path, "rb") as fh:
             return Image.open(fh).convert("RGB")
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UnreadableDataError(f"ImageNet image {path} cannot be read ({type(exc).__name__}: {detail}); "
+        raise UnreadableDataError(f"ImageNet image {path} cannot be read ({describe(exc)}); "
                                   "replace or remove it and run the same command again (images are not skipped: "
                                   "the run would train on another dataset)") from None
 

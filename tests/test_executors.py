@@ -5,6 +5,7 @@ its missing-extra error; the store's one-writer `apply`; a worker continuing ano
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
+from rich.console import Console
 
 from prunebench import checkpoint as checkpointing
 from prunebench import harness
@@ -222,6 +224,9 @@ def test_cli_sweep_on_ray(ray_cluster, tmp_path):
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)  # for the other tests
     assert result.exit_code == 0, result.output
     assert "2 run, 0 skipped" in result.output
+    # what it waited for, a line each in a log (issue 32): the head runs nothing, the two nodes one run each
+    assert f"connecting to Ray at {address}\n" in result.output
+    assert f"2 runs with Ray at {address}, room for 2 at once\n" in result.output
     store = ResultStore(db)
     assert [r["status"] for r in store.conn.execute("SELECT status FROM runs")] == ["finished", "finished"]
     store.close()
@@ -234,9 +239,14 @@ def test_submitit_local_jobs_fill_the_store_as_this_process_does(runs_per_job, l
     db = tmp_path / "submitit.sqlite"
     plan = sweep_plan()
     executor = SubmititExecutor(tmp_path / "jobs", cluster="local", runs_per_job=runs_per_job, time_limit_min=10,
-                                poll_seconds=0.2)
-    report = run_sweep(plan, db, mnist_dir, executor=executor, checkpoint_seconds=0)
+                                poll_seconds=0.2, array_parallelism=1)
+    log = io.StringIO()
+    report = run_sweep(plan, db, mnist_dir, executor=executor, checkpoint_seconds=0,
+                       console=Console(file=log, width=200))
     assert_each_finished_once(report, plan)
+    packs = -(-len(plan.runs) // runs_per_job)
+    assert f"submitting {packs} jobs to submitit\n" in log.getvalue()  # what it waited for (issue 32)
+    assert f"submitit local: 1 jobs running, {packs - 1} waiting for a free slot\n" in log.getvalue()
     assert contents(db, timeless) == local_result
     assert len(list((tmp_path / "jobs").glob("*_submitted.pkl"))) == -(-len(plan.runs) // runs_per_job)
 

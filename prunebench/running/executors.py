@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prunebench.errors import MissingExtraError, UserError
+from prunebench.errors import MissingExtraError, UserError, describe
 from prunebench.records import RunRecord
 from prunebench.running.worker import PARENT_PID_ENV, RunJob, execute, execute_all
 
@@ -151,11 +151,6 @@ def _came_back_interrupted(result: RunRecord | str) -> bool:
     return isinstance(result, RunRecord) and result.status == "interrupted"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
 #: How long a sweep waits for the Ray cluster at `--ray-address` to answer (`--ray-connect-timeout`).
 RAY_CONNECT_SECONDS = 30.0
 #: Ray Client's port when a ray:// address names none.
@@ -259,7 +254,7 @@ class RayExecutor(Executor):
         finally:
             worker_log.setLevel(level)
         if failure:
-            raise UserError(f"cannot connect to Ray at {self.address}: {_first_line(failure[0])}")
+            raise UserError(f"cannot connect to Ray at {self.address}: {describe(failure[0])}")
 
     def _room(self) -> str:
         """How many runs the cluster can hold at once with the resources each asks for."""
@@ -318,9 +313,9 @@ class RayExecutor(Executor):
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # the run could not start (WorkerError)
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            return _first_line(cause)
+            return describe(cause)
         except ray.exceptions.RayError as exc:  # worker or node lost more than max_retries times
-            return _first_line(exc)
+            return describe(exc)
 
 
 def _signal_handlers() -> dict[int, Any]:
@@ -449,7 +444,7 @@ class SubmititExecutor(Executor):
                         if attempt < self.retries:
                             queue.append((pack, attempt + 1, start))
                             continue
-                        results = [f"submitit job {handle.job_id} failed: {_first_line(exc)}"] * len(pack)
+                        results = [f"submitit job {handle.job_id} failed: {describe(exc)}"] * len(pack)
                     again = [job for job, result in zip(pack, results, strict=True)
                              if _came_back_interrupted(result) and attempt < self.retries]
                     if again:
