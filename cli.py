@@ -905,7 +905,7 @@ def site(out: Path, tasks: str | None, max_loss: float, matched_dir: Path, data_
               help="--format safetensors: store each Linear/Conv2d weight in its smallest layout (dense, bitmask of "
               "the non-zeros plus their values, or CSR), the file whose bytes the table measures; the output says "
               "which layout each layer got. Load it back (either file) as a plain nn.Module with "
-              "prunebench.deploy.load_safetensors(FILE).")
+              "prunebench.sparse.load_safetensors(FILE).")
 @click.option("--table", "table_task", type=click.Choice(task_names()), default=None,
               help="Instead of one run: for this task, export the seed-0 default run of every method and write "
               "the deployment table (bytes, latency, FLOPs, dense against compressed).")

@@ -15,8 +15,8 @@ smaller networks the same way), then loads the state dict strictly. The file loa
 `torch.load(..., weights_only=True)` (no code is unpickled) and needs no prunebench to read; rebuilding
 the module needs the architecture's class, which the file names.
 
-`load_safetensors` loads what `prunebench export --format safetensors [--compressed]` wrote back as a plain
-`nn.Module` (the one documented call for both files).
+`prunebench.sparse.load_safetensors` loads what `prunebench export --format safetensors [--compressed]` wrote
+back as a plain `nn.Module` (the one documented call for both files).
 """
 
 from __future__ import annotations
@@ -132,20 +132,3 @@ def reshaped(net: nn.Module, architecture: Callable[[], nn.Module]) -> bool:
 def weights_nonzero(net: nn.Module) -> int:
     """Non-zero weights of the Linear / Conv2d layers (the store's `weights_nonzero`)."""
     return sum(int(torch.count_nonzero(m.weight)) for _, m in prunable_layers(net))
-
-
-def load_safetensors(path: Path | str) -> nn.Module:
-    """The network in a file `prunebench export --format safetensors` wrote, with or without `--compressed`, as a
-    plain `nn.Module` in eval mode: the task architecture (named in the file's metadata) with the file's weights,
-    compressed layers decoded exactly (`sparse.read_compressed`), resized where the file's shapes differ
-    (`rebuild`). ValueError for a file prunebench did not export."""
-    from safetensors import safe_open
-
-    from prunebench.registry import get_task
-    from prunebench.sparse import read_compressed
-
-    with safe_open(str(path), framework="pt") as f:
-        task = (f.metadata() or {}).get("task")
-    if task is None:
-        raise ValueError(f"{path} has no 'task' in its metadata: not exported by prunebench")
-    return rebuild(get_task(task).architecture, read_compressed(Path(path)))

@@ -286,6 +286,22 @@ def start_or_resume(spec: RunSpec, store: ResultStore | RecordingStore, run: Set
     checkpoints.follow(store)
 
 
+def _store_exception(exc: Exception, store: ResultStore | RecordingStore, run_id: str, step: int,
+                     directory: Path) -> None:
+    """Store what `exc` means for the run (the caller re-raises it): a failure, except for a full disk or a
+    data file to replace, which stop the run 'interrupted' (where the store still takes a write) to continue
+    from its last checkpoint once the user has made room or replaced the file (a disk-full error that is not
+    yet one line is raised as one, naming where)."""
+    if not (is_disk_full(exc) or isinstance(exc, UnreadableDataError)):
+        store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
+        return
+    with suppress(Exception):
+        why = "no space left" if is_disk_full(exc) else "unreadable data"
+        store.mark(run_id, "interrupted", f"{why} at step {step}", step)
+    if not isinstance(exc, DiskFullError | UnreadableDataError):
+        raise disk_full(getattr(exc, "filename", None) or directory, "the run's files", cause=exc) from exc
+
+
 def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, options: TrainOptions | None = None,
           observer: Observer | None = None, dataset: TensorDataset | None = None, **overrides: Any) -> RunResult:
     """Train one run and store it (`options`, or keyword `overrides` of its fields: `TrainOptions`). A finished
@@ -363,15 +379,7 @@ def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, op
         store.mark(run_id, "interrupted", f"interrupted at step {step} ({type(exc).__name__})", step)
         raise
     except Exception as exc:
-        # Not failures of the run: a full disk, or a data file to replace. It continues from its checkpoint after.
-        if is_disk_full(exc) or isinstance(exc, UnreadableDataError):
-            why = "no space left" if is_disk_full(exc) else "unreadable data"
-            with suppress(Exception):
-                store.mark(run_id, "interrupted", f"{why} at step {step}", step)
-            if isinstance(exc, DiskFullError | UnreadableDataError):
-                raise
-            raise disk_full(getattr(exc, "filename", None) or directory, "the run's files", cause=exc) from exc
-        store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
+        _store_exception(exc, store, run_id, step, directory)
         raise
     finally:
         observer.end()

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunebench.deploy import reshaped
+from prunebench.deploy import rebuild, reshaped
 from prunebench.pruner import prunable_layers
 
 LAYOUTS = ("dense", "bitmask", "csr")
@@ -165,6 +165,22 @@ def read_compressed(path: Path) -> dict[str, torch.Tensor]:
         state[key] = torch.from_numpy(np.ascontiguousarray(matrix).reshape(shape))
     state.update({key: torch.from_numpy(array) for key, array in tensors.items()})
     return state
+
+
+def load_safetensors(path: Path | str) -> nn.Module:
+    """The network in a file `prunebench export --format safetensors` wrote, with or without `--compressed`, as a
+    plain `nn.Module` in eval mode: the task architecture (named in the file's metadata) with the file's weights,
+    compressed layers decoded exactly (`read_compressed`), resized where the file's shapes differ
+    (`deploy.rebuild`). ValueError for a file prunebench did not export."""
+    from safetensors import safe_open
+
+    from prunebench.registry import get_task
+
+    with safe_open(str(path), framework="pt") as f:
+        task = (f.metadata() or {}).get("task")
+    if task is None:
+        raise ValueError(f"{path} has no 'task' in its metadata: not exported by prunebench")
+    return rebuild(get_task(task).architecture, read_compressed(Path(path)))
 
 
 def safetensors_data_bytes(path: Path) -> tuple[int, int]:

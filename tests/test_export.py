@@ -20,7 +20,7 @@ from torch import nn
 
 from prunebench.cli import main
 from prunebench.data import load_mnist, make_xor
-from prunebench.deploy import load_safetensors, load_saved, model_path, models_dir, rebuild
+from prunebench.deploy import load_saved, model_path, models_dir, rebuild
 from prunebench.models import LeNet5, LeNet300, XorNet
 from prunebench.report import deployment
 from prunebench.report import export as exporting
@@ -28,6 +28,7 @@ from prunebench.sparse import (
     CSRConv2d,
     CSRLinear,
     layer_bytes,
+    load_safetensors,
     read_compressed,
     safetensors_data_bytes,
     write_compressed,

@@ -12,7 +12,7 @@ physically smaller network), as `prunebench run --save-model` kept it beside the
   them; for an unstructured method the task architecture itself loads it). With `compressed` (`--compressed`)
   each Linear / Conv2d weight is stored in the smallest of the layouts dense, bitmask or csr
   (`prunebench.sparse`: the compressed file the deployment cost measures, plus the run's metadata), and
-  the metadata says which layout each layer got. `prunebench.deploy.load_safetensors(FILE)` loads either file
+  the metadata says which layout each layer got. `prunebench.sparse.load_safetensors(FILE)` loads either file
   back as a plain `nn.Module`.
 - onnx: `torch.onnx.export` (the dynamo exporter), one input "input", one output "output"; onnxruntime
   runs it. Run details in the model's metadata_props.
@@ -45,7 +45,6 @@ from torch import nn
 
 from prunebench.deploy import (
     SavedModel,
-    load_safetensors,
     load_saved,
     model_path,
     models_dir,
@@ -61,7 +60,7 @@ from prunebench.records import RecordingStore
 from prunebench.registry import get_task
 from prunebench.request import RunRequest, RunSpec
 from prunebench.running.runner import train_requests
-from prunebench.sparse import DeploymentCost, deployment_cost, read_compressed, write_compressed
+from prunebench.sparse import DeploymentCost, deployment_cost, load_safetensors, read_compressed, write_compressed
 from prunebench.store import read_only
 from prunebench.tasks import Task
 
