@@ -295,11 +295,12 @@ def _store_exception(exc: Exception, store: ResultStore | RecordingStore, run_id
     if not (is_disk_full(exc) or isinstance(exc, UnreadableDataError)):
         store.mark(run_id, "failed", f"{type(exc).__name__}: {exc}", step)
         return
-    with suppress(Exception):
-        why = "no space left" if is_disk_full(exc) else "unreadable data"
-        store.mark(run_id, "interrupted", f"{why} at step {step}", step)
-    if not isinstance(exc, DiskFullError | UnreadableDataError):
-        raise disk_full(getattr(exc, "filename", None) or directory, "the run's files", cause=exc) from exc
+    error = exc if isinstance(exc, DiskFullError | UnreadableDataError) else disk_full(
+        getattr(exc, "filename", None) or directory, "the run's files", cause=exc)
+    with suppress(Exception):  # (a sweep shows this error beside the run)
+        store.mark(run_id, "interrupted", f"stopped at step {step}: {error}", step)
+    if error is not exc:
+        raise error from exc
 
 
 def train(spec: RunSpec, store: ResultStore | RecordingStore, data_dir: Path, options: TrainOptions | None = None,

@@ -104,7 +104,7 @@ def test_file_size_limit_on_the_checkpoint_is_one_line_and_the_rerun_finishes(tm
     assert "(needs 6.9 MB, larger than this process's file-size limit of 1.0 MB, `ulimit -f`): raise the limit and " \
            "run the same command again (it had no checkpoint yet)" in line
     assert list(checkpoints.iterdir()) == []  # the partial file was removed
-    assert status(db) == ("interrupted", "no space left at step 200")
+    assert status(db) == ("interrupted", f"stopped at step 200: {line.removeprefix('error: ')}")
     same_run(final(prunebench(*RUN, "--db", str(db), data_dir=mnist_dir)), uninterrupted)
 
 
@@ -149,7 +149,7 @@ def test_full_disk_keeps_the_last_checkpoint_and_the_same_command_continues(smal
            "kept)" in line
     (kept,) = (small_disk / "runs.checkpoints").iterdir()
     assert kept.suffix == ".pt"
-    assert status(db) == ("interrupted", "no space left at step 400")
+    assert status(db) == ("interrupted", f"stopped at step 400: {line.removeprefix('error: ')}")
     grow(small_disk, "40m")
     result = final(prunebench(*RUN, "--db", str(db), data_dir=mnist_dir))
     assert resumed_from(db) == 200
