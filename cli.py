@@ -553,6 +553,16 @@ def sweep(methods: str, tasks: str, seeds: str, grid: tuple[str, ...], iteration
         sys.exit(130)
     if report.count("failed"):
         sys.exit(1)
+    exit_if_stopped(console, report.count("interrupted"), db)
+
+
+def exit_if_stopped(console: Console, stopped: int, db: Path) -> None:
+    """Runs that came back interrupted although nobody stopped the command (a full disk, a file to replace, a
+    worker stopped more often than its retries): say so and exit 2; the reason is printed beside each run."""
+    if stopped:
+        console.print(f"[yellow]{stopped} run(s) stopped[/] (the reason is beside each): once it is mended, rerun "
+                      f"the same command to continue them from their checkpoints ({db})")
+        sys.exit(2)
 
 
 #: sweep's options that say where runs train (--jobs, --executor and each executor's, checkpoints), shared
@@ -661,6 +671,7 @@ def curve(task: str, methods: str, targets: tuple[float, ...], seeds: str, toler
         sys.exit(130)
     if report.failed:
         sys.exit(1)
+    exit_if_stopped(console, sum(o.status == "interrupted" for o in report.outcomes), db)
 
 
 curve.params[-3:-3] = [p for p in sweep.params if p.name in EXECUTOR_PARAMS]

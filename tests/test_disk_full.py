@@ -108,6 +108,21 @@ def test_file_size_limit_on_the_checkpoint_is_one_line_and_the_rerun_finishes(tm
     same_run(final(prunebench(*RUN, "--db", str(db), data_dir=mnist_dir)), uninterrupted)
 
 
+def test_a_sweep_worker_out_of_room_stops_its_run_and_the_sweep_says_why(tmp_path, mnist_dir):
+    """In a sweep the worker's run comes back 'interrupted' with the one-line reason, printed beside the run;
+    the sweep exits 2 and says that the same command continues it."""
+    db = tmp_path / "runs.sqlite"
+    done = prunebench("sweep", "--methods", "dynthresh", "--tasks", "lenet300", "--iterations", "600",
+                      "--eval-every", "200", "--checkpoint-every", "0", "--no-dense", "--jobs", "2", "--db", str(db),
+                      data_dir=mnist_dir, file_limit=1_000_000)
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert "interrupted dynthresh [iterations=600] on lenet300 seed 0: stopped at step 200: no space left to write " \
+           f"the checkpoint {tmp_path / 'runs.checkpoints'}/" in output
+    assert "1 run(s) stopped (the reason is beside each): once it is mended, rerun the same command" in output
+    assert "Traceback" not in output
+
+
 def test_file_size_limit_on_an_export_leaves_no_partial_file(tmp_path, mnist_dir):
     db = tmp_path / "runs.sqlite"
     run = final(prunebench(*RUN, "--save-model", "--db", str(db), data_dir=mnist_dir))
