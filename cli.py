@@ -955,8 +955,6 @@ def export(run_id: str | None, fmt: str, out: Path | None, compressed: bool, tab
             return
         if run_id is None or out is None:
             raise click.UsageError("give RUN_ID and --out FILE (or --table TASK)")
-        if compressed and fmt != "safetensors":
-            raise click.UsageError(f"--compressed applies to --format safetensors, not {fmt}")
         result = exporting.export_run(
             run_id, db, fmt, out, data_dir, models, device=device, observer=RichObserver(console),
             compressed=compressed,

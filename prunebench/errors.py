@@ -67,16 +67,23 @@ _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 def is_disk_full(exc: BaseException | None) -> bool:
     """Whether `exc` (or an exception it was raised from) is a write that found no room: an OSError of ENOSPC,
     EDQUOT or EFBIG, or SQLite's 'database or disk is full'."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in _NO_ROOM):
+    for link in _chain(exc):
+        if isinstance(link, DiskFullError) or (isinstance(link, OSError) and link.errno in _NO_ROOM):
             return True
-        if isinstance(exc, sqlite3.DatabaseError) and "disk is full" in str(exc):
+        if isinstance(link, sqlite3.DatabaseError) and "disk is full" in str(link):
             return True
-        if "No space left on device" in str(exc) or "File too large" in str(exc):  # Rust's io::Error (safetensors)
+        if "No space left on device" in str(link) or "File too large" in str(link):  # Rust's io::Error (safetensors)
             return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def _chain(exc: BaseException | None, longest: int = 8) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or during (its cause, else its context), up to `longest`."""
+    for _ in range(longest):
+        if exc is None:
+            return
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def free_space(path: Path | str) -> str:
@@ -118,14 +125,11 @@ def disk_full(path: Path | str, what: str, then: str = AGAIN, needed: int | None
 
 
 def _errno_in_chain(exc: BaseException | None) -> int | None:
-    for _ in range(8):
-        if exc is None:
-            return None
-        if isinstance(exc, OSError) and exc.errno is not None:
-            return exc.errno
-        if "File too large" in str(exc):
+    for link in _chain(exc):
+        if isinstance(link, OSError) and link.errno is not None:
+            return link.errno
+        if "File too large" in str(link):
             return errno.EFBIG
-        exc = exc.__cause__ or exc.__context__
     return None
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prunebench.errors import StoreError, disk_full, is_disk_full
+from prunebench.errors import StoreError, room_for
 from prunebench.protocol import Protocol
 from prunebench.records import RUN_COLUMNS, RunRecord
 
@@ -176,11 +176,10 @@ class ResultStore:
         self.conn = sqlite3.connect(str(self.path), timeout=60)
         self.conn.row_factory = sqlite3.Row
         try:
-            self._initialise()
-        except (sqlite3.DatabaseError, OSError) as exc:
+            with room_for(self.path, "the result store"):
+                self._initialise()
+        except Exception:
             self.conn.close()
-            if is_disk_full(exc):
-                raise disk_full(self.path, "the result store", cause=exc) from exc
             raise
 
     def _initialise(self, attempts: int = 300) -> None:
@@ -216,13 +215,8 @@ class ResultStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; a full disk rolls it back and is a `DiskFullError` naming the store."""
-        try:
-            with self.conn:
-                yield self.conn
-        except sqlite3.DatabaseError as exc:
-            if is_disk_full(exc):
-                raise disk_full(self.path, "the result store", cause=exc) from exc
-            raise
+        with room_for(self.path, "the result store"), self.conn:
+            yield self.conn
 
     def status(self, run_id: str) -> str | None:
         row = self.conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
